@@ -1,0 +1,44 @@
+# Two commands do all set-up from a clean clone: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RATE ?= 50
+
+.PHONY: demo test lint unit integration conformance soak bench-scorer model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+models/CURRENT: | $(STAMP)
+	$(BIN)/fraudlens train --rows 200000
+
+model: models/CURRENT
+
+demo: $(STAMP) models/CURRENT
+	$(BIN)/fraudlens up --rate $(RATE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test: lint
+	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m slow tests
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
+
+bench-scorer: $(STAMP) models/CURRENT
+	$(BIN)/python -m bench.scorer
+
+clean:
+	rm -rf $(VENV) data models bench/results* bench/*.png

@@ -1,0 +1,1 @@
+"""fraudlens: streaming card-fraud scoring."""

@@ -1,0 +1,1 @@
+"""Faust agents: thin adapters over the plain functions in app/."""

@@ -1,0 +1,132 @@
+"""The embedded development broker: noida-db as a child process behind the shim.
+
+``fraudlens broker`` runs :func:`serve`; tests start the same thing as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.broker.shim import BrokerShim
+
+log = logging.getLogger(__name__)
+
+
+def noida_binary() -> Path:
+    """The noida-db executable shipped inside the ``noida-db`` wheel."""
+    import noida_db
+
+    binary = Path(noida_db.__file__).with_name("noida-db")
+    if not binary.exists():
+        raise FileNotFoundError(f"noida-db binary missing at {binary}; reinstall the noida-db package")
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts TCP connections on (host, port)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"broker process exited with code {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing answered on {host}:{port} within {timeout:.0f} s")
+
+
+def start_noida(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(noida_binary()), "start", "--only", "kafka",
+        "--kafka-port", str(port), "--data-dir", str(data_dir),
+    ]  # fmt: skip
+    log_file = open(data_dir / "noida.log", "ab")  # noqa: SIM115 - owned by the child
+    # A new session: a Ctrl-C in the terminal reaches us, and we stop the child in order.
+    return subprocess.Popen(command, stdout=log_file, stderr=log_file, start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def wait_for_metadata(host: str, port: int, timeout: float) -> None:
+    """Wait until the broker answers a Metadata request (not just a TCP connect)."""
+    from aiokafka.client import AIOKafkaClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        client = AIOKafkaClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=2000)
+        try:
+            await client.bootstrap()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+
+async def serve(port: int, data_dir: Path, host: str = "127.0.0.1", ready_file: Path | None = None) -> int:
+    """Run noida-db + shim until SIGINT/SIGTERM; returns the exit code."""
+    upstream_port = free_port(host)
+    noida = start_noida(data_dir / "noida", upstream_port)
+    shim = BrokerShim(upstream=(host, upstream_port), listen=(host, port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await asyncio.to_thread(wait_for_port, host, upstream_port, 30, noida)
+        await shim.start()
+        await wait_for_metadata(host, port, 30)
+        log.info("broker ready on %s:%s (noida-db pid %s, data in %s)", host, port, noida.pid, data_dir)
+        if ready_file is not None:
+            ready_file.write_text(f"{host}:{port}\n")
+        return await _supervise(noida, stop)
+    finally:
+        await shim.close()
+        stop_process(noida)
+
+
+async def _supervise(noida: subprocess.Popen[bytes], stop: asyncio.Event) -> int:
+    while not stop.is_set():
+        if noida.poll() is not None:
+            log.error("noida-db exited unexpectedly with code %s", noida.returncode)
+            return 1
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    return 0
+
+
+def main() -> None:  # pragma: no cover - manual entry point for experiments
+    logging.basicConfig(level=logging.INFO)
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 9092
+    data_dir = Path(sys.argv[2] if len(sys.argv) > 2 else os.environ.get("FRAUDLENS_DATA_DIR", "data"))
+    raise SystemExit(asyncio.run(serve(port, data_dir / "broker")))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,272 @@
+"""A Kafka-protocol shim in front of noida-db that supplies what that broker lacks.
+
+Every client talks to the shim; the shim forwards each frame unchanged to noida-db except:
+
+* **Long-poll fetches.** noida-db answers a Fetch at once even when it has no data, so every idle
+  consumer spins a core. The shim holds an empty Fetch response and re-issues the request when
+  a Produce to one of the fetched topics completes (or ``max_wait_ms`` runs out), as a real
+  broker's fetch purgatory does.
+* **Session timeouts.** Dead group members are evicted (see :mod:`app.broker.groups`).
+* **Addresses.** Metadata and FindCoordinator responses advertise the shim, not noida-db.
+* **Versions.** ApiVersions responses are capped to the versions the shim parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from app.broker import wire
+from app.broker.groups import GroupSessions
+
+log = logging.getLogger(__name__)
+
+_GROUP_APIS = (wire.API_JOIN_GROUP, wire.API_HEARTBEAT, wire.API_SYNC_GROUP, wire.API_LEAVE_GROUP)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    """One size-prefixed frame, prefix included."""
+    prefix = await reader.readexactly(4)
+    (size,) = struct.unpack(">i", prefix)
+    return prefix + await reader.readexactly(size)
+
+
+@dataclass
+class Pending:
+    header: wire.RequestHeader
+    frame: bytes
+    fetch: wire.FetchRequest | None = None
+    produced: frozenset[str] = frozenset()
+    group: wire.GroupRequest | None = None
+    produce_seq: int = 0  # the shim's produce counter when the fetch was forwarded
+
+
+class BrokerShim:
+    """Accepts client connections on ``listen`` and relays them to noida-db at ``upstream``."""
+
+    def __init__(self, upstream: tuple[str, int], listen: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listen = listen
+        self.sessions = GroupSessions()
+        self._produce_seq = 0
+        self._topic_seq: dict[str, int] = {}
+        self._produced = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._correlation = itertools.count(1)
+        self.evictions = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, *self.listen, limit=2**24)
+        self._janitor = asyncio.create_task(self._evict_loop())
+
+    async def close(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    # -- one client connection -------------------------------------------------------------
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.upstream, limit=2**24)
+        except OSError as exc:
+            log.warning("upstream broker unreachable: %s", exc)
+            client_w.close()
+            return
+        connection = _Connection(self, client_r, client_w, up_r, up_w)
+        await connection.run()
+
+    # -- produce notifications -------------------------------------------------------------
+
+    def produced(self, topics: frozenset[str]) -> None:
+        self._produce_seq += 1
+        for topic in topics:
+            self._topic_seq[topic] = self._produce_seq
+        self._produced.set()
+        self._produced = asyncio.Event()
+
+    def changed_since(self, topics: frozenset[str], seq: int) -> bool:
+        return any(self._topic_seq.get(topic, 0) > seq for topic in topics)
+
+    async def wait_for_produce(self, topics: frozenset[str], seq: int, deadline: float) -> None:
+        while not self.changed_since(topics, seq):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._produced.wait(), remaining)
+
+    @property
+    def produce_seq(self) -> int:
+        return self._produce_seq
+
+    # -- session janitor -------------------------------------------------------------------
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for member in self.sessions.expired():
+                try:
+                    await self._evict(member.group_id, member.member_id, member.instance_id)
+                except (OSError, asyncio.IncompleteReadError, wire.WireError) as exc:
+                    log.warning("could not evict %s from %s: %s", member.member_id, member.group_id, exc)
+
+    async def _evict(self, group_id: str, member_id: str, instance_id: str | None) -> None:
+        log.info("evicting silent member %s of group %s", member_id, group_id)
+        reader, writer = await asyncio.open_connection(*self.upstream)
+        try:
+            frame = wire.leave_group_request(next(self._correlation), group_id, [(member_id, instance_id)])
+            writer.write(frame)
+            await writer.drain()
+            await asyncio.wait_for(read_frame(reader), 10)
+            self.evictions += 1
+        finally:
+            writer.close()
+
+
+class _Connection:
+    """Relays one client connection, keeping responses in request order."""
+
+    def __init__(
+        self,
+        shim: BrokerShim,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+    ) -> None:
+        self.shim = shim
+        self.client_r, self.client_w = client_r, client_w
+        self.up_r, self.up_w = up_r, up_w
+        self.pending: deque[Pending] = deque()
+        self.retry: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._requests()), asyncio.create_task(self._responses())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for writer in (self.client_w, self.up_w, self.retry[1] if self.retry else None):
+                if writer is not None:
+                    writer.close()
+
+    async def _requests(self) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                frame = await read_frame(self.client_r)
+                pending = self._inspect(frame)
+                if pending is not None:
+                    self.pending.append(pending)
+                self.up_w.write(frame)
+                await self.up_w.drain()
+
+    def _inspect(self, frame: bytes) -> Pending | None:
+        header = wire.parse_request_header(frame[4:])
+        header = wire.RequestHeader(
+            header.api_key, header.api_version, header.correlation_id, header.body_offset + 4
+        )
+        pending = Pending(header, frame)
+        try:
+            if header.api_key == wire.API_FETCH:
+                pending.fetch = wire.parse_fetch_request(frame, header)
+                pending.produce_seq = self.shim.produce_seq
+            elif header.api_key == wire.API_PRODUCE:
+                acks, pending.produced = wire.parse_produce_topics(frame, header)
+                if acks == 0:  # no response will come: the data is as visible as it gets
+                    self.shim.produced(pending.produced)
+                    return None
+            elif header.api_key in _GROUP_APIS:
+                pending.group = wire.parse_group_request(frame, header)
+                self._group_request(header.api_key, pending.group)
+        except wire.WireError as exc:
+            log.debug("could not parse api %s v%s: %s", header.api_key, header.api_version, exc)
+        return pending
+
+    def _group_request(self, api_key: int, group: wire.GroupRequest) -> None:
+        sessions = self.shim.sessions
+        if api_key == wire.API_LEAVE_GROUP:
+            sessions.left(group.group_id, group.member_id)
+        elif api_key == wire.API_HEARTBEAT:
+            sessions.seen(group.group_id, group.member_id)
+        else:
+            sessions.request_started(group.group_id, group.member_id)
+
+    async def _responses(self) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                frame = await read_frame(self.up_r)
+                pending = self.pending.popleft() if self.pending else None
+                if pending is not None:
+                    frame = await self._finish(pending, frame)
+                self.client_w.write(frame)
+                await self.client_w.drain()
+
+    async def _finish(self, pending: Pending, frame: bytes) -> bytes:
+        header = pending.header
+        try:
+            if header.api_key == wire.API_FETCH and pending.fetch is not None:
+                return await self._long_poll(pending, frame)
+            if header.api_key == wire.API_PRODUCE:
+                self.shim.produced(pending.produced)
+            elif header.api_key == wire.API_API_VERSIONS:
+                mutable = bytearray(frame)
+                wire.cap_api_versions(mutable, header.api_version)
+                return bytes(mutable)
+            elif header.api_key == wire.API_METADATA:
+                host, port = self.shim.listen
+                return wire.rewrite_metadata_brokers(frame, header.api_version, host, port)
+            elif header.api_key == wire.API_FIND_COORDINATOR:
+                host, port = self.shim.listen
+                return wire.rewrite_coordinator(frame, header.api_version, host, port)
+            elif pending.group is not None:
+                self._group_response(pending, frame)
+        except wire.WireError as exc:
+            log.debug("could not parse response to api %s: %s", header.api_key, exc)
+        return frame
+
+    def _group_response(self, pending: Pending, frame: bytes) -> None:
+        group, header = pending.group, pending.header
+        assert group is not None
+        sessions = self.shim.sessions
+        if header.api_key == wire.API_JOIN_GROUP:
+            sessions.request_finished(group.group_id, group.member_id)
+            error, member_id = wire.parse_join_response_member(frame, header.api_version)
+            if member_id and error in (0, 79):  # 79: MEMBER_ID_REQUIRED assigns the id
+                sessions.joined(group.group_id, member_id, group.instance_id, group.session_timeout_ms)
+        elif header.api_key == wire.API_SYNC_GROUP:
+            sessions.request_finished(group.group_id, group.member_id)
+
+    async def _long_poll(self, pending: Pending, frame: bytes) -> bytes:
+        fetch = pending.fetch
+        assert fetch is not None
+        version = pending.header.api_version
+        deadline = time.monotonic() + fetch.max_wait_ms / 1000
+        seq = pending.produce_seq
+        while wire.fetch_response_is_empty(frame, version) and time.monotonic() < deadline:
+            await self.shim.wait_for_produce(fetch.topics, seq, deadline)
+            if not self.shim.changed_since(fetch.topics, seq):
+                break  # max_wait ran out with nothing new: the empty answer stands
+            seq = self.shim.produce_seq
+            frame = await self._refetch(pending.frame)
+        return frame
+
+    async def _refetch(self, request: bytes) -> bytes:
+        """Re-issue a fetch on a side connection so pipelined responses keep their order."""
+        if self.retry is None:
+            self.retry = await asyncio.open_connection(*self.shim.upstream, limit=2**24)
+        reader, writer = self.retry
+        writer.write(request)
+        await writer.drain()
+        return await read_frame(reader)

@@ -1,0 +1,1 @@
+"""The ``fraudlens`` command line."""

@@ -1,0 +1,116 @@
+"""``fraudlens produce``: paced transactions (generated or from a file) to ``transactions``."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from app import topics
+from app.settings import Settings, get_settings
+
+
+def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """confluent-kafka settings every fraudlens producer shares (SASL/TLS passed through)."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "linger.ms": 5,
+        "acks": "all",
+        "enable.idempotence": False,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    config.update(extra)
+    return config
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.APP_TOPICS) -> None:
+    """Create the app's topics with the configured partitions (no-op when they exist)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers,
+                         "security.protocol": settings.kafka_security_protocol})
+    existing = admin.list_topics(timeout=10).topics
+    wanted = [NewTopic(n, settings.partitions, settings.replication_factor) for n in names if n not in existing]
+    for future in admin.create_topics(wanted).values() if wanted else []:
+        try:
+            future.result(timeout=10)
+        except Exception as exc:  # another process created it first
+            if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def _messages(file: Path | None, bad_fraction: float, seed: int, live_time: bool) -> Iterator[tuple[bytes | None, bytes | None]]:
+    from app.malformed import malformed_messages
+    from app.model.generator import generate_transactions, restamp
+
+    rng = random.Random(seed)
+    bad = itertools.cycle(malformed_messages(200, seed)) if bad_fraction > 0 else None
+    source: Iterator[dict[str, Any]]
+    source = _file_transactions(file) if file else generate_transactions(10**12, seed)
+    for tx in source:
+        if bad is not None and rng.random() < bad_fraction:
+            value, _code = next(bad)
+            yield b"bad-" + str(rng.randrange(10**6)).encode(), value
+        if live_time and file is None:
+            tx = restamp(tx, datetime.now(UTC))
+        yield str(tx.get("card_id", "")).encode() or None, orjson.dumps(tx)
+
+
+def _file_transactions(file: Path) -> Iterator[dict[str, Any]]:
+    with file.open("rb") as lines:
+        for line in lines:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def run_producer(rate: float, count: int | None, file: Path | None, bad_fraction: float, seed: int,
+                 live_time: bool) -> int:
+    from confluent_kafka import KafkaException, Producer
+
+    settings = get_settings()
+    ensure_topics(settings)
+    producer = Producer(producer_config(settings))
+    acks = {"ok": 0, "failed": 0}
+
+    def delivered(err: Any, _msg: Any) -> None:
+        acks["failed" if err else "ok"] += 1
+
+    start = time.monotonic()
+    sent = 0
+    with tqdm(total=count, unit="msg", desc="produce", mininterval=1.0) as bar:
+        try:
+            for key, value in _messages(file, bad_fraction, seed, live_time):
+                if count is not None and sent >= count:
+                    break
+                _pace(start, sent, rate)
+                producer.produce(topics.TRANSACTIONS, value=value, key=key, on_delivery=delivered)
+                producer.poll(0)
+                sent += 1
+                bar.update(1)
+        except KeyboardInterrupt:
+            pass
+        except KafkaException as exc:
+            print(f"error: {exc}")
+    producer.flush(30)
+    print(f"sent {sent}, acked {acks['ok']}, failed {acks['failed']}")
+    return 0 if acks["failed"] == 0 and acks["ok"] == sent else 1
+
+
+def _pace(start: float, sent: int, rate: float) -> None:
+    """Hold the average at ``rate``: sleep until message ``sent`` is due."""
+    due = start + sent / rate
+    delay = due - time.monotonic()
+    if delay > 0.001:
+        time.sleep(delay)

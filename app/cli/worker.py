@@ -1,0 +1,31 @@
+"""``fraudlens worker --role R``: one Faust worker process running the agents of one role."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+ROLE_MODULES = {
+    "scorer": ("app.agents.scoring",),
+}
+
+
+def run_worker(role: str) -> None:
+    # The role names this process's state dir; it must be known before settings are read.
+    os.environ["FRAUDLENS_ROLE"] = role
+    from faust.worker import Worker
+
+    from app.app import app
+    from app.settings import get_settings
+
+    for module in ROLE_MODULES[role]:
+        importlib.import_module(module)  # agents and tables register on import
+    settings = get_settings()
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger(__name__).info(
+        "starting %s worker on %s, state in %s", role, settings.broker, settings.worker_dir
+    )
+    worker = Worker(app, loglevel=logging.getLogger().level or logging.INFO, quiet=True,
+                    override_logging=False)
+    worker.execute_from_commandline()

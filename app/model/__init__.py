@@ -1,0 +1,1 @@
+"""Model layer: synthetic data, features, training, registry and scoring."""

@@ -1,0 +1,194 @@
+"""The critical path as plain functions: validate → features → predict → verdict.
+
+No Kafka here: the scoring agent feeds batches of :class:`Incoming` and applies the returned
+:class:`BatchResult` (table writes first, then sends, in that order — see ``apply`` in
+:mod:`app.agents.scoring` for why the order matters after a crash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.model import features as feature_fns
+from app.model.scorer import ModelScorer
+from app.validation import InvalidInput, build_dlq_record, validate_transaction
+
+
+@dataclass(frozen=True)
+class Incoming:
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class BatchResult:
+    """What one batch asks of the tables and topics, in the order it must happen."""
+
+    predictions: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (index, txid, verdict)
+    card_states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # card → (index, state)
+    verdicts: list[tuple[bytes, bytes]] = field(default_factory=list)  # (txid, verdict)
+    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (original key, record)
+    resent: int = 0
+
+
+def iso_now(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class BatchScorer:
+    """Scores batches against two table-like mappings (plain dicts in unit tests)."""
+
+    def __init__(
+        self,
+        model: ModelScorer,
+        predictions: MutableMapping[bytes, bytes],
+        card_activity: MutableMapping[bytes, bytes],
+        max_message_bytes: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.model = model
+        self.predictions = predictions
+        self.card_activity = card_activity
+        self.max_message_bytes = max_message_bytes
+        self.clock = clock
+
+    def score(self, batch: Sequence[Incoming]) -> BatchResult:
+        now = self.clock()
+        result = BatchResult()
+        states: dict[bytes, dict[str, Any]] = {}
+        fresh: list[tuple[int, dict[str, Any], list[float]]] = []
+        seen_in_batch: set[bytes] = set()
+        in_batch_copies: list[bytes] = []
+        for index, item in enumerate(batch):
+            tx = self._validated(item, now, result)
+            if tx is None:
+                continue
+            txid, card = tx["transaction_id"].encode(), tx["card_id"].encode()
+            state = self._state(card, states)
+            if txid in seen_in_batch:  # sent again after the first copy is scored
+                in_batch_copies.append(txid)
+                continue
+            stored = self.predictions.get(txid)
+            if stored is not None:
+                self._resend(index, txid, card, tx, state, stored, states, result)
+                continue
+            seen_in_batch.add(txid)
+            fresh.append((index, tx, feature_fns.features_for(tx, state)))
+            states[card] = feature_fns.apply_transaction(tx, state)
+            result.card_states[card] = (index, b"")
+        self._predict(fresh, now, result)
+        if in_batch_copies:
+            scored = {txid: verdict for _, txid, verdict in result.predictions}
+            for txid in in_batch_copies:
+                result.verdicts.append((txid, scored[txid]))
+                result.resent += 1
+        for card, (index, _) in result.card_states.items():
+            result.card_states[card] = (index, orjson.dumps(states[card]))
+        return result
+
+    def _validated(self, item: Incoming, now: float, result: BatchResult) -> dict[str, Any] | None:
+        try:
+            tx = validate_transaction(item.value, self.max_message_bytes)
+            if item.key is not None and item.key != tx["card_id"].encode():
+                raise InvalidInput(
+                    "wrong_key",
+                    f"message key {item.key[:64]!r} is not the card_id {tx['card_id']!r}; "
+                    "transactions must be keyed by card_id",
+                    transaction_id=tx["transaction_id"],
+                )
+            return tx
+        except InvalidInput as exc:
+            record = build_dlq_record(
+                item.value, item.key, exc, item.topic, item.partition, item.offset, now
+            )
+            result.dlq.append((item.key, orjson.dumps(record)))
+            return None
+
+    def _state(self, card: bytes, states: dict[bytes, dict[str, Any]]) -> dict[str, Any] | None:
+        if card not in states:
+            raw = self.card_activity.get(card)
+            if raw is None:
+                return None
+            states[card] = orjson.loads(raw)
+        return states[card]
+
+    def _resend(
+        self,
+        index: int,
+        txid: bytes,
+        card: bytes,
+        tx: dict[str, Any],
+        state: dict[str, Any] | None,
+        stored: bytes,
+        states: dict[bytes, dict[str, Any]],
+        result: BatchResult,
+    ) -> None:
+        """A transaction seen before: the stored verdict again, never a second score."""
+        result.verdicts.append((txid, stored))
+        result.resent += 1
+        if not feature_fns.contains(state, tx["transaction_id"]):
+            # A crash lost the state write but not the verdict: bring the state up to date.
+            states[card] = feature_fns.apply_transaction(tx, state)
+            result.card_states[card] = (index, b"")
+
+    def _predict(
+        self, fresh: list[tuple[int, dict[str, Any], list[float]]], now: float, result: BatchResult
+    ) -> None:
+        if not fresh:
+            return
+        matrix = np.asarray([row for _, _, row in fresh], dtype=np.float64)
+        raw_scores, probabilities = self.model.predict(matrix)
+        decisions = self.model.decide(probabilities)
+        received = iso_now(now)
+        scored = iso_now(self.clock())
+        names = self.model.feature_names
+        for (index, tx, row), raw, prob, decision in zip(
+            fresh, raw_scores, probabilities, decisions, strict=True
+        ):
+            verdict = build_verdict(tx, row, names, float(raw), float(prob), decision, self.model, received, scored)
+            txid = tx["transaction_id"].encode()
+            encoded = orjson.dumps(verdict)
+            result.predictions.append((index, txid, encoded))
+            result.verdicts.append((txid, encoded))
+
+
+def build_verdict(
+    tx: dict[str, Any],
+    row: list[float],
+    names: Sequence[str],
+    raw_score: float,
+    probability: float,
+    decision: str,
+    model: ModelScorer,
+    received_at: str,
+    scored_at: str,
+) -> dict[str, Any]:
+    return {
+        "transaction_id": tx["transaction_id"],
+        "card_id": tx["card_id"],
+        "decision": decision,
+        "score": probability,
+        "raw_score": raw_score,
+        "model_version": model.version,
+        "features": dict(zip(names, row, strict=True)),
+        "thresholds": dict(model.thresholds),
+        "event_time": tx["timestamp"],
+        "received_at": received_at,
+        "scored_at": scored_at,
+        "amount": tx["amount"],
+        "currency": tx["currency"],
+        "channel": tx["channel"],
+        "country": tx["country"],
+        "card_country": tx["card_country"],
+        "mcc": tx["mcc"],
+        "merchant_id": tx["merchant_id"],
+    }

@@ -1,0 +1,72 @@
+"""Typed settings, read once from the environment (prefix ``FRAUDLENS_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_PORT = 9092
+
+
+class Settings(BaseSettings):
+    """Every knob of every role; agents never read ``os.environ`` themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUDLENS_", extra="ignore")
+
+    broker: str = Field(
+        f"kafka://127.0.0.1:{DEFAULT_BROKER_PORT}",
+        description="Kafka bootstrap URL(s), kafka://host:port[;host:port]. Unset: the embedded broker.",
+    )
+    data_dir: Path = Field(Path("data"), description="Local state: table stores, broker data, logs.")
+    models_dir: Path = Field(Path("models"), description="The model registry directory.")
+    app_id: str = Field("fraudlens", description="Faust app id; prefixes changelog topics and groups.")
+    partitions: int = Field(6, ge=1, le=256, description="Partitions of every topic the app creates.")
+    replication_factor: int = Field(1, ge=1, description="Replication of every topic the app creates.")
+    instance_id: str | None = Field(None, description="Static group membership id for this worker.")
+    role: str = Field("worker", description="Set by `fraudlens worker --role`; names the state dir.")
+
+    # Kafka client tuning (see README: performance)
+    session_timeout_s: float = Field(10.0, gt=0, description="Group session timeout.")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Group heartbeat interval.")
+    fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch long-poll bound.")
+    producer_linger_ms: float = Field(2.0, ge=0, description="Producer batching delay.")
+    stream_buffer_maxsize: int = Field(32768, ge=1, description="Faust per-stream buffer.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+
+    # scorer
+    scorer_batch_max: int = Field(1000, ge=1, description="Most transactions scored in one batch.")
+    scorer_batch_within_s: float = Field(0.002, gt=0, description="Longest wait to fill a batch.")
+    max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
+    model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
+
+    worker_web_port: int = Field(0, ge=0, le=65535, description="Worker HTTP port (0: none).")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not value.startswith("kafka://") or len(value) <= len("kafka://"):
+            raise ValueError("FRAUDLENS_BROKER must look like kafka://host:port")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port[,host:port] for confluent-kafka and aiokafka."""
+        return self.broker.removeprefix("kafka://").replace(";", ",")
+
+    @property
+    def worker_dir(self) -> Path:
+        """This process's own state dir (two workers on one machine need two data dirs)."""
+        suffix = f"-{self.instance_id}" if self.instance_id else ""
+        return self.data_dir / f"{self.role}{suffix}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

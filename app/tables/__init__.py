@@ -1,0 +1,1 @@
+"""Changelog-backed tables, one module each."""
