@@ -19,6 +19,10 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(settings.worker_dir),
         autodiscover=False,
         origin="app",
+        # Everything is raw bytes; the agents encode with orjson themselves (faster than Faust's
+        # codecs, and bad input must reach the DLQ byte for byte).
+        key_serializer="raw",
+        value_serializer="raw",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,

@@ -22,7 +22,9 @@ __all__ = [
     "SCHEMA_DIR",
     "SCHEMA_NAMES",
     "ContractViolation",
+    "compile_schema",
     "format_utc",
+    "inline_local_refs",
     "load_schema",
     "schema_path",
     "validate_message",
@@ -33,8 +35,7 @@ __all__ = [
 # container can point at the files; otherwise the repository layout, which
 # also holds for an editable install because __file__ stays in the work tree.
 SCHEMA_DIR: Path = Path(
-    os.environ.get("FRAUDLENS_SCHEMA_DIR")
-    or Path(__file__).resolve().parent.parent / "schemas"
+    os.environ.get("FRAUDLENS_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schemas"
 )
 
 SCHEMA_NAMES: tuple[str, ...] = ("transaction", "verdict", "dlq")
@@ -83,27 +84,62 @@ def load_schema(name: str) -> dict[str, Any]:
     return copy.deepcopy(_schema(_normalise(name)))
 
 
-def compile_schema(schema: dict[str, Any]) -> Validator:
+def _no_remote(uri: str) -> Any:
+    raise ValueError(f"remote $ref {uri!r} is not allowed in fraudlens schemas")
+
+
+def compile_schema(schema: dict[str, Any], *, use_formats: bool = True, fast_fail: bool = True) -> Validator:
     """Compile with fastjsonschema without ever fetching remote ``$ref`` targets.
 
-    All our refs are local (``#/$defs/...``); an empty ``handlers`` mapping is
-    not enough to stop urllib, so any remote ref fails loudly instead of
-    silently doing network I/O at startup.
+    All our refs are local (``#/$defs/...``); without explicit handlers
+    fastjsonschema would fetch an http(s) ref with urllib, so any remote ref
+    fails loudly instead of silently doing network I/O at startup. The schema
+    is copied because fastjsonschema rewrites every ``$ref`` in place to an
+    absolute URI, which would corrupt the cached schema for later readers.
     """
+    return fastjsonschema.compile(
+        copy.deepcopy(schema),
+        handlers={"http": _no_remote, "https": _no_remote},
+        use_formats=use_formats,
+        fast_fail=fast_fail,
+    )
 
-    def _no_remote(uri: str) -> Any:
-        raise ValueError(f"remote $ref {uri!r} is not allowed in fraudlens schemas")
 
-    return fastjsonschema.compile(schema, handlers={"http": _no_remote, "https": _no_remote})
+def inline_local_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Copy of ``schema`` with every ``{"$ref": "#/$defs/x"}`` replaced by its target.
+
+    fastjsonschema turns each $ref into a function call with string building
+    for the error path; inlining removes that from the hot path (about 1 µs
+    per transaction) while the schema file stays DRY. Sibling keywords of a
+    $ref win over the target's, as in draft 2020-12 for annotations.
+    """
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            target = walk(defs[ref.removeprefix("#/$defs/")])
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return {k: walk(v) for k, v in node.items()}
+
+    return {k: (v if k in ("$defs", "examples") else walk(v)) for k, v in schema.items()}
 
 
-@cache
 def validator(name: str) -> Validator:
     """Compiled fastjsonschema validator for ``name`` (compiled once per process).
 
     It returns the data unchanged or raises ``fastjsonschema.JsonSchemaValueException``.
     """
-    return compile_schema(_schema(_normalise(name)))
+    return _compiled(_normalise(name))
+
+
+@cache
+def _compiled(name: str) -> Validator:
+    return compile_schema(_schema(name))
 
 
 def validate_message(name: str, obj: Any) -> None:

@@ -1,7 +1,10 @@
 """Small, named adjustments to faust-streaming's Kafka driver.
 
 faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer; we make it a
-setting. Everything else is configured through Faust's own settings.
+setting. Its producer buffer (the ordered queue behind ``send_soon`` and table writes) throttles
+the stream at 100 pending messages, logging a warning each time; one scored batch queues a
+verdict, a prediction row and a card state per transaction, so the bound follows the batch size.
+Everything else is configured through Faust's own settings.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ def install_faust_patches(settings: Settings) -> None:
         return
     _installed.append(settings)
     from faust.transport.drivers import aiokafka as driver
+    from faust.transport.producer import ProducerBuffer
+
+    ProducerBuffer.max_messages = 4 * settings.scorer_batch_max + 1000
 
     original = driver.AIOKafkaConsumerThread._create_worker_consumer
 

@@ -61,7 +61,9 @@ class BatchScorer:
         self.max_message_bytes = max_message_bytes
         self.clock = clock
 
-    def score(self, batch: Sequence[Incoming]) -> BatchResult:
+    def score(self, batch: Sequence[Incoming], focus: Callable[[int], None] | None = None) -> BatchResult:
+        """Score a batch; ``focus(i)`` is called before item i touches the tables (Faust reads a
+        partitioned table from the store of the current event's partition)."""
         now = self.clock()
         result = BatchResult()
         states: dict[bytes, dict[str, Any]] = {}
@@ -73,6 +75,8 @@ class BatchScorer:
             if tx is None:
                 continue
             txid, card = tx["transaction_id"].encode(), tx["card_id"].encode()
+            if focus is not None:
+                focus(index)
             state = self._state(card, states)
             if txid in seen_in_batch:  # sent again after the first copy is scored
                 in_batch_copies.append(txid)
@@ -108,7 +112,8 @@ class BatchScorer:
             return tx
         except InvalidInput as exc:
             record = build_dlq_record(
-                item.value, item.key, exc, item.topic, item.partition, item.offset, now
+                item.value, item.key, exc, item.topic, item.partition, item.offset,
+                datetime.fromtimestamp(now, UTC),
             )
             result.dlq.append((item.key, orjson.dumps(record)))
             return None
@@ -132,12 +137,19 @@ class BatchScorer:
         states: dict[bytes, dict[str, Any]],
         result: BatchResult,
     ) -> None:
-        """A transaction seen before: the stored verdict again, never a second score."""
+        """A transaction seen before: the stored verdict again, never a second score.
+
+        The stored rows are written again: after a crash the local store can hold writes whose
+        changelog records were lost, and the changelog must catch up before the verdict leaves.
+        """
+        result.predictions.append((index, txid, stored))
         result.verdicts.append((txid, stored))
         result.resent += 1
         if not feature_fns.contains(state, tx["transaction_id"]):
-            # A crash lost the state write but not the verdict: bring the state up to date.
-            states[card] = feature_fns.apply_transaction(tx, state)
+            # A crash lost the state write but not the prediction: bring the state up to date.
+            state = feature_fns.apply_transaction(tx, state)
+        if state is not None:
+            states[card] = state
             result.card_states[card] = (index, b"")
 
     def _predict(

@@ -1,9 +1,12 @@
 """The scoring agent: transactions → verdicts, micro-batched. The critical path.
 
-Order of effects per batch, all through the producer's one ordered buffer (``send_soon``):
-predictions rows, then card states, then verdicts and DLQ records. A worker killed mid-batch
-can therefore have persisted a prediction without its verdict (the replay re-sends the stored
-verdict) but never a verdict without its prediction (which would be re-scored differently).
+Order of effects per batch: predictions rows and card states are written and flushed (acked by
+the broker) before any verdict of the batch is sent. A worker killed mid-batch can therefore
+have persisted a prediction without its verdict (the replay re-sends the stored verdict) but
+never a verdict without its prediction (the replay would score again, with new timestamps). The
+producer batches per partition with a linger, so without the flush a verdict's batch could
+leave before its prediction's. Offsets are committed only after a producer flush (Faust), so a
+sent verdict is never skipped on replay either.
 """
 
 from __future__ import annotations
@@ -28,11 +31,10 @@ settings = get_settings()
 
 
 def load_model() -> ModelScorer:
-    registry = Registry(settings.models_dir)
-    version = settings.model_version or registry.current()
+    version = settings.model_version or Registry(settings.models_dir).current()
     if version is None:
         raise SystemExit(f"no model registered in {settings.models_dir}: run `fraudlens train` first")
-    return ModelScorer(registry.path(version), version)
+    return ModelScorer(settings.models_dir, version)
 
 
 def _incoming(event: EventT) -> Incoming:
@@ -40,7 +42,7 @@ def _incoming(event: EventT) -> Incoming:
     return Incoming(message.key, message.value, message.topic, message.partition, message.offset)
 
 
-def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult) -> None:
+async def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult) -> None:
     """Table writes (each under its own event, so the changelog partition is right), then sends."""
     for index, txid, verdict in result.predictions:
         stream._set_current_event(events[index])
@@ -48,6 +50,8 @@ def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult) -> Non
     for card, (index, state) in result.card_states.items():
         stream._set_current_event(events[index])
         card_activity[card] = state
+    if result.predictions or result.card_states:
+        await app.producer.flush()
     for txid, verdict in result.verdicts:
         verdicts_topic.send_soon(key=txid, value=verdict)
     for key, record in result.dlq:
@@ -59,6 +63,9 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
     scorer = BatchScorer(load_model(), predictions, card_activity, settings.max_message_bytes, time.time)
     log.info("scoring with model %s", scorer.model.version)
     async for events in stream.take_events(settings.scorer_batch_max, settings.scorer_batch_within_s):
-        result = scorer.score([_incoming(event) for event in events])
-        apply(stream, events, result)
+        result = scorer.score(
+            [_incoming(event) for event in events],
+            focus=lambda index: stream._set_current_event(events[index]),  # noqa: B023
+        )
+        await apply(stream, events, result)
         yield len(events)

@@ -102,6 +102,7 @@ async def serve(port: int, data_dir: Path, host: str = "127.0.0.1", ready_file: 
         await asyncio.to_thread(wait_for_port, host, upstream_port, 30, noida)
         await shim.start()
         await wait_for_metadata(host, port, 30)
+        await asyncio.to_thread(_create_app_topics, host, port)
         log.info("broker ready on %s:%s (noida-db pid %s, data in %s)", host, port, noida.pid, data_dir)
         if ready_file is not None:
             ready_file.write_text(f"{host}:{port}\n")
@@ -109,6 +110,15 @@ async def serve(port: int, data_dir: Path, host: str = "127.0.0.1", ready_file: 
     finally:
         await shim.close()
         stop_process(noida)
+
+
+def _create_app_topics(host: str, port: int) -> None:
+    from app.admin import ensure_topics
+    from app.settings import get_settings
+
+    created = ensure_topics(get_settings().model_copy(update={"broker": f"kafka://{host}:{port}"}))
+    if created:
+        log.info("created topics %s", ", ".join(created))
 
 
 async def _supervise(noida: subprocess.Popen[bytes], stop: asyncio.Event) -> int:

@@ -90,6 +90,16 @@ def produce(rate: float, count: int | None, file: Path | None, bad_fraction: flo
     sys.exit(run_producer(rate, count, file, bad_fraction, seed, live_time))
 
 
+@cli.command()
+@click.option("--rate", default=50.0, show_default=True, type=click.FloatRange(min=0),
+              help="Paced producer rate (0: no producer).")
+def up(rate: float) -> None:
+    """Run broker, scorer and a paced producer as child processes until Ctrl-C or SIGTERM."""
+    from app.cli.up import run_up
+
+    sys.exit(run_up(rate))
+
+
 def main() -> None:
     cli(prog_name="fraudlens")
 

@@ -14,41 +14,12 @@ import orjson
 from tqdm import tqdm
 
 from app import topics
+from app.admin import client_config, ensure_topics
 from app.settings import Settings, get_settings
 
 
-def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
-    """confluent-kafka settings every fraudlens producer shares (SASL/TLS passed through)."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "linger.ms": 5,
-        "acks": "all",
-        "enable.idempotence": False,
-        "security.protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_sasl_mechanism:
-        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl.username"] = settings.kafka_sasl_username or ""
-        password = settings.kafka_sasl_password
-        config["sasl.password"] = password.get_secret_value() if password else ""
-    config.update(extra)
-    return config
-
-
-def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.APP_TOPICS) -> None:
-    """Create the app's topics with the configured partitions (no-op when they exist)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers,
-                         "security.protocol": settings.kafka_security_protocol})
-    existing = admin.list_topics(timeout=10).topics
-    wanted = [NewTopic(n, settings.partitions, settings.replication_factor) for n in names if n not in existing]
-    for future in admin.create_topics(wanted).values() if wanted else []:
-        try:
-            future.result(timeout=10)
-        except Exception as exc:  # another process created it first
-            if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return client_config(settings, **{"linger.ms": 5, "acks": "all"})
 
 
 def _messages(file: Path | None, bad_fraction: float, seed: int, live_time: bool) -> Iterator[tuple[bytes | None, bytes | None]]:

@@ -10,8 +10,10 @@ transactions are queued on a heap and merged into the time-ordered stream:
 * ``compromised_merchant``: a few merchants where stolen cards get odd amounts;
 * ``night_cash_out``: several large ATM withdrawals at 1-5 am local time.
 
-All randomness comes from one ``random.Random(seed)``: the same seed, count
-and start always give the same stream.
+Legitimate look-alikes (bursts of in-app purchases, travellers on new devices
+and at foreign ATMs) keep the patterns from being trivially separable.  All
+randomness comes from one ``random.Random(seed)``: the same seed, count and
+start always give the same stream.
 """
 
 from __future__ import annotations
@@ -104,11 +106,10 @@ class Population:
     testing: list[Merchant]
     risky_ecom: list[Merchant]
     compromised: list[Merchant]
+    micro: list[Merchant]
 
     def pool(self, channel: str, country: str) -> list[Merchant]:
-        if channel == "ecom":
-            return self.ecom
-        return self.pools.get((channel, country)) or self.pools[(channel, "DE")]
+        return self.ecom if channel == "ecom" else self.pools[(channel, country)]
 
 
 def _popular(rng: random.Random, pool: list[Merchant], k: int) -> list[Merchant]:
@@ -116,9 +117,7 @@ def _popular(rng: random.Random, pool: list[Merchant], k: int) -> list[Merchant]
     return [pool[int(len(pool) * rng.random() ** 1.6)] for _ in range(k)]
 
 
-def _merchants(
-    rng: random.Random, channel: str, countries: list[str], count: int
-) -> list[Merchant]:
+def _merchants(rng: random.Random, channel: str, countries: list[str], count: int) -> list[Merchant]:
     mccs, weights = CHANNEL_MCCS[channel]
     prefix = {"pos": "m", "ecom": "web", "atm": "atm"}[channel]
     out = []
@@ -139,14 +138,9 @@ def _build_pools(rng: random.Random) -> dict[tuple[str, str], list[Merchant]]:
 
 
 def _new_card(
-    rng: random.Random,
-    index: int,
-    pools: dict[tuple[str, str], list[Merchant]],
-    ecom: list[Merchant],
+    rng: random.Random, index: int, pools: dict[tuple[str, str], list[Merchant]], ecom: list[Merchant]
 ) -> Card:
-    country, _, currency = rng.choices(
-        HOME_COUNTRIES, [w for _, w, _ in HOME_COUNTRIES]
-    )[0]
+    country, _, currency = rng.choices(HOME_COUNTRIES, [w for _, w, _ in HOME_COUNTRIES])[0]
     favourites = {
         "pos": _popular(rng, pools[("pos", country)], rng.randint(5, 12)),
         "ecom": _popular(rng, ecom, rng.randint(2, 6)),
@@ -181,23 +175,20 @@ def build_population(rng: random.Random, n_cards: int) -> Population:
         testing=[m for m in ecom if m.mcc in TESTING_MCCS],
         risky_ecom=[m for m in ecom if m.mcc in ECOM_FRAUD_MCCS],
         compromised=compromised,
+        micro=[m for m in ecom if m.mcc == "5815"],
     )
 
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
-PATTERNS = (
-    "card_testing",
-    "account_takeover",
-    "compromised_merchant",
-    "night_cash_out",
-)
+PATTERNS = ("card_testing", "account_takeover", "compromised_merchant", "night_cash_out")
 MAX_AMOUNT = 1_000_000.0
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 
-# Per legitimate transaction: probability of starting each fraud episode.
+# Per legitimate transaction: probability of starting each (fraud) episode.
 # Sized so that, with the episode lengths below, ~1.5 % of rows are fraud.
 P_CARD_TESTING = 0.0005
+P_MICRO_BURST = 0.002  # legitimate look-alike of card testing
 P_TAKEOVER = 0.0018
 P_COMPROMISED = 0.0035
 P_CASH_OUT = 0.0009
@@ -274,22 +265,20 @@ class _Simulator:
                 return
             self.now = next_ms
             body = self._legit()
-            self._maybe_start_fraud()
+            self._maybe_start_episode()
             seq += 1
             yield self._emit(seq, self.now, body, None)
 
-    def _emit(
-        self, seq: int, ts: int, body: dict[str, Any], pattern: str | None
-    ) -> LabeledTransaction:
+    def _emit(self, seq: int, ts: int, body: dict[str, Any], pattern: str | None) -> LabeledTransaction:
         tx_id = f"tx-{seq:06d}-{self.rng.getrandbits(24):06x}"
         tx = {"transaction_id": tx_id, "timestamp": format_ts_ms(ts), **body}
         return LabeledTransaction(tx, pattern is not None, pattern)
 
     def _push(
-        self, ts: int, pattern: str, card: Card, shop: Merchant, amount: float,
+        self, ts: int, pattern: str | None, card: Card, shop: Merchant, amount: float,
         device: str | None,
     ) -> None:  # fmt: skip
-        """Queue one fraudulent transaction for time ``ts``."""
+        """Queue one transaction of an episode for time ``ts``."""
         self.tiebreak += 1
         body = self._body(card, shop, _money(amount), device)
         heapq.heappush(self.heap, (ts, self.tiebreak, body, pattern))
@@ -314,10 +303,11 @@ class _Simulator:
             card.trip_country = rng.choice(TRAVEL_COUNTRIES)
             card.trip_until = self.now + rng.randint(2, 9) * 86_400_000
         where = card.where(self.now)
+        away = where != card.country
         roll = rng.random()
         channel = "ecom" if roll < card.p_ecom else "pos"
-        if channel == "pos" and roll < card.p_ecom + card.p_atm:
-            channel = "atm"
+        if channel == "pos" and roll < card.p_ecom + card.p_atm * (3 if away else 1):
+            channel = "atm"  # travellers need local cash
         merchant = self._merchant_for(card, channel, where)
         mu, sigma = MCC_AMOUNTS[merchant.mcc]
         amount = rng.lognormvariate(mu, sigma) * card.scale
@@ -326,9 +316,10 @@ class _Simulator:
         device = None
         if channel == "ecom":
             device = card.device
-            if rng.random() < 0.02:  # new phone or laptop; half become the usual
+            # New phone or laptop (half become the usual), or a hotel computer.
+            if rng.random() < (0.15 if away else 0.03):
                 device = f"dev-{rng.getrandbits(40):010x}"
-                if rng.random() < 0.5:
+                if not away and rng.random() < 0.5:
                     card.device = device
         return self._body(card, merchant, _money(amount), device)
 
@@ -342,9 +333,7 @@ class _Simulator:
         return _popular(rng, self.pop.pool(channel, where), 1)[0]
 
     @staticmethod
-    def _body(
-        card: Card, merchant: Merchant, amount: float, device: str | None
-    ) -> dict[str, Any]:
+    def _body(card: Card, merchant: Merchant, amount: float, device: str | None) -> dict[str, Any]:
         return {
             "card_id": card.card_id,
             "amount": amount,
@@ -358,9 +347,11 @@ class _Simulator:
         }
 
     # ----------------------------------------------------------------- fraud
-    def _maybe_start_fraud(self) -> None:
+    def _maybe_start_episode(self) -> None:
         roll = self.rng.random()
-        if roll < P_CARD_TESTING:
+        if roll < P_MICRO_BURST:
+            self._micro_burst()
+        elif (roll := roll - P_MICRO_BURST) < P_CARD_TESTING:
             self._card_testing()
         elif (roll := roll - P_CARD_TESTING) < P_TAKEOVER:
             self._account_takeover()
@@ -372,6 +363,16 @@ class _Simulator:
     def _victim(self) -> tuple[Card, str]:
         """A random card and a device the fraudster uses (never the card's)."""
         return self.rng.choice(self.pop.cards), f"dev-{self.rng.getrandbits(40):010x}"
+
+    def _micro_burst(self) -> None:
+        """Legitimate: a few in-app purchases in minutes, own device and shops."""
+        rng = self.rng
+        card = rng.choice(self.pop.cards)
+        shop = rng.choice(card.favourites["ecom"] + self.pop.micro)
+        ts = self.now + rng.randint(0, 30 * MINUTE_MS)
+        for _ in range(rng.randint(3, 8)):
+            ts += rng.randint(20_000, 3 * MINUTE_MS)
+            self._push(ts, None, card, shop, rng.choice((0.99, 1.99, 2.99, 4.99)), card.device)
 
     def _card_testing(self) -> None:
         rng = self.rng
@@ -391,11 +392,11 @@ class _Simulator:
     def _account_takeover(self) -> None:
         rng = self.rng
         card, device = self._victim()
-        foreign = [m for m in self.pop.risky_ecom if m.country != card.country]
+        shops = [m for m in self.pop.risky_ecom if m.country != card.country]
         ts = self.now + rng.randint(0, 2 * HOUR_MS)
         for _ in range(rng.randint(1, 3)):
-            shop = rng.choice(foreign)
-            amount = min(8000.0, max(150.0, rng.lognormvariate(math.log(900), 0.6)))
+            shop = rng.choice(shops)
+            amount = min(8000.0, max(150.0, rng.lognormvariate(math.log(600), 0.8)))
             self._push(ts, "account_takeover", card, shop, amount, device)
             ts += rng.randint(2 * MINUTE_MS, 30 * MINUTE_MS)
 
@@ -405,9 +406,9 @@ class _Simulator:
         amount = float(rng.randint(15, 120) * 10)  # suspiciously round
         if rng.random() < 0.5:
             amount = rng.choice((111.11, 222.22, 333.33, 444.44, 555.55, 999.99))
-        device = device if shop.channel == "ecom" else None
         ts = self.now + rng.randint(0, 10 * MINUTE_MS)
-        self._push(ts, "compromised_merchant", card, shop, amount, device)
+        used = device if shop.channel == "ecom" else None
+        self._push(ts, "compromised_merchant", card, shop, amount, used)
 
     def _night_cash_out(self) -> None:
         rng = self.rng
@@ -427,17 +428,13 @@ class _Simulator:
             ts += rng.randint(MINUTE_MS, 8 * MINUTE_MS)
 
 
-def generate(
-    count: int, seed: int, start: datetime | None = None
-) -> Iterator[LabeledTransaction]:
+def generate(count: int, seed: int, start: datetime | None = None) -> Iterator[LabeledTransaction]:
     """``count`` labelled transactions ordered by timestamp (reproducible)."""
     if count < 0:
         raise ValueError("count must be >= 0")
     return _Simulator(count, seed, start).run()
 
 
-def generate_transactions(
-    count: int, seed: int, start: datetime | None = None
-) -> Iterator[dict[str, Any]]:
+def generate_transactions(count: int, seed: int, start: datetime | None = None) -> Iterator[dict[str, Any]]:
     """Just the transaction dicts of ``generate``."""
     return (item.transaction for item in generate(count, seed, start))

@@ -12,7 +12,5 @@ card_activity = app.Table(
     "card_activity",
     key_type=bytes,
     value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
     help="card_id to its recent-activity state (JSON) used for velocity features.",
 )

@@ -12,7 +12,5 @@ predictions = app.Table(
     "predictions",
     key_type=bytes,
     value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
     help="transaction_id to the verdict JSON sent for it; makes re-sends idempotent.",
 )

@@ -1,0 +1,123 @@
+"""``fraudlens up``: the whole stack as child processes, with a live summary line per second."""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app import topics
+from app.admin import client_config
+from app.settings import Settings, get_settings
+
+
+def _spawn(args: list[str], log_dir: Path, name: str) -> subprocess.Popen[bytes]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / f"{name}.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "app.cli.main", *args], stdout=log, stderr=log)
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    """Stop in reverse start order (producer first, broker last); no orphans."""
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _embedded_port(settings: Settings) -> int | None:
+    if "broker" in settings.model_fields_set:
+        return None  # FRAUDLENS_BROKER points elsewhere: use that broker
+    return int(settings.bootstrap_servers.rsplit(":", 1)[1])
+
+
+def run_up(rate: float | None) -> int:
+    settings = get_settings()
+    log_dir = settings.data_dir / "logs"
+    children: list[subprocess.Popen[bytes]] = []
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    try:
+        port = _embedded_port(settings)
+        if port is not None:
+            ready = settings.data_dir / "broker.ready"
+            ready.unlink(missing_ok=True)
+            children.append(_spawn(["broker", "--port", str(port), "--ready-file", str(ready)], log_dir, "broker"))
+            _wait_for(lambda: ready.exists(), children, 60, "broker")
+        children.append(_spawn(["worker", "--role", "scorer"], log_dir, "scorer"))
+        if rate:
+            children.append(_spawn(["produce", "--rate", str(rate)], log_dir, "producer"))
+        print(f"stack up (logs in {log_dir}); Ctrl-C stops it", flush=True)
+        _status_loop(settings, children, stopping)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(children)
+
+
+def _wait_for(ready: Any, children: list[subprocess.Popen[bytes]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if any(child.poll() is not None for child in children) or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start; see its log")
+        time.sleep(0.1)
+
+
+def _status_loop(settings: Settings, children: list[subprocess.Popen[bytes]], stopping: list[int]) -> None:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(client_config(settings, **{
+        "group.id": f"{settings.app_id}-up-status", "auto.offset.reset": "latest",
+        "enable.auto.commit": False,
+    }))  # fmt: skip
+    consumer.subscribe([topics.VERDICTS, topics.TRANSACTIONS_DLQ])
+    totals: Counter[str] = Counter()
+    try:
+        while not stopping:
+            if any(child.poll() is not None for child in children):
+                print("a child process exited; stopping the stack", flush=True)
+                return
+            print(_one_second(consumer, totals), flush=True)
+    finally:
+        consumer.close()
+
+
+def _one_second(consumer: Any, totals: Counter[str]) -> str:
+    end = time.monotonic() + 1.0
+    latencies: list[float] = []
+    count = 0
+    while (left := end - time.monotonic()) > 0:
+        for message in consumer.consume(500, timeout=left):
+            if message.error() is not None:
+                continue
+            record = orjson.loads(message.value())
+            if message.topic() == topics.TRANSACTIONS_DLQ:
+                totals["dlq"] += 1
+                continue
+            count += 1
+            totals[record["decision"]] += 1
+            latencies.append(_latency_ms(record))
+    p50 = statistics.median(latencies) if latencies else float("nan")
+    return (
+        f"verdicts/s {count:5d} | approve {totals['approve']} review {totals['review']} "
+        f"deny {totals['deny']} | dlq {totals['dlq']} | event→verdict p50 {p50:.1f} ms"
+    )
+
+
+def _latency_ms(verdict: dict[str, Any]) -> float:
+    scored = datetime.fromisoformat(verdict["scored_at"])
+    event = datetime.fromisoformat(verdict["event_time"])
+    return (scored - event).total_seconds() * 1000

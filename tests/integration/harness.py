@@ -1,0 +1,223 @@
+"""Start and stop the real stack for integration tests: processes by their own PID, free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM this process (and, if it lingers, SIGKILL it and its children)."""
+        if not self.alive():
+            return
+        children = _children(self.pid)
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+    def kill(self) -> None:
+        children = _children(self.pid)
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@dataclass
+class Stack:
+    """One isolated fraudlens deployment: its own broker port, data dir and app id."""
+
+    root: Path
+    models_dir: Path
+    broker_port: int = field(default_factory=free_port)
+    app_id: str = "fraudlens"
+    processes: list[Process] = field(default_factory=list)
+    readers: list[TopicReader] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            FRAUDLENS_BROKER=f"kafka://{self.bootstrap}",
+            FRAUDLENS_DATA_DIR=str(self.root / "data"),
+            FRAUDLENS_MODELS_DIR=str(self.models_dir),
+            FRAUDLENS_APP_ID=self.app_id,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, args: Iterable[str], **env: str) -> Process:
+        log = self.root / "logs" / f"{name}-{len(self.processes)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "app.cli.main", *args],
+                cwd=REPO, env=self.env(**env), stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def start_broker(self, data_dir: Path | None = None) -> Process:
+        ready = self.root / f"broker-ready-{len(self.processes)}"
+        directory = data_dir or self.root / "data" / "broker"
+        process = self.spawn(
+            "broker",
+            ["broker", "--port", str(self.broker_port), "--data-dir", str(directory), "--ready-file", str(ready)],
+        )
+        wait_until(lambda: ready.exists() or not process.alive(), 60, "the broker to answer")
+        assert process.alive(), process.tail()
+        return process
+
+    def start_worker(self, role: str = "scorer", **env: str) -> Process:
+        return self.spawn(role, ["worker", "--role", role], **env)
+
+    def stop_all(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        for process in reversed(self.processes):
+            process.stop()
+
+    # -- Kafka helpers -------------------------------------------------------------------
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "acks": "all"})
+
+    def produce(self, messages: Iterable[tuple[bytes | None, bytes | None]], topic: str = "transactions") -> int:
+        producer = self.producer()
+        failures: list[Any] = []
+        count = 0
+        for key, value in messages:
+            producer.produce(topic, value=value, key=key,
+                             on_delivery=lambda err, _m: failures.append(err) if err else None)
+            producer.poll(0)
+            count += 1
+        assert producer.flush(30) == 0, "producer did not flush"
+        assert not failures, failures[:3]
+        return count
+
+    def produce_transactions(self, transactions: Iterable[dict[str, Any]]) -> int:
+        return self.produce((tx["card_id"].encode(), orjson.dumps(tx)) for tx in transactions)
+
+    def reader(self, topic: str) -> TopicReader:
+        reader = TopicReader(self.bootstrap, topic)
+        self.readers.append(reader)
+        return reader
+
+    def topic_partitions(self, topic: str) -> int:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "probe"})
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+            return len(metadata.topics[topic].partitions)
+        finally:
+            consumer.close()
+
+
+class TopicReader:
+    """Reads every partition of a topic from the beginning, without a consumer group."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"reader-{topic}",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 100, "log_level": 2,
+        })  # fmt: skip
+        self.closed = False
+        self.assigned = 0
+        self.messages: list[Any] = []
+
+    def _assign(self) -> None:
+        metadata = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        partitions = len(metadata.partitions) if metadata else 0
+        if partitions > self.assigned:
+            self.consumer.assign([TopicPartition(self.topic, p, 0) for p in range(partitions)])
+            self.messages.clear()
+            self.assigned = partitions
+
+    def poll(self, seconds: float = 0.2) -> list[Any]:
+        if not self.assigned:
+            self._assign()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batch = self.consumer.consume(1000, timeout=0.05)
+            self.messages.extend(m for m in batch if m.error() is None)
+        return self.messages
+
+    def read_until(self, condition: Callable[[list[Any]], bool], timeout: float, what: str) -> list[Any]:
+        wait_until(lambda: condition(self.poll()), timeout, what, interval=0)
+        return self.messages
+
+    def values(self) -> list[dict[str, Any]]:
+        return [orjson.loads(m.value()) for m in self.messages]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.consumer.close()

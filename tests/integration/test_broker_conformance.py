@@ -1,0 +1,158 @@
+"""Broker conformance: what Faust and our clients need from the embedded broker, proven on it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import psutil
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from app.model.features import apply_transaction, features_for
+from app.model.generator import generate_transactions
+from tests.integration.harness import Stack, wait_until
+
+
+def test_high_watermark_after_multi_record_batches(stack: Stack) -> None:
+    producer = stack.producer()
+    for i in range(1000):
+        producer.produce("transactions", value=b"x" * 50, key=b"k", partition=0)  # batched by linger
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "hw"})
+    low, high = consumer.get_watermark_offsets(TopicPartition("transactions", 0), timeout=10)
+    assert (low, high) == (0, 1000)
+    reader = stack.reader("transactions")
+    reader.read_until(lambda m: len(m) >= 1000, 30, "1,000 records")
+    assert [m.offset() for m in reader.messages if m.partition() == 0] == list(range(1000))
+    consumer.close()
+
+
+def test_topics_have_configured_partitions(tmp_path: Any, models_dir: Any) -> None:
+    stack = Stack(root=tmp_path, models_dir=models_dir)
+    try:
+        stack.processes.append(_broker_with_partitions(stack, 5))
+        stack.start_worker("scorer", FRAUDLENS_PARTITIONS="5")
+        stack.produce_transactions(generate_transactions(20, seed=1))
+        stack.reader("verdicts").read_until(lambda m: len(m) >= 20, 90, "verdicts")
+        for topic in ("transactions", "verdicts", "transactions.dlq",
+                      f"{stack.app_id}-predictions-changelog", f"{stack.app_id}-card_activity-changelog"):
+            assert stack.topic_partitions(topic) == 5, topic
+    finally:
+        stack.stop_all()
+
+
+def _broker_with_partitions(stack: Stack, partitions: int) -> Any:
+    ready = stack.root / "ready"
+    process = stack.spawn(
+        "broker",
+        ["broker", "--port", str(stack.broker_port), "--ready-file", str(ready)],
+        FRAUDLENS_PARTITIONS=str(partitions),
+    )
+    stack.processes.pop()
+    wait_until(lambda: ready.exists() or not process.alive(), 60, "broker")
+    return process
+
+
+def _replayed_features(transactions: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Features computed offline from the full history: what exact table recovery must give."""
+    states: dict[str, Any] = {}
+    expected = {}
+    for tx in transactions:
+        state = states.get(tx["card_id"])
+        expected[tx["transaction_id"]] = features_for(tx, state)
+        states[tx["card_id"]] = apply_transaction(tx, state)
+    return expected
+
+
+@pytest.mark.parametrize("wipe", [False, True], ids=["data-dir-kept", "data-dir-wiped"])
+def test_table_recovery_is_exact(stack: Stack, wipe: bool) -> None:
+    """Stop the scorer, optionally wipe its RocksDB, restart: the card states continue exactly."""
+    transactions = list(generate_transactions(2000, seed=31))
+    scorer = stack.start_worker("scorer")
+    stack.produce_transactions(transactions[:1000])
+    verdicts = stack.reader("verdicts")
+    verdicts.read_until(lambda m: len(m) >= 1000, 120, "first 1,000 verdicts")
+    scorer.stop()
+    if wipe:
+        import shutil
+
+        shutil.rmtree(stack.root / "data" / "scorer")
+    stack.start_worker("scorer")
+    stack.produce_transactions(transactions[1000:])
+    verdicts.read_until(lambda m: len(m) >= 2000, 120, "all 2,000 verdicts")
+    expected = _replayed_features(transactions)
+    for verdict in verdicts.values():
+        got = list(verdict["features"].values())
+        assert got == pytest.approx(expected[verdict["transaction_id"]], rel=1e-12, abs=1e-12), verdict[
+            "transaction_id"
+        ]
+
+
+def _group_members(stack: Stack) -> list[Any]:
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    description = admin.describe_consumer_groups([stack.app_id])[stack.app_id].result(timeout=10)
+    return list(description.members)
+
+
+def _assigned(member: Any, topic: str = "transactions") -> set[int]:
+    partitions = member.assignment.topic_partitions if member.assignment else []
+    return {tp.partition for tp in partitions if tp.topic == topic}
+
+
+def test_two_workers_share_and_one_takes_over(stack: Stack) -> None:
+    first = stack.start_worker("scorer")
+    second = stack.start_worker("scorer", FRAUDLENS_DATA_DIR=str(stack.root / "data-second"))
+
+    def shared() -> bool:
+        members = _group_members(stack)
+        return len(members) == 2 and all(_assigned(m) for m in members)
+
+    wait_until(shared, 90, "two scorers sharing the partitions")
+    second.kill()
+    killed_at = time.monotonic()
+
+    def taken_over() -> bool:
+        members = _group_members(stack)
+        return len(members) == 1 and len(_assigned(members[0])) == 6
+
+    wait_until(taken_over, 60, "the survivor to own every partition")
+    takeover = time.monotonic() - killed_at
+    transactions = list(generate_transactions(300, seed=41))
+    stack.produce_transactions(transactions)
+    stack.reader("verdicts").read_until(lambda m: len(m) >= 300, 60, "verdicts from the survivor")
+    assert takeover < 30, f"takeover took {takeover:.1f} s"
+    assert first.alive()
+
+
+def test_idle_worker_uses_little_cpu(stack: Stack) -> None:
+    scorer = stack.start_worker("scorer")
+    stack.produce_transactions(generate_transactions(10, seed=2))
+    stack.reader("verdicts").read_until(lambda m: len(m) >= 10, 90, "the scorer to be up")
+    process = psutil.Process(scorer.pid)
+    broker = [psutil.Process(p.pid) for p in stack.processes if p.name == "broker"]
+    before = process.cpu_times(), [b.cpu_times() for b in broker]
+    time.sleep(10)  # the measurement window itself, not a synchronisation
+    after = process.cpu_times(), [b.cpu_times() for b in broker]
+    worker_share = (after[0].user + after[0].system - before[0].user - before[0].system) / 10
+    assert worker_share < 0.05, f"idle scorer used {worker_share:.1%} of a core"
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+@pytest.mark.slow
+def test_ten_minutes_at_500_per_second_stays_flat(stack: Stack) -> None:
+    """Nothing grows with the data: broker CPU and verdict latency in the last minute vs the first."""
+    from tests.integration.soak import run_soak
+
+    report = run_soak(stack, rate=500, seconds=600, window=60)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    first, last = report["windows"][0], report["windows"][-1]
+    assert report["lost"] == 0
+    assert last["broker_cpu"] <= max(first["broker_cpu"] * 1.5, first["broker_cpu"] + 0.05), report
+    assert last["latency_p99_ms"] <= max(first["latency_p99_ms"] * 2, 25), report

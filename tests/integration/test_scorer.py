@@ -1,0 +1,128 @@
+"""The scorer against the real embedded broker: verdicts, DLQ, idempotent re-sends, crashes."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from app.contracts import validate_message
+from app.malformed import malformed_messages
+from app.model.generator import generate_transactions
+from tests.integration.harness import Process, Stack, wait_until
+
+
+def _verdicts_by_id(messages: list[Any]) -> dict[str, list[bytes]]:
+    by_id: dict[str, list[bytes]] = {}
+    for message in messages:
+        by_id.setdefault(message.key().decode(), []).append(message.value())
+    return by_id
+
+
+def test_valid_and_malformed_inputs(stack: Stack) -> None:
+    """1,000 valid + 100 malformed: exactly 1,000 verdicts and 100 DLQ records with reasons."""
+    stack.start_worker("scorer")
+    transactions = list(generate_transactions(1000, seed=11))
+    bad = malformed_messages(100, seed=3)
+    messages = [(tx["card_id"].encode(), orjson.dumps(tx)) for tx in transactions]
+    messages += [(f"bad-{i}".encode(), value) for i, (value, _) in enumerate(bad)]
+    random.Random(5).shuffle(messages)
+    stack.produce(messages)
+
+    verdicts, dlq = stack.reader("verdicts"), stack.reader("transactions.dlq")
+    verdicts.read_until(lambda m: len(m) >= 1000, 120, "1,000 verdicts")
+    dlq.read_until(lambda m: len(m) >= 100, 60, "100 DLQ records")
+    verdicts.poll(2.0), dlq.poll(0.5)  # nothing more may arrive
+
+    assert len(verdicts.messages) == 1000
+    by_id = _verdicts_by_id(verdicts.messages)
+    assert set(by_id) == {tx["transaction_id"] for tx in transactions}
+    for value in verdicts.values():
+        validate_message("verdict", value)
+    assert len(dlq.messages) == 100
+    for record in dlq.values():
+        validate_message("dlq", record)
+        assert len(record["reason"]) > 10, record
+    codes = Counter(record["reason_code"] for record in dlq.values())
+    assert Counter(code for _, code in bad) == codes
+
+
+def test_resent_transactions_get_identical_verdicts(stack: Stack) -> None:
+    stack.start_worker("scorer")
+    transactions = list(generate_transactions(200, seed=12))
+    stack.produce_transactions(transactions)
+    verdicts = stack.reader("verdicts")
+    verdicts.read_until(lambda m: len(m) >= 200, 120, "first verdicts")
+    stack.produce_transactions(transactions[:50])
+    verdicts.read_until(lambda m: len(m) >= 250, 60, "re-sent verdicts")
+    verdicts.poll(1.0)
+    assert len(verdicts.messages) == 250
+    for txid, values in _verdicts_by_id(verdicts.messages).items():
+        assert len(set(values)) == 1, f"{txid} got differing verdicts"
+    resent = {tx["transaction_id"] for tx in transactions[:50]}
+    counts = {txid: len(v) for txid, v in _verdicts_by_id(verdicts.messages).items()}
+    assert all(counts[t] == 2 for t in resent) and sum(counts.values()) == 250
+    # no second row: one key per transaction in the predictions table, holding the first verdict
+    rows = _table_rows(stack, "predictions", {tx["transaction_id"].encode() for tx in transactions})
+    assert len(rows) == 200
+    sent = {m.key(): m.value() for m in verdicts.messages}
+    assert all(rows[key] == sent[key] for key in rows)
+
+
+def _kill_mid_stream(stack: Stack, scorer: Process, transactions: list[dict[str, Any]]) -> None:
+    stack.produce_transactions(transactions[:1500])
+    verdicts = stack.reader("verdicts")
+    verdicts.read_until(lambda m: len(m) >= 300, 120, "verdicts before the kill")
+    stack.produce_transactions(transactions[1500:])
+    scorer.kill()  # SIGKILL while the second half is in flight
+
+
+def _assert_every_verdict_once_in_content(stack: Stack, transactions: list[dict[str, Any]]) -> None:
+    verdicts = stack.reader("verdicts")
+    wanted = {tx["transaction_id"] for tx in transactions}
+    verdicts.read_until(lambda m: wanted <= set(_verdicts_by_id(m)), 180, "a verdict for every transaction")
+    for txid, values in _verdicts_by_id(verdicts.messages).items():
+        assert len(set(values)) == 1, f"duplicates of {txid} differ"
+
+
+def _table_rows(stack: Stack, table: str, keys: set[bytes]) -> dict[bytes, bytes]:
+    """The table as its changelog holds it (last value per key), once every key is there."""
+    changelog = stack.reader(f"{stack.app_id}-{table}-changelog")
+    changelog.read_until(lambda m: keys <= {x.key() for x in m}, 60, f"every key in {table}")
+    return {m.key(): m.value() for m in changelog.messages}
+
+
+def _run_crash_test(stack: Stack, wipe: bool) -> None:
+    scorer = stack.start_worker("scorer")
+    transactions = list(generate_transactions(3000, seed=21 if wipe else 22))
+    _kill_mid_stream(stack, scorer, transactions)
+    if wipe:
+        shutil.rmtree(stack.root / "data" / "scorer")
+    stack.start_worker("scorer")
+    _assert_every_verdict_once_in_content(stack, transactions)
+    _table_rows(stack, "predictions", {tx["transaction_id"].encode() for tx in transactions})
+    per_card = Counter(tx["card_id"].encode() for tx in transactions)
+    activity = {k: orjson.loads(v) for k, v in _table_rows(stack, "card_activity", set(per_card)).items()}
+    for card, count in per_card.items():
+        assert activity[card]["n"] == count, f"card {card!r}: state counts {activity[card]['n']} of {count}"
+
+
+def test_scorer_sigkill_restart_keeps_data_dir(stack: Stack) -> None:
+    _run_crash_test(stack, wipe=False)
+
+
+def test_scorer_sigkill_restart_wiped_data_dir(stack: Stack) -> None:
+    _run_crash_test(stack, wipe=True)
+
+
+def test_scorer_keeps_running_on_bad_input_only(stack: Stack) -> None:
+    """A stream of nothing but garbage neither stops nor slows the agent."""
+    scorer = stack.start_worker("scorer")
+    stack.produce((b"k", value) for value, _ in malformed_messages(300, seed=9))
+    stack.reader("transactions.dlq").read_until(lambda m: len(m) >= 300, 60, "300 DLQ records")
+    stack.produce_transactions(generate_transactions(10, seed=99))
+    stack.reader("verdicts").read_until(lambda m: len(m) >= 10, 60, "verdicts after garbage")
+    wait_until(scorer.alive, 1, "scorer alive")
