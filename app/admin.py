@@ -38,7 +38,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.APP_TOPICS
         if name not in existing
     ]
     created = []
-    for name, future in (admin.create_topics(wanted).items() if wanted else []):
+    for name, future in admin.create_topics(wanted).items() if wanted else []:
         try:
             future.result(timeout=15)
             created.append(name)

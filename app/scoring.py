@@ -112,7 +112,12 @@ class BatchScorer:
             return tx
         except InvalidInput as exc:
             record = build_dlq_record(
-                item.value, item.key, exc, item.topic, item.partition, item.offset,
+                item.value,
+                item.key,
+                exc,
+                item.topic,
+                item.partition,
+                item.offset,
                 datetime.fromtimestamp(now, UTC),
             )
             result.dlq.append((item.key, orjson.dumps(record)))
@@ -166,7 +171,9 @@ class BatchScorer:
         for (index, tx, row), raw, prob, decision in zip(
             fresh, raw_scores, probabilities, decisions, strict=True
         ):
-            verdict = build_verdict(tx, row, names, float(raw), float(prob), decision, self.model, received, scored)
+            verdict = build_verdict(
+                tx, row, names, float(raw), float(prob), decision, self.model, received, scored
+            )
             txid = tx["transaction_id"].encode()
             encoded = orjson.dumps(verdict)
             result.predictions.append((index, txid, encoded))

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from faust.types import EventT, StreamT
 
+from app.agents.batching import micro_batches
 from app.app import app, dlq_topic, transactions_topic, verdicts_topic
 from app.model.registry import Registry
 from app.model.scorer import ModelScorer
@@ -42,13 +43,18 @@ def _incoming(event: EventT) -> Incoming:
     return Incoming(message.key, message.value, message.topic, message.partition, message.offset)
 
 
+def focus(stream: StreamT, event: EventT) -> None:
+    """Make ``event`` the current one: Faust picks a table's partition store from it."""
+    cast(Any, stream)._set_current_event(event)
+
+
 async def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult) -> None:
     """Table writes (each under its own event, so the changelog partition is right), then sends."""
     for index, txid, verdict in result.predictions:
-        stream._set_current_event(events[index])
+        focus(stream, events[index])
         predictions[txid] = verdict
     for card, (index, state) in result.card_states.items():
-        stream._set_current_event(events[index])
+        focus(stream, events[index])
         card_activity[card] = state
     if result.predictions or result.card_states:
         await app.producer.flush()
@@ -62,10 +68,10 @@ async def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult) 
 async def score(stream: StreamT) -> AsyncIterator[Any]:
     scorer = BatchScorer(load_model(), predictions, card_activity, settings.max_message_bytes, time.time)
     log.info("scoring with model %s", scorer.model.version)
-    async for events in stream.take_events(settings.scorer_batch_max, settings.scorer_batch_within_s):
+    async for events in micro_batches(stream, settings.scorer_batch_max, settings.scorer_batch_within_s):
         result = scorer.score(
             [_incoming(event) for event in events],
-            focus=lambda index: stream._set_current_event(events[index]),  # noqa: B023
+            focus=lambda index: focus(stream, events[index]),  # noqa: B023
         )
         await apply(stream, events, result)
         yield len(events)

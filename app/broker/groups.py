@@ -74,9 +74,7 @@ class GroupSessions:
         """Members silent for longer than their session timeout; they are forgotten here."""
         now = time.monotonic() if now is None else now
         dead = [
-            m
-            for m in self.members.values()
-            if m.in_flight == 0 and now - m.last_seen > m.session_timeout_s
+            m for m in self.members.values() if m.in_flight == 0 and now - m.last_seen > m.session_timeout_s
         ]
         for member in dead:
             del self.members[(member.group_id, member.member_id)]

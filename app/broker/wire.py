@@ -295,9 +295,7 @@ def parse_join_response_member(frame: bytes, version: int) -> tuple[int, str]:
     return error, reader.string() or ""
 
 
-def leave_group_request(
-    correlation_id: int, group_id: str, members: list[tuple[str, str | None]]
-) -> bytes:
+def leave_group_request(correlation_id: int, group_id: str, members: list[tuple[str, str | None]]) -> bytes:
     """A LeaveGroup v3 frame removing ``members`` (member id, instance id) on their behalf."""
     body = encode_string(group_id) + struct.pack(">i", len(members))
     body += b"".join(encode_string(m) + encode_string(i) for m, i in members)

@@ -24,6 +24,7 @@ def run_training(rows: int, seed: int, data: Path | None, label: str | None) -> 
     from app.model.training import train
     from app.settings import get_settings
 
-    registered = train(rows=rows, seed=seed, data=data, label=label,
-                       registry_dir=get_settings().models_dir, progress=True)
+    registered = train(
+        rows=rows, seed=seed, data=data, label=label, registry_dir=get_settings().models_dir, progress=True
+    )
     print(f"registered model {registered.version} in {get_settings().models_dir}")

@@ -13,20 +13,39 @@ from app.settings import DEFAULT_BROKER_PORT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="info", envvar="FRAUDLENS_LOG_LEVEL", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="FRAUDLENS_LOG_LEVEL",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def cli(log_level: str) -> None:
     """fraudlens: streaming fraud scoring that answers at once and explains itself later."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @cli.command()
-@click.option("--port", default=DEFAULT_BROKER_PORT, show_default=True, type=click.IntRange(1, 65535),
-              envvar="FRAUDLENS_BROKER_PORT", help="Port clients connect to.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the broker keeps its data [default: $FRAUDLENS_DATA_DIR/broker].")
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write host:port here once the broker answers Metadata.")
+@click.option(
+    "--port",
+    default=DEFAULT_BROKER_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    envvar="FRAUDLENS_BROKER_PORT",
+    help="Port clients connect to.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the broker keeps its data [default: $FRAUDLENS_DATA_DIR/broker].",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write host:port here once the broker answers Metadata.",
+)
 def broker(port: int, data_dir: Path | None, ready_file: Path | None) -> None:
     """Run the embedded Kafka-protocol broker (noida-db behind the fraudlens shim) until Ctrl-C."""
     from app.broker.embedded import serve
@@ -59,8 +78,12 @@ def generate(count: int, seed: int, labels: bool) -> None:
 @cli.command()
 @click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=1000))
 @click.option("--seed", default=7, show_default=True, type=int)
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Train on a CSV of transactions instead of generated ones.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Train on a CSV of transactions instead of generated ones.",
+)
 @click.option("--label", default=None, help="The CSV's label column (required with --data).")
 def train(rows: int, seed: int, data: Path | None, label: str | None) -> None:
     """Train the LightGBM model on a time split and register it in the model registry."""
@@ -72,18 +95,38 @@ def train(rows: int, seed: int, data: Path | None, label: str | None) -> None:
 
 
 @cli.command()
-@click.option("--rate", default=100.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Messages per second.")
+@click.option(
+    "--rate",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Messages per second.",
+)
 @click.option("--count", default=None, type=click.IntRange(min=0), help="Stop after N (default: forever).")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="JSON lines to send instead of generated transactions.")
-@click.option("--bad-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of deliberately malformed messages.")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON lines to send instead of generated transactions.",
+)
+@click.option(
+    "--bad-fraction",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of deliberately malformed messages.",
+)
 @click.option("--seed", default=1, show_default=True, type=int)
-@click.option("--live-time/--no-live-time", default=True, show_default=True,
-              help="Stamp generated transactions with the current time.")
-def produce(rate: float, count: int | None, file: Path | None, bad_fraction: float, seed: int,
-            live_time: bool) -> None:
+@click.option(
+    "--live-time/--no-live-time",
+    default=True,
+    show_default=True,
+    help="Stamp generated transactions with the current time.",
+)
+def produce(
+    rate: float, count: int | None, file: Path | None, bad_fraction: float, seed: int, live_time: bool
+) -> None:
     """Send transactions to Kafka keyed by card_id, paced, with a progress bar and acks."""
     from app.cli.produce import run_producer
 
@@ -91,8 +134,13 @@ def produce(rate: float, count: int | None, file: Path | None, bad_fraction: flo
 
 
 @cli.command()
-@click.option("--rate", default=50.0, show_default=True, type=click.FloatRange(min=0),
-              help="Paced producer rate (0: no producer).")
+@click.option(
+    "--rate",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Paced producer rate (0: no producer).",
+)
 def up(rate: float) -> None:
     """Run broker, scorer and a paced producer as child processes until Ctrl-C or SIGTERM."""
     from app.cli.up import run_up

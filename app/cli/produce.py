@@ -22,7 +22,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return client_config(settings, **{"linger.ms": 5, "acks": "all"})
 
 
-def _messages(file: Path | None, bad_fraction: float, seed: int, live_time: bool) -> Iterator[tuple[bytes | None, bytes | None]]:
+def _messages(
+    file: Path | None, bad_fraction: float, seed: int, live_time: bool
+) -> Iterator[tuple[bytes | None, bytes | None]]:
     from app.malformed import malformed_messages
     from app.model.generator import generate_transactions, restamp
 
@@ -46,8 +48,9 @@ def _file_transactions(file: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
-def run_producer(rate: float, count: int | None, file: Path | None, bad_fraction: float, seed: int,
-                 live_time: bool) -> int:
+def run_producer(
+    rate: float, count: int | None, file: Path | None, bad_fraction: float, seed: int, live_time: bool
+) -> int:
     from confluent_kafka import KafkaException, Producer
 
     settings = get_settings()

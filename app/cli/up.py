@@ -54,7 +54,9 @@ def run_up(rate: float | None) -> int:
         if port is not None:
             ready = settings.data_dir / "broker.ready"
             ready.unlink(missing_ok=True)
-            children.append(_spawn(["broker", "--port", str(port), "--ready-file", str(ready)], log_dir, "broker"))
+            children.append(
+                _spawn(["broker", "--port", str(port), "--ready-file", str(ready)], log_dir, "broker")
+            )
             _wait_for(lambda: ready.exists(), children, 60, "broker")
         children.append(_spawn(["worker", "--role", "scorer"], log_dir, "scorer"))
         if rate:

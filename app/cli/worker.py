@@ -26,6 +26,7 @@ def run_worker(role: str) -> None:
     logging.getLogger(__name__).info(
         "starting %s worker on %s, state in %s", role, settings.broker, settings.worker_dir
     )
-    worker = Worker(app, loglevel=logging.getLogger().level or logging.INFO, quiet=True,
-                    override_logging=False)
+    worker = Worker(
+        app, loglevel=logging.getLogger().level or logging.INFO, quiet=True, override_logging=False
+    )
     worker.execute_from_commandline()

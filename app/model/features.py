@@ -25,7 +25,7 @@ key         meaning
 ==========  ==================================================================
 
 Measured cost (Python 3.11, one core): ``features_for`` + ``apply_transaction``
-take about 20-27 µs per transaction on a card with a full history;
+take about 18-27 µs per transaction on a card with a full history (2-core box);
 ``tests/unit/test_features.py::test_speed_report`` prints the figure.
 """
 

@@ -130,7 +130,15 @@ class Stack:
         directory = data_dir or self.root / "data" / "broker"
         process = self.spawn(
             "broker",
-            ["broker", "--port", str(self.broker_port), "--data-dir", str(directory), "--ready-file", str(ready)],
+            [
+                "broker",
+                "--port",
+                str(self.broker_port),
+                "--data-dir",
+                str(directory),
+                "--ready-file",
+                str(ready),
+            ],
         )
         wait_until(lambda: ready.exists() or not process.alive(), 60, "the broker to answer")
         assert process.alive(), process.tail()
@@ -150,13 +158,16 @@ class Stack:
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "acks": "all"})
 
-    def produce(self, messages: Iterable[tuple[bytes | None, bytes | None]], topic: str = "transactions") -> int:
+    def produce(
+        self, messages: Iterable[tuple[bytes | None, bytes | None]], topic: str = "transactions"
+    ) -> int:
         producer = self.producer()
         failures: list[Any] = []
         count = 0
         for key, value in messages:
-            producer.produce(topic, value=value, key=key,
-                             on_delivery=lambda err, _m: failures.append(err) if err else None)
+            producer.produce(
+                topic, value=value, key=key, on_delivery=lambda err, _m: failures.append(err) if err else None
+            )
             producer.poll(0)
             count += 1
         assert producer.flush(30) == 0, "producer did not flush"

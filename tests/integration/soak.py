@@ -49,8 +49,14 @@ class _Load:
         self.done_producing.set()
 
     def consume(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.stack.bootstrap, "group.id": "soak",
-                             "fetch.wait.max.ms": 100, "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.stack.bootstrap,
+                "group.id": "soak",
+                "fetch.wait.max.ms": 100,
+                "enable.auto.commit": False,
+            }
+        )
         partitions = len(consumer.list_topics("verdicts", timeout=10).topics["verdicts"].partitions)
         consumer.assign([TopicPartition("verdicts", p, 0) for p in range(partitions)])
         while not self.stop.is_set():
@@ -96,8 +102,13 @@ def run_soak(stack: Stack, rate: float, seconds: float, window: float) -> dict[s
     load.stop.set()
     for thread in threads:
         thread.join(30)
-    return {"rate": rate, "seconds": seconds, "sent": len(load.sent_at),
-            "lost": len(load.sent_at) - len(load.received), "windows": windows}
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "sent": len(load.sent_at),
+        "lost": len(load.sent_at) - len(load.received),
+        "windows": windows,
+    }
 
 
 def _cpu(process: psutil.Process) -> float:

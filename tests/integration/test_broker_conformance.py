@@ -18,7 +18,7 @@ from tests.integration.harness import Stack, wait_until
 
 def test_high_watermark_after_multi_record_batches(stack: Stack) -> None:
     producer = stack.producer()
-    for i in range(1000):
+    for _ in range(1000):
         producer.produce("transactions", value=b"x" * 50, key=b"k", partition=0)  # batched by linger
     assert producer.flush(30) == 0
     consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "hw"})
@@ -37,8 +37,13 @@ def test_topics_have_configured_partitions(tmp_path: Any, models_dir: Any) -> No
         stack.start_worker("scorer", FRAUDLENS_PARTITIONS="5")
         stack.produce_transactions(generate_transactions(20, seed=1))
         stack.reader("verdicts").read_until(lambda m: len(m) >= 20, 90, "verdicts")
-        for topic in ("transactions", "verdicts", "transactions.dlq",
-                      f"{stack.app_id}-predictions-changelog", f"{stack.app_id}-card_activity-changelog"):
+        for topic in (
+            "transactions",
+            "verdicts",
+            "transactions.dlq",
+            f"{stack.app_id}-predictions-changelog",
+            f"{stack.app_id}-card_activity-changelog",
+        ):
             assert stack.topic_partitions(topic) == 5, topic
     finally:
         stack.stop_all()
@@ -103,6 +108,7 @@ def _assigned(member: Any, topic: str = "transactions") -> set[int]:
 
 
 def test_two_workers_share_and_one_takes_over(stack: Stack) -> None:
+    """Both scorers own partitions; SIGKILL one; the survivor scores every partition within 30 s."""
     first = stack.start_worker("scorer")
     second = stack.start_worker("scorer", FRAUDLENS_DATA_DIR=str(stack.root / "data-second"))
 
@@ -113,17 +119,26 @@ def test_two_workers_share_and_one_takes_over(stack: Stack) -> None:
     wait_until(shared, 90, "two scorers sharing the partitions")
     second.kill()
     killed_at = time.monotonic()
+    wait_until(lambda: len(_group_members(stack)) == 1, 60, "the dead scorer to leave the group")
+    # Takeover is proven by verdicts: probes until one lands from every partition.
+    verdicts, inputs = stack.reader("verdicts"), stack.reader("transactions")
+    probes = iter(generate_transactions(5000, seed=40))
 
-    def taken_over() -> bool:
-        members = _group_members(stack)
-        return len(members) == 1 and len(_assigned(members[0])) == 6
+    def every_partition_answers() -> bool:
+        stack.produce_transactions(next(probes) for _ in range(30))
+        answered = {m.key() for m in verdicts.poll(0.5)}
+        partition_of = {
+            orjson.loads(m.value())["transaction_id"].encode(): m.partition() for m in inputs.poll(0.1)
+        }
+        return len({partition_of[k] for k in answered if k in partition_of}) == 6
 
-    wait_until(taken_over, 60, "the survivor to own every partition")
+    wait_until(every_partition_answers, 60, "verdicts from every partition")
     takeover = time.monotonic() - killed_at
+    assert takeover < 30, f"takeover took {takeover:.1f} s"
     transactions = list(generate_transactions(300, seed=41))
     stack.produce_transactions(transactions)
-    stack.reader("verdicts").read_until(lambda m: len(m) >= 300, 60, "verdicts from the survivor")
-    assert takeover < 30, f"takeover took {takeover:.1f} s"
+    wanted = {tx["transaction_id"] for tx in transactions}
+    verdicts.read_until(lambda m: wanted <= {x.key().decode() for x in m}, 60, "every verdict")
     assert first.alive()
 
 

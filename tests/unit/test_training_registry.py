@@ -83,6 +83,7 @@ def test_scorer_reproduces_the_booster(
     assert average_precision(labels, probability) == pytest.approx(trained.metrics["pr_auc"])
     single_raw, _ = scorer.predict(matrix[0])
     assert single_raw.shape == (1,)
+    assert scorer.predict(matrix[:0])[1].shape == (0,)
     assert scorer.feature_names == FEATURE_NAMES and scorer.thresholds == trained.thresholds
 
 

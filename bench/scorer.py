@@ -1,0 +1,192 @@
+"""``make bench-scorer``: verdict latency and scorer throughput on the real stack, beside the
+broker's own floor, all in one run. Writes bench/results-scorer.json and a latency CDF plot.
+
+    python -m bench.scorer [--quick] [--models DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from app.model.generator import generate_transactions
+from tests.integration.harness import Stack, wait_until
+
+OUT = Path(__file__).resolve().parent
+PRODUCER = {"linger.ms": 1, "acks": "all"}
+CONSUMER = {"fetch.wait.max.ms": 100, "enable.auto.commit": False}
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    values = np.asarray(latencies)
+    return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99, 99.9)} | {
+        "max": round(float(values.max()), 2), "n": int(values.size)}  # fmt: skip
+
+
+class _Consumer(threading.Thread):
+    """Reads a topic from its end; records receive times by key."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}", **CONSUMER})
+        partitions = len(self.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = [self.consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in range(partitions)]
+        self.consumer.assign([TopicPartition(topic, p, end) for p, end in enumerate(ends)])
+        self.received: dict[bytes, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for message in self.consumer.consume(2000, timeout=0.05):
+                if message.error() is None:
+                    self.received.setdefault(message.key(), time.time())
+        self.consumer.close()
+
+
+def _paced(
+    stack: Stack, rate: float, seconds: float, topic: str, seed: int, out_topic: str
+) -> dict[str, Any]:
+    """Send at ``rate`` to ``topic``; latency = seen on ``out_topic`` (keyed by txid) - sent."""
+    consumer = _Consumer(stack.bootstrap, out_topic)
+    consumer.start()
+    producer = Producer({"bootstrap.servers": stack.bootstrap, **PRODUCER})
+    sent: dict[bytes, float] = {}
+    start = time.monotonic()
+    for i, tx in enumerate(generate_transactions(int(rate * seconds), seed=seed)):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        txid = tx["transaction_id"].encode()
+        key = txid if topic == out_topic else tx["card_id"].encode()
+        sent[txid] = time.time()
+        producer.produce(topic, key=key, value=orjson.dumps(tx))
+        producer.poll(0)
+    producer.flush(30)
+    wait_until(lambda: len(consumer.received) >= len(sent), 120, f"{out_topic} for every message")
+    consumer.stop.set()
+    consumer.join(10)
+    latencies = [(consumer.received[k] - t) * 1000 for k, t in sent.items() if k in consumer.received]
+    return {"rate": rate, "seconds": seconds, "latency_ms": _percentiles(latencies), "samples": latencies}
+
+
+def _throughput(stack: Stack, count: int) -> dict[str, Any]:
+    """Preload ``count`` transactions with the scorer stopped, then time the drain."""
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    for tx in generate_transactions(count, seed=505):
+        producer.produce("transactions", key=tx["card_id"].encode(), value=orjson.dumps(tx))
+        producer.poll(0)
+    producer.flush(60)
+    consumer = _Consumer(stack.bootstrap, "verdicts")
+    consumer.start()
+    stack.start_worker(
+        "scorer",
+        FRAUDLENS_DATA_DIR=str(stack.root / "data-throughput"),
+        FRAUDLENS_APP_ID="fraudlens-throughput",
+    )
+    wait_until(lambda: consumer.received, 120, "the first verdict")
+    first = time.time()
+    wait_until(lambda: len(consumer.received) >= count, 600, "every verdict", interval=0.2)
+    consumer.stop.set()
+    elapsed = max(consumer.received.values()) - first
+    return {"count": count, "seconds": round(elapsed, 2), "tx_per_s": round(count / elapsed)}
+
+
+def run(quick: bool, models: Path | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fraudlens-bench-") as tmp:
+        root = Path(tmp)
+        models_dir = models or _train(root)
+        stack = Stack(root=root, models_dir=models_dir)
+        try:
+            stack.start_broker()
+            return _measure(stack, quick)
+        finally:
+            stack.stop_all()
+
+
+def _measure(stack: Stack, quick: bool) -> dict[str, Any]:
+    seconds = 5 if quick else 30
+    rates = [200, 1000] if quick else [200, 1000, 2000]
+    floor_topic = "bench.floor"
+    from app.admin import ensure_topics
+    from app.settings import Settings
+
+    ensure_topics(Settings(broker=f"kafka://{stack.bootstrap}"), (floor_topic,))
+    scorer = stack.start_worker("scorer")
+    stack.produce_transactions(generate_transactions(20, seed=1))
+    stack.reader("verdicts").read_until(lambda m: len(m) >= 20, 120, "the scorer to be up")
+    results: dict[str, Any] = {"floor": [], "verdict": []}
+    for rate in rates:  # floor and verdict alternate at each rate, in the same run
+        results["floor"].append(_paced(stack, rate, seconds, floor_topic, rate, floor_topic))
+        results["verdict"].append(_paced(stack, rate, seconds, "transactions", rate + 1, "verdicts"))
+    scorer.stop()
+    results["throughput"] = _throughput(stack, 20_000 if quick else 100_000)
+    return results
+
+
+def _train(root: Path) -> Path:
+    from app.model.training import train
+
+    train(rows=40_000, seed=7, registry_dir=root / "models", progress=False)
+    return root / "models"
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for kind, style in (("floor", "--"), ("verdict", "-")):
+        for run in results[kind]:
+            values = np.sort(run["samples"])
+            ax.plot(values, np.linspace(0, 1, values.size), style, label=f"{kind} @ {run['rate']:.0f} tx/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (produce → consumed)")
+    ax.set_ylabel("fraction")
+    ax.set_title("Verdict latency vs broker floor")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for floor, verdict in zip(results["floor"], results["verdict"], strict=True):
+        rows.append({
+            "rate": verdict["rate"], "verdict": verdict["latency_ms"], "floor": floor["latency_ms"],
+            "p99_ratio": round(verdict["latency_ms"]["p99"] / floor["latency_ms"]["p99"], 2),
+        })  # fmt: skip
+    at_1000 = next(r for r in rows if r["rate"] == 1000)
+    targets = {
+        "verdict_p99_le_25ms_at_1000": at_1000["verdict"]["p99"] <= 25,
+        "verdict_p99_within_2x_floor_at_1000": at_1000["p99_ratio"] <= 2,
+        "throughput_ge_5000": results["throughput"]["tx_per_s"] >= 5000,
+    }
+    return {"latency": rows, "throughput": results["throughput"], "targets": targets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short run (CI); asserts nothing")
+    parser.add_argument("--models", type=Path, default=None, help="model registry (default: train one)")
+    args = parser.parse_args()
+    results = run(args.quick, args.models)
+    summary = summarize(results)
+    name = "results-scorer-quick" if args.quick else "results-scorer"
+    (OUT / f"{name}.json").write_text(json.dumps({"summary": summary, "raw": results}, indent=1))
+    _plot(results, OUT / f"{name}.png")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
