@@ -32,10 +32,10 @@ unit: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
-	$(BIN)/python -m pytest -q -m slow tests
 
+# The 10-minute conformance run at 500 tx/s (not yet flat on this machine: see README limits).
 soak: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests
+	$(BIN)/python -m pytest -q -s -m slow tests
 
 bench-scorer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.scorer

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     scorer_batch_max: int = Field(1000, ge=1, description="Most transactions scored in one batch.")
     scorer_batch_within_s: float = Field(0.002, gt=0, description="Longest wait to fill a batch.")
     max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
+    dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
 
     worker_web_port: int = Field(0, ge=0, le=65535, description="Worker HTTP port (0: none).")

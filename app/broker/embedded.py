@@ -91,7 +91,13 @@ async def wait_for_metadata(host: str, port: int, timeout: float) -> None:
             await client.close()
 
 
-async def serve(port: int, data_dir: Path, host: str = "127.0.0.1", ready_file: Path | None = None) -> int:
+async def serve(
+    port: int,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    ready_file: Path | None = None,
+    max_retention_s: float = 60.0,
+) -> int:
     """Run noida-db + shim until SIGINT/SIGTERM; returns the exit code."""
     upstream_port = free_port(host)
     noida = start_noida(data_dir / "noida", upstream_port)
@@ -108,7 +114,11 @@ async def serve(port: int, data_dir: Path, host: str = "127.0.0.1", ready_file: 
         log.info("broker ready on %s:%s (noida-db pid %s, data in %s)", host, port, noida.pid, data_dir)
         if ready_file is not None:
             ready_file.write_text(f"{host}:{port}\n")
-        return await _supervise(noida, stop)
+        retention = asyncio.create_task(_retention_loop(f"{host}:{upstream_port}", max_retention_s))
+        try:
+            return await _supervise(noida, stop)
+        finally:
+            retention.cancel()
     finally:
         await shim.close()
         stop_process(noida)
@@ -121,6 +131,23 @@ def _create_app_topics(host: str, port: int) -> None:
     created = ensure_topics(get_settings().model_copy(update={"broker": f"kafka://{host}:{port}"}))
     if created:
         log.info("created topics %s", ", ".join(created))
+
+
+async def _retention_loop(bootstrap: str, max_retention_s: float, interval_s: float = 5.0) -> None:
+    from app.broker.retention import RetentionTask
+
+    task = await asyncio.to_thread(RetentionTask, bootstrap, max_retention_s)
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                deleted = await asyncio.to_thread(task.run_once)
+                if deleted:
+                    log.debug("retention deleted %d records", deleted)
+            except Exception as exc:  # never let housekeeping stop the broker
+                log.warning("retention pass failed: %s", exc)
+    finally:
+        await asyncio.to_thread(task.close)
 
 
 async def _supervise(noida: subprocess.Popen[bytes], stop: asyncio.Event) -> int:

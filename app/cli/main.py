@@ -46,13 +46,21 @@ def cli(log_level: str) -> None:
     default=None,
     help="Write host:port here once the broker answers Metadata.",
 )
-def broker(port: int, data_dir: Path | None, ready_file: Path | None) -> None:
+@click.option(
+    "--max-retention",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    envvar="FRAUDLENS_BROKER_MAX_RETENTION_S",
+    help="Seconds any deletable record is kept (noida-db's cost grows with what it stores).",
+)
+def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retention: float) -> None:
     """Run the embedded Kafka-protocol broker (noida-db behind the fraudlens shim) until Ctrl-C."""
     from app.broker.embedded import serve
     from app.settings import get_settings
 
     directory = data_dir or get_settings().data_dir / "broker"
-    sys.exit(asyncio.run(serve(port, directory, ready_file=ready_file)))
+    sys.exit(asyncio.run(serve(port, directory, ready_file=ready_file, max_retention_s=max_retention)))
 
 
 @cli.command()
