@@ -17,6 +17,7 @@ Everything else is configured through Faust's own settings.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from app.settings import Settings
@@ -47,32 +48,59 @@ def install_faust_patches(settings: Settings) -> None:
 
 
 def _seek_before_resuming_streams() -> None:
+    """Patch both places faust resumes streams after a rebalance (with and without tables)."""
     from faust.tables.recovery import Recovery
 
-    async def resume_streams(self: Any, generation_id: int = 0) -> None:
-        app = self.app
-        consumer = app.consumer
-        await app.on_rebalance_complete.send()
-        assignment = consumer.assignment()
-        if app.consumer_generation_id != generation_id:
+    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+        # faust-streaming 0.15.3 Recovery.on_recovery_completed, with the seek moved first.
+        consumer = self.app.consumer
+        self.log.info("Restore complete!")
+        await self.app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        if self.app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
             return
-        if assignment:
-            streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
-            # Drop what was fetched from the old positions, seek, and only then resume.
-            consumer.pause_partitions(streams)
-            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-            for tp in streams:  # whatever the old fetch left behind must not hide re-fetched records
-                consumer._read_offset[tp] = None
-            self.log.info("Sought stream partitions to committed offsets; resuming them.")
-            consumer.resume_partitions(streams)
-        self.completed.set()
-        app.flow_control.resume()
-        consumer.resume_flow()
-        await app._fetcher.maybe_start()
-        self.tables.on_actives_ready()
-        self.tables.on_standbys_ready()
-        app.on_rebalance_end()
+        await _seek_then_resume(self, consumer)
+        if not self.app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
         self.log.info("Worker ready")
 
+    async def resume_streams(self: Any, generation_id: int = 0) -> None:
+        # faust-streaming 0.15.3 Recovery._resume_streams (apps without tables), seek first.
+        await self.app.on_rebalance_complete.send()
+        if self.app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again")
+            return
+        await _seek_then_resume(self, self.app.consumer)
+        self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
     Recovery._resume_streams = resume_streams  # type: ignore[method-assign]
+
+
+async def _seek_then_resume(recovery: Any, consumer: Any) -> None:
+    """Seek the stream partitions to their committed offsets, then resume them and the flow."""
+    app = recovery.app
+    assignment = consumer.assignment()
+    streams = {tp for tp in assignment if not recovery._is_changelog_tp(tp)}
+    if streams:
+        consumer.pause_partitions(streams)  # what was fetched from the old positions is dropped
+        await recovery._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        recovery.log.info("Sought stream partitions to committed offsets; resuming them.")
+        consumer.resume_partitions(streams)
+    recovery.completed.set()
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    recovery.tables.on_actives_ready()
