@@ -158,9 +158,19 @@ class _Connection:
         finally:
             for task in tasks:
                 task.cancel()
+            self._release_group_requests()
             for writer in (self.client_w, self.up_w, self.retry[1] if self.retry else None):
                 if writer is not None:
                     writer.close()
+
+    def _release_group_requests(self) -> None:
+        """A process that died inside a JoinGroup/SyncGroup must not stay 'in flight' forever:
+        its session clock runs from now, so it is evicted after its session timeout."""
+        for pending in self.pending:
+            group = pending.group
+            if group is not None and pending.header.api_key in (wire.API_JOIN_GROUP, wire.API_SYNC_GROUP):
+                self.shim.sessions.request_finished(group.group_id, group.member_id)
+        self.pending.clear()
 
     async def _requests(self) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -173,7 +183,10 @@ class _Connection:
                 await self.up_w.drain()
 
     def _inspect(self, frame: bytes) -> Pending | None:
-        header = wire.parse_request_header(frame[4:])
+        try:
+            header = wire.parse_request_header(frame[4:])
+        except wire.WireError:  # forwarded untouched; its response is passed back untouched
+            return Pending(wire.RequestHeader(-1, -1, -1, 0), frame)
         header = wire.RequestHeader(
             header.api_key, header.api_version, header.correlation_id, header.body_offset + 4
         )

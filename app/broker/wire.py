@@ -76,19 +76,29 @@ class Reader:
         length = self.i16()
         if length < 0:
             return None
-        raw = self.data[self.pos : self.pos + length]
-        self.pos += length
-        return raw.decode("utf-8", "replace")
+        start = self.pos
+        self.skip(length)
+        return self.data[start : self.pos].decode("utf-8", "replace")
 
     def skip_bytes(self) -> int:
         """Skip a nullable BYTES field and return its length (-1 for null)."""
         length = self.i32()
         if length > 0:
-            self.pos += length
+            self.skip(length)
         return length
 
     def skip(self, count: int) -> None:
+        """Move forward; a negative count or one past the frame end is a malformed frame."""
+        if count < 0 or self.pos + count > len(self.data):
+            raise WireError("length field points outside the frame")
         self.pos += count
+
+    def count(self) -> int:
+        """An array length: -1 (null) reads as empty; other negatives are malformed."""
+        value = self.i32()
+        if value < -1:
+            raise WireError(f"negative array length {value}")
+        return max(value, 0)
 
 
 def encode_string(value: str | None) -> bytes:
@@ -118,6 +128,8 @@ def parse_request_header(frame: bytes) -> RequestHeader:
 def _read_uvarint(reader: Reader) -> int:
     shift = result = 0
     while True:
+        if reader.pos >= len(reader.data) or shift > 28:
+            raise WireError("truncated or oversized varint")
         byte = reader.data[reader.pos]
         reader.pos += 1
         result |= (byte & 0x7F) << shift
@@ -137,7 +149,7 @@ def cap_api_versions(frame: bytearray, version: int) -> None:
     reader = Reader(bytes(frame), RESPONSE_BODY)
     if reader.i16() != 0:  # error: the client retries with a lower version
         return
-    count = _read_uvarint(reader) - 1 if version >= 3 else reader.i32()
+    count = _read_uvarint(reader) - 1 if version >= 3 else reader.count()
     for _ in range(max(count, 0)):
         api_key = reader.i16()
         reader.i16()
@@ -166,12 +178,12 @@ def parse_fetch_request(frame: bytes, header: RequestHeader) -> FetchRequest:
     if header.api_version >= 4:
         reader.i8()  # isolation_level
     topics = set()
-    for _ in range(reader.i32()):
+    for _ in range(reader.count()):
         topic = reader.string()
         if topic is not None:
             topics.add(topic)
         per_partition = 12 + (8 if header.api_version >= 5 else 0) + 4
-        reader.skip(reader.i32() * per_partition)
+        reader.skip(reader.count() * per_partition)
     return FetchRequest(max_wait_ms, min_bytes, frozenset(topics))
 
 
@@ -180,9 +192,9 @@ def fetch_response_is_empty(frame: bytes, version: int) -> bool:
     reader = Reader(frame, RESPONSE_BODY)
     if version >= 1:
         reader.i32()  # throttle_time_ms
-    for _ in range(reader.i32()):
+    for _ in range(reader.count()):
         reader.string()
-        for _ in range(reader.i32()):
+        for _ in range(reader.count()):
             reader.i32()  # partition
             if reader.i16() != 0:
                 return False
@@ -192,8 +204,7 @@ def fetch_response_is_empty(frame: bytes, version: int) -> bool:
             if version >= 5:
                 reader.i64()  # log start offset
             if version >= 4:
-                aborted = reader.i32()
-                reader.skip(max(aborted, 0) * 16)
+                reader.skip(reader.count() * 16)  # aborted transactions
             if reader.skip_bytes() > 0:
                 return False
     return True
@@ -207,11 +218,11 @@ def parse_produce_topics(frame: bytes, header: RequestHeader) -> tuple[int, froz
     acks = reader.i16()
     reader.i32()  # timeout
     topics = set()
-    for _ in range(reader.i32()):
+    for _ in range(reader.count()):
         topic = reader.string()
         if topic is not None:
             topics.add(topic)
-        for _ in range(reader.i32()):
+        for _ in range(reader.count()):
             reader.i32()
             reader.skip_bytes()
     return acks, frozenset(topics)
@@ -223,7 +234,7 @@ def rewrite_metadata_brokers(frame: bytes, version: int, host: str, port: int) -
     if version >= 3:
         reader.i32()
     start = reader.pos
-    count = reader.i32()
+    count = reader.count()
     brokers = [struct.pack(">i", count)]
     for _ in range(count):
         node_id = reader.i32()

@@ -232,3 +232,31 @@ class TopicReader:
         if not self.closed:
             self.closed = True
             self.consumer.close()
+
+
+def diagnose_missing(stack: Stack, wanted: set[str], seen: set[str]) -> str:
+    """Where the transactions without a verdict sit, and what the group committed there."""
+    import collections
+
+    missing = wanted - seen
+    inputs = TopicReader(stack.bootstrap, "transactions")
+    try:
+        located = {
+            orjson.loads(m.value())["transaction_id"]: (m.partition(), m.offset()) for m in inputs.poll(2.0)
+        }
+    finally:
+        inputs.close()
+    spots = sorted(located[t] for t in missing if t in located)
+    per_partition = collections.Counter(p for p, _ in spots)
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": stack.app_id})
+    try:
+        partitions = [
+            TopicPartition("transactions", p) for p in range(stack.topic_partitions("transactions"))
+        ]
+        committed = [(tp.partition, tp.offset) for tp in consumer.committed(partitions, timeout=10)]
+    finally:
+        consumer.close()
+    return (
+        f"{len(missing)} without verdict; per partition {dict(per_partition)}; "
+        f"first {spots[:12]}; committed {committed}"
+    )

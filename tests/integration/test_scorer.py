@@ -12,7 +12,7 @@ import orjson
 from app.contracts import validate_message
 from app.malformed import malformed_messages
 from app.model.generator import generate_transactions
-from tests.integration.harness import Process, Stack, wait_until
+from tests.integration.harness import Process, Stack, diagnose_missing, wait_until
 
 
 def _verdicts_by_id(messages: list[Any]) -> dict[str, list[bytes]]:
@@ -83,7 +83,13 @@ def _kill_mid_stream(stack: Stack, scorer: Process, transactions: list[dict[str,
 def _assert_every_verdict_once_in_content(stack: Stack, transactions: list[dict[str, Any]]) -> None:
     verdicts = stack.reader("verdicts")
     wanted = {tx["transaction_id"] for tx in transactions}
-    verdicts.read_until(lambda m: wanted <= set(_verdicts_by_id(m)), 180, "a verdict for every transaction")
+    try:
+        verdicts.read_until(
+            lambda m: wanted <= set(_verdicts_by_id(m)), 180, "a verdict for every transaction"
+        )
+    except AssertionError as exc:
+        seen = set(_verdicts_by_id(verdicts.messages))
+        raise AssertionError(f"{exc}: {diagnose_missing(stack, wanted, seen)}") from None
     for txid, values in _verdicts_by_id(verdicts.messages).items():
         assert len(set(values)) == 1, f"duplicates of {txid} differ"
 

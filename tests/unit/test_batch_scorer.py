@@ -1,0 +1,466 @@
+"""BatchScorer, the scoring critical path, with plain dicts standing in for the two Faust tables.
+
+``apply`` below does what ``app.agents.scoring.apply`` does to the tables (prediction rows, then
+card states); the Kafka sends are read straight from the ``BatchResult``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from app.contracts import validate_message
+from app.malformed import MALFORMED_KINDS, malformed_messages
+from app.model import features as F
+from app.model.generator import generate_transactions
+from app.model.scorer import ModelScorer
+from app.scoring import BatchResult, BatchScorer, Incoming
+from app.validation import DEFAULT_MAX_BYTES
+
+TOPIC = "transactions"
+START = 1_780_000_000.0  # 2026-05-28, a plausible wall clock for received_at/scored_at
+
+
+class FakeClock:
+    """Deterministic wall clock: every read is 2 ms after the previous one."""
+
+    def __init__(self, start: float = START) -> None:
+        self._ticks = itertools.count()
+        self.start = start
+
+    def __call__(self) -> float:
+        return self.start + next(self._ticks) * 0.002
+
+
+class RecordingTable(dict[bytes, bytes]):
+    """A dict that logs every ``get`` (the only read BatchScorer makes) into a shared log."""
+
+    def __init__(self, name: str, log: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.name = name
+        self.log = log
+
+    def get(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
+        self.log.append(("read", self.name, key))
+        return super().get(key, default)
+
+
+@pytest.fixture(scope="module")
+def model(models_dir: Path) -> ModelScorer:
+    return ModelScorer(models_dir)
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[dict[str, Any]]:
+    return list(generate_transactions(300, seed=11))
+
+
+@pytest.fixture
+def predictions() -> dict[bytes, bytes]:
+    return {}
+
+
+@pytest.fixture
+def cards() -> dict[bytes, bytes]:
+    return {}
+
+
+@pytest.fixture
+def scorer(model: ModelScorer, predictions: dict[bytes, bytes], cards: dict[bytes, bytes]) -> BatchScorer:
+    return BatchScorer(model, predictions, cards, DEFAULT_MAX_BYTES, FakeClock())
+
+
+def message(tx: dict[str, Any], offset: int, key: bytes | None) -> Incoming:
+    return Incoming(key, orjson.dumps(tx), TOPIC, offset % 3, offset)
+
+
+def incoming(tx: dict[str, Any], offset: int) -> Incoming:
+    """``tx`` as the producer sends it: keyed by its card_id."""
+    return message(tx, offset, tx["card_id"].encode())
+
+
+def batch_of(txs: list[dict[str, Any]], first_offset: int = 0) -> list[Incoming]:
+    return [incoming(tx, first_offset + i) for i, tx in enumerate(txs)]
+
+
+def apply(result: BatchResult, predictions: dict[bytes, bytes], cards: dict[bytes, bytes]) -> None:
+    for _, txid, verdict in result.predictions:
+        predictions[txid] = verdict
+    for card, (_, state) in result.card_states.items():
+        cards[card] = state
+
+
+def verdicts(result: BatchResult) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for _, v in result.verdicts]
+
+
+def written_state(result: BatchResult, card: str) -> dict[str, Any]:
+    state: dict[str, Any] = orjson.loads(result.card_states[card.encode()][1])
+    return state
+
+
+def stored_state(cards: dict[bytes, bytes], card: str) -> dict[str, Any]:
+    state: dict[str, Any] = orjson.loads(cards[card.encode()])
+    return state
+
+
+def card_with_history(stream: list[dict[str, Any]], at_least: int) -> list[dict[str, Any]]:
+    """The transactions (in stream order) of the first card seen at least ``at_least`` times."""
+    by_card: dict[str, list[dict[str, Any]]] = {}
+    for tx in stream:
+        by_card.setdefault(tx["card_id"], []).append(tx)
+    return next(txs for txs in by_card.values() if len(txs) >= at_least)
+
+
+# ----------------------------------------------------------------------------- valid input
+
+
+def test_each_valid_transaction_gets_one_verdict(scorer: BatchScorer, stream: list[dict[str, Any]]) -> None:
+    txs = stream[:40]
+
+    result = scorer.score(batch_of(txs))
+
+    assert [txid for txid, _ in result.verdicts] == [tx["transaction_id"].encode() for tx in txs]
+    assert result.dlq == []
+    assert result.resent == 0
+
+
+def test_verdicts_satisfy_the_verdict_contract(scorer: BatchScorer, stream: list[dict[str, Any]]) -> None:
+    result = scorer.score(batch_of(stream[:40]))
+
+    for verdict in verdicts(result):
+        validate_message("verdict", verdict)
+
+
+def test_verdict_carries_the_transaction_fields_and_model(
+    scorer: BatchScorer, model: ModelScorer, stream: list[dict[str, Any]]
+) -> None:
+    tx = stream[0]
+
+    (verdict,) = verdicts(scorer.score(batch_of([tx])))
+
+    copied = ["transaction_id", "card_id", "amount", "currency", "channel", "country", "mcc", "merchant_id"]
+    assert {k: verdict[k] for k in copied} == {k: tx[k] for k in copied}
+    assert (verdict["event_time"], verdict["card_country"]) == (tx["timestamp"], tx["card_country"])
+    assert (verdict["model_version"], verdict["thresholds"]) == (model.version, model.thresholds)
+    assert verdict["decision"] == model.decide(verdict["score"])[0]
+
+
+def test_prediction_rows_hold_the_sent_verdict_bytes_under_the_batch_index(
+    scorer: BatchScorer, stream: list[dict[str, Any]]
+) -> None:
+    txs = stream[:10]
+    batch = batch_of(txs)
+    batch.insert(3, Incoming(b"k", b"not json", TOPIC, 0, 99))  # shifts the later indices
+
+    result = scorer.score(batch)
+
+    expected_indices = [i for i in range(len(batch)) if i != 3]
+    assert [index for index, _, _ in result.predictions] == expected_indices
+    assert [(txid, v) for _, txid, v in result.predictions] == result.verdicts
+
+
+def test_card_state_is_written_once_per_card_counting_its_transactions(
+    scorer: BatchScorer, stream: list[dict[str, Any]]
+) -> None:
+    txs = stream[:120]
+    per_card = {tx["card_id"]: sum(t["card_id"] == tx["card_id"] for t in txs) for tx in txs}
+    assert max(per_card.values()) > 1  # the batch must put several transactions on one card
+
+    result = scorer.score(batch_of(txs))
+
+    assert sorted(result.card_states) == sorted(c.encode() for c in per_card)
+    assert {card: written_state(result, card)["n"] for card in per_card} == per_card
+
+
+def test_card_state_write_is_attributed_to_the_cards_last_item(
+    scorer: BatchScorer, stream: list[dict[str, Any]]
+) -> None:
+    txs = stream[:120]
+    last_index = {tx["card_id"].encode(): i for i, tx in enumerate(txs)}
+
+    result = scorer.score(batch_of(txs))
+
+    assert {card: index for card, (index, _) in result.card_states.items()} == last_index
+
+
+def test_scored_state_contains_every_transaction_of_the_batch(
+    scorer: BatchScorer, stream: list[dict[str, Any]]
+) -> None:
+    txs = stream[:60]
+
+    result = scorer.score(batch_of(txs))
+
+    assert all(F.contains(written_state(result, tx["card_id"]), tx["transaction_id"]) for tx in txs)
+
+
+def test_unkeyed_message_is_scored(scorer: BatchScorer, stream: list[dict[str, Any]]) -> None:
+    result = scorer.score([message(stream[0], 0, key=None)])
+
+    assert [txid for txid, _ in result.verdicts] == [stream[0]["transaction_id"].encode()]
+    assert result.dlq == []
+
+
+def test_empty_batch_does_nothing(scorer: BatchScorer) -> None:
+    assert scorer.score([]) == BatchResult()
+
+
+# -------------------------------------------------------------------------- invalid input
+
+
+def test_malformed_messages_go_to_the_dlq_with_their_reason(
+    scorer: BatchScorer, predictions: dict[bytes, bytes], cards: dict[bytes, bytes]
+) -> None:
+    cases = malformed_messages(len(MALFORMED_KINDS), seed=5)
+    batch = [Incoming(f"key-{i}".encode(), value, TOPIC, 2, 500 + i) for i, (value, _) in enumerate(cases)]
+
+    result = scorer.score(batch)
+
+    assert (result.verdicts, result.predictions, result.card_states) == ([], [], {})
+    records = [orjson.loads(record) for _, record in result.dlq]
+    for record in records:
+        validate_message("dlq", record)
+    assert [r["reason_code"] for r in records] == [code for _, code in cases]
+    assert all(r["reason"] for r in records)
+    assert [key for key, _ in result.dlq] == [item.key for item in batch]
+    assert [r["source"] for r in records] == [
+        {"topic": TOPIC, "partition": 2, "offset": 500 + i} for i in range(len(cases))
+    ]
+
+
+def test_dlq_record_carries_the_exact_original_bytes(scorer: BatchScorer) -> None:
+    value, key = b'{"transaction_id": "tx-1", "amount": NaN}', b"\x00raw key\xff"
+
+    result = scorer.score([Incoming(key, value, TOPIC, 0, 1)])
+
+    (record,) = [orjson.loads(r) for _, r in result.dlq]
+    assert base64.b64decode(record["original_value_b64"]) == value
+    assert base64.b64decode(record["original_key_b64"]) == key
+
+
+def test_tombstone_goes_to_the_dlq_as_empty(scorer: BatchScorer) -> None:
+    result = scorer.score([Incoming(b"card-1", None, TOPIC, 0, 1)])
+
+    (record,) = [orjson.loads(r) for _, r in result.dlq]
+    validate_message("dlq", record)
+    assert (record["reason_code"], record["original_value_b64"]) == ("empty", None)
+
+
+def test_message_not_keyed_by_its_card_id_goes_to_the_dlq_as_wrong_key(
+    scorer: BatchScorer, stream: list[dict[str, Any]]
+) -> None:
+    tx = stream[0]
+
+    result = scorer.score([message(tx, 0, key=b"card-somebody-else")])
+
+    assert (result.verdicts, result.predictions, result.card_states) == ([], [], {})
+    (record,) = [orjson.loads(r) for _, r in result.dlq]
+    validate_message("dlq", record)
+    assert (record["reason_code"], record["transaction_id"]) == ("wrong_key", tx["transaction_id"])
+    assert base64.b64decode(record["original_key_b64"]) == b"card-somebody-else"
+    assert result.dlq[0][0] == b"card-somebody-else"
+
+
+def test_invalid_items_do_not_disturb_the_valid_ones(
+    scorer: BatchScorer, model: ModelScorer, stream: list[dict[str, Any]]
+) -> None:
+    clean = BatchScorer(model, {}, {}, DEFAULT_MAX_BYTES, FakeClock()).score(batch_of(stream[:5]))
+    mixed = batch_of(stream[:5])
+    mixed[1:1] = [Incoming(None, b"[]", TOPIC, 0, 90), message(stream[9], 91, key=b"wrong")]
+
+    result = scorer.score(mixed)
+
+    assert len(result.dlq) == 2
+    assert result.verdicts == clean.verdicts
+
+
+# ------------------------------------------------------------------------- replays and copies
+
+
+def forbid_scoring(monkeypatch: pytest.MonkeyPatch, model: ModelScorer) -> None:
+    def refuse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError(f"re-scored {len(matrix)} rows")
+
+    monkeypatch.setattr(model, "predict", refuse)
+
+
+def test_stored_prediction_is_resent_unchanged_and_rewritten_not_rescored(
+    scorer: BatchScorer,
+    model: ModelScorer,
+    predictions: dict[bytes, bytes],
+    cards: dict[bytes, bytes],
+    stream: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tx = stream[0]
+    txid, card = tx["transaction_id"].encode(), tx["card_id"].encode()
+    stored = b'{"stored":"verdict bytes, exactly as first sent"}'
+    predictions[txid] = stored
+    cards[card] = orjson.dumps(F.apply_transaction(tx, None))
+    forbid_scoring(monkeypatch, model)
+
+    result = scorer.score([incoming(tx, 0)])
+
+    assert result.verdicts == [(txid, stored)]
+    assert result.predictions == [(0, txid, stored)]
+    assert result.resent == 1
+    assert written_state(result, tx["card_id"]) == stored_state(cards, tx["card_id"])
+
+
+def test_replay_of_a_whole_batch_reproduces_its_verdicts_and_states(
+    scorer: BatchScorer,
+    predictions: dict[bytes, bytes],
+    cards: dict[bytes, bytes],
+    stream: list[dict[str, Any]],
+) -> None:
+    batch = batch_of(stream[:50])
+    first = scorer.score(batch)
+    apply(first, predictions, cards)
+    states_after_first = dict(cards)
+
+    replay = scorer.score(batch)
+    apply(replay, predictions, cards)
+
+    assert sorted(replay.verdicts) == sorted(first.verdicts)
+    assert replay.resent == 50
+    assert cards == states_after_first
+
+
+def test_same_transaction_twice_in_one_batch_gets_two_identical_verdicts(
+    scorer: BatchScorer, stream: list[dict[str, Any]]
+) -> None:
+    tx = stream[0]
+    txid = tx["transaction_id"].encode()
+
+    result = scorer.score([incoming(tx, 0), incoming(stream[1], 1), incoming(tx, 2)])
+
+    mine = [verdict for t, verdict in result.verdicts if t == txid]
+    assert len(mine) == 2 and mine[0] == mine[1]
+    assert [t for _, t, _ in result.predictions].count(txid) == 1
+    assert result.resent == 1
+    assert written_state(result, tx["card_id"])["n"] == 1
+
+
+def test_replay_after_a_lost_state_write_repairs_the_card_state_once(
+    scorer: BatchScorer,
+    predictions: dict[bytes, bytes],
+    cards: dict[bytes, bytes],
+    stream: list[dict[str, Any]],
+) -> None:
+    earlier, tx = card_with_history(stream, 2)[:2]
+    apply(scorer.score([incoming(earlier, 0)]), predictions, cards)
+    first = scorer.score([incoming(tx, 1)])
+    for _, txid, verdict in first.predictions:  # the crash: prediction persisted, card state lost
+        predictions[txid] = verdict
+    assert stored_state(cards, tx["card_id"])["n"] == 1
+
+    replay = scorer.score([incoming(tx, 1)])
+    apply(replay, predictions, cards)
+    again = scorer.score([incoming(tx, 1)])
+
+    assert replay.verdicts == first.verdicts == again.verdicts
+    repaired = stored_state(cards, tx["card_id"])
+    assert repaired["n"] == 2
+    assert F.contains(repaired, tx["transaction_id"])
+    assert written_state(again, tx["card_id"]) == repaired  # a second replay adds nothing
+
+
+def test_replay_after_a_lost_first_state_write_creates_the_card_state(
+    scorer: BatchScorer,
+    predictions: dict[bytes, bytes],
+    cards: dict[bytes, bytes],
+    stream: list[dict[str, Any]],
+) -> None:
+    tx = stream[0]
+    first = scorer.score([incoming(tx, 0)])
+    predictions.update({txid: verdict for _, txid, verdict in first.predictions})
+
+    replay = scorer.score([incoming(tx, 0)])
+
+    assert replay.verdicts == first.verdicts
+    assert written_state(replay, tx["card_id"]) == F.apply_transaction(tx, None)
+
+
+# --------------------------------------------------------------------------------- features
+
+
+def expected_features(stream: list[dict[str, Any]]) -> Iterator[tuple[bytes, dict[str, float]]]:
+    states: dict[str, F.CardState] = {}
+    for tx in stream:
+        state = states.get(tx["card_id"])
+        yield (
+            tx["transaction_id"].encode(),
+            dict(zip(F.FEATURE_NAMES, F.features_for(tx, state), strict=True)),
+        )
+        states[tx["card_id"]] = F.apply_transaction(tx, state)
+
+
+def test_features_equal_features_for_over_the_same_sequence(
+    scorer: BatchScorer,
+    predictions: dict[bytes, bytes],
+    cards: dict[bytes, bytes],
+    stream: list[dict[str, Any]],
+) -> None:
+    sent: dict[bytes, dict[str, float]] = {}
+    for start in range(0, len(stream), 37):  # batches straddle cards: state crosses batch edges
+        result = scorer.score(batch_of(stream[start : start + 37], start))
+        apply(result, predictions, cards)
+        sent.update((txid, orjson.loads(v)["features"]) for txid, v in result.verdicts)
+
+    expected = dict(expected_features(stream))
+    assert sent == expected
+    assert max(row["card_tx_count"] for row in expected.values()) >= 3  # history was exercised
+
+
+def test_score_matches_the_model_on_the_hand_computed_features(
+    scorer: BatchScorer, model: ModelScorer, stream: list[dict[str, Any]]
+) -> None:
+    txs = stream[:30]
+    rows = [list(features.values()) for _, features in expected_features(txs)]
+    raw, probability = model.predict(np.asarray(rows))
+
+    sent = verdicts(scorer.score(batch_of(txs)))
+
+    assert [v["raw_score"] for v in sent] == raw.tolist()
+    assert [v["score"] for v in sent] == probability.tolist()
+
+
+# ------------------------------------------------------------------------------------ focus
+
+
+def test_focus_is_called_for_each_valid_item_before_its_table_reads(
+    model: ModelScorer, stream: list[dict[str, Any]]
+) -> None:
+    log: list[tuple[Any, ...]] = []
+    predictions, cards = RecordingTable("predictions", log), RecordingTable("cards", log)
+    scorer = BatchScorer(model, predictions, cards, DEFAULT_MAX_BYTES, FakeClock())
+    txs = stream[:40]
+    batch = batch_of(txs)
+    batch[5:5] = [Incoming(None, b"garbage", TOPIC, 0, 77)]
+    batch.append(incoming(txs[0], 78))  # an in-batch copy is focused too
+
+    def focus(index: int) -> None:
+        log.append(("focus", index))
+
+    scorer.score(batch, focus=focus)
+
+    valid = [i for i in range(len(batch)) if i != 5]
+    assert [entry[1] for entry in log if entry[0] == "focus"] == valid
+    current: int | None = None
+    for entry in log:
+        if entry[0] == "focus":
+            current = entry[1]
+            continue
+        assert current is not None, f"{entry} read before any focus"
+        tx = orjson.loads(batch[current].value or b"")
+        own_key = tx["transaction_id"] if entry[1] == "predictions" else tx["card_id"]
+        assert entry[2] == own_key.encode(), f"{entry} read under the focus of item {current}"
+    reads = [entry for entry in log if entry[0] == "read"]
+    assert len(reads) >= len(txs)  # every item's prediction lookup went through the log
