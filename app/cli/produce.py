@@ -65,10 +65,12 @@ def run_producer(
     sent = 0
     with tqdm(total=count, unit="msg", desc="produce", mininterval=1.0) as bar:
         try:
-            for key, value in _messages(file, bad_fraction, seed, live_time):
-                if count is not None and sent >= count:
+            messages = _messages(file, bad_fraction, seed, live_time)
+            while count is None or sent < count:
+                _pace(start, sent, rate)  # before the message is made: its event time is "now"
+                key, value = next(messages, (None, None))
+                if value is None and key is None:
                     break
-                _pace(start, sent, rate)
                 producer.produce(topics.TRANSACTIONS, value=value, key=key, on_delivery=delivered)
                 producer.poll(0)
                 sent += 1

@@ -60,10 +60,13 @@ class _Load:
         partitions = len(consumer.list_topics("verdicts", timeout=10).topics["verdicts"].partitions)
         consumer.assign([TopicPartition("verdicts", p, 0) for p in range(partitions)])
         while not self.stop.is_set():
-            for message in consumer.consume(1000, timeout=0.1):
+            first = consumer.poll(0.1)  # returns at the first message (consume(n, t) waits for n or t)
+            if first is None:
+                continue
+            now = time.time()
+            for message in [first, *consumer.consume(1000, timeout=0)]:
                 if message.error() is not None:
                     continue
-                now = time.time()
                 key = message.key()
                 if key in self.sent_at and key not in self.received:
                     self.received.add(key)
