@@ -99,6 +99,7 @@ def run_soak(stack: Stack, rate: float, seconds: float, window: float) -> dict[s
             "latency_p99_ms": round(_percentile(recent, 0.99), 2) if recent else None,
             "broker_rss_mb": round(sum(p.memory_info().rss for p in watched) / 2**20),
         })  # fmt: skip
+        print("soak window", windows[-1], flush=True)
     deadline = time.monotonic() + 60
     while len(load.received) < len(load.sent_at) and time.monotonic() < deadline:
         time.sleep(0.2)

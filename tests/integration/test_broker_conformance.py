@@ -234,6 +234,7 @@ def _cpu(process: psutil.Process) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_ten_minutes_at_500_per_second_stays_flat(stack: Stack) -> None:
     """Nothing grows with the data: once retention has reached its steady state (after the
     broker's 60 s max retention), broker CPU and verdict latency in the last minute match the
