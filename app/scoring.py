@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.contracts import format_utc
 from app.model import features as feature_fns
 from app.model.scorer import ModelScorer
 from app.validation import InvalidInput, build_dlq_record, validate_transaction
@@ -38,10 +39,6 @@ class BatchResult:
     verdicts: list[tuple[bytes, bytes]] = field(default_factory=list)  # (txid, verdict)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (original key, record)
     resent: int = 0
-
-
-def iso_now(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class BatchScorer:
@@ -70,6 +67,7 @@ class BatchScorer:
         fresh: list[tuple[int, dict[str, Any], list[float]]] = []
         seen_in_batch: set[bytes] = set()
         in_batch_copies: list[bytes] = []
+        touched: dict[bytes, int] = {}  # card → index of its last transaction in the batch
         for index, item in enumerate(batch):
             tx = self._validated(item, now, result)
             if tx is None:
@@ -83,20 +81,19 @@ class BatchScorer:
                 continue
             stored = self.predictions.get(txid)
             if stored is not None:
-                self._resend(index, txid, card, tx, state, stored, states, result)
+                self._resend(index, txid, card, tx, state, stored, states, touched, result)
                 continue
             seen_in_batch.add(txid)
             fresh.append((index, tx, feature_fns.features_for(tx, state)))
             states[card] = feature_fns.apply_transaction(tx, state)
-            result.card_states[card] = (index, b"")
+            touched[card] = index
         self._predict(fresh, now, result)
         if in_batch_copies:
             scored = {txid: verdict for _, txid, verdict in result.predictions}
             for txid in in_batch_copies:
                 result.verdicts.append((txid, scored[txid]))
                 result.resent += 1
-        for card, (index, _) in result.card_states.items():
-            result.card_states[card] = (index, orjson.dumps(states[card]))
+        result.card_states = {card: (index, orjson.dumps(states[card])) for card, index in touched.items()}
         return result
 
     def _validated(self, item: Incoming, now: float, result: BatchResult) -> dict[str, Any] | None:
@@ -140,6 +137,7 @@ class BatchScorer:
         state: dict[str, Any] | None,
         stored: bytes,
         states: dict[bytes, dict[str, Any]],
+        touched: dict[bytes, int],
         result: BatchResult,
     ) -> None:
         """A transaction seen before: the stored verdict again, never a second score.
@@ -155,7 +153,7 @@ class BatchScorer:
             state = feature_fns.apply_transaction(tx, state)
         if state is not None:
             states[card] = state
-            result.card_states[card] = (index, b"")
+            touched[card] = index
 
     def _predict(
         self, fresh: list[tuple[int, dict[str, Any], list[float]]], now: float, result: BatchResult
@@ -165,8 +163,8 @@ class BatchScorer:
         matrix = np.asarray([row for _, _, row in fresh], dtype=np.float64)
         raw_scores, probabilities = self.model.predict(matrix)
         decisions = self.model.decide(probabilities)
-        received = iso_now(now)
-        scored = iso_now(self.clock())
+        received = format_utc(datetime.fromtimestamp(now, UTC))
+        scored = format_utc(datetime.fromtimestamp(self.clock(), UTC))
         names = self.model.feature_names
         for (index, tx, row), raw, prob, decision in zip(
             fresh, raw_scores, probabilities, decisions, strict=True

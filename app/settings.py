@@ -47,8 +47,6 @@ class Settings(BaseSettings):
     dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
 
-    worker_web_port: int = Field(0, ge=0, le=65535, description="Worker HTTP port (0: none).")
-
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:

@@ -16,6 +16,7 @@ import orjson
 
 from app import topics
 from app.admin import client_config
+from app.broker.embedded import stop_process
 from app.settings import Settings, get_settings
 
 
@@ -28,13 +29,7 @@ def _spawn(args: list[str], log_dir: Path, name: str) -> subprocess.Popen[bytes]
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     """Stop in reverse start order (producer first, broker last); no orphans."""
     for child in reversed(children):
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_process(child, timeout=30)
 
 
 def _embedded_port(settings: Settings) -> int | None:
