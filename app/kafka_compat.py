@@ -5,6 +5,7 @@ setting. Its producer buffer (the ordered queue behind ``send_soon`` and table w
 the stream at 100 pending messages, logging a warning each time; one scored batch queues a
 verdict, a prediction row and a card state per transaction, so the bound follows the batch size.
 
+Records skipped around a rebalance are handed on by ``app.offset_guard`` (installed here).
 Everything else is configured through Faust's own settings.
 """
 
@@ -23,8 +24,13 @@ def install_faust_patches(settings: Settings) -> None:
         _installed[0] = settings
         return
     _installed.append(settings)
+    from faust.transport.consumer import Consumer
     from faust.transport.drivers import aiokafka as driver
     from faust.transport.producer import ProducerBuffer
+
+    from app import offset_guard
+
+    offset_guard.install(Consumer)
 
     ProducerBuffer.max_messages = 4 * settings.scorer_batch_max + 1000
 

@@ -245,6 +245,15 @@ class _Connection:
                 return wire.rewrite_coordinator(frame, header.api_version, host, port)
             elif pending.group is not None:
                 self._group_response(pending, frame)
+                if header.api_key == wire.API_SYNC_GROUP:
+                    fixed = wire.sync_without_assignment_to_rebalance(frame, header.api_version)
+                    if fixed is not frame:
+                        log.warning(
+                            "group %s: SyncGroup gave member %s no assignment; it will rejoin",
+                            pending.group.group_id,
+                            pending.group.member_id,
+                        )
+                    return fixed
         except wire.WireError as exc:
             log.debug("could not parse response to api %s: %s", header.api_key, exc)
         return frame

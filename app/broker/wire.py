@@ -306,6 +306,29 @@ def parse_join_response_member(frame: bytes, version: int) -> tuple[int, str]:
     return error, reader.string() or ""
 
 
+ERROR_REBALANCE_IN_PROGRESS = 27
+
+
+def sync_without_assignment_to_rebalance(frame: bytes, version: int) -> bytes:
+    """A SyncGroup response that succeeds with no assignment bytes becomes REBALANCE_IN_PROGRESS.
+
+    noida-db now and then answers a member's SyncGroup with error 0 and an empty assignment
+    (seen for the leader of a two-member group); aiokafka cannot decode that and its group
+    coordinator dies, leaving a consumer that never reads. Kafka clients rejoin on
+    REBALANCE_IN_PROGRESS, so the next generation assigns again.
+    """
+    reader = Reader(frame, RESPONSE_BODY)
+    if version >= 1:
+        reader.i32()  # throttle_time_ms
+    error_at = reader.pos
+    error = reader.i16()
+    if error != 0 or reader.skip_bytes() > 0:
+        return frame
+    mutable = bytearray(frame)
+    struct.pack_into(">h", mutable, error_at, ERROR_REBALANCE_IN_PROGRESS)
+    return bytes(mutable)
+
+
 def leave_group_request(correlation_id: int, group_id: str, members: list[tuple[str, str | None]]) -> bytes:
     """A LeaveGroup v3 frame removing ``members`` (member id, instance id) on their behalf."""
     body = encode_string(group_id) + struct.pack(">i", len(members))

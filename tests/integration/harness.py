@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.broker.embedded import free_port
+from app.model.generator import generate_transactions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -194,6 +196,7 @@ class TopicReader:
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": f"reader-{topic}",
             "enable.auto.commit": False, "fetch.wait.max.ms": 100, "log_level": 2,
+            "auto.offset.reset": "earliest",
         })  # fmt: skip
         self.closed = False
         self.assigned = 0
@@ -255,3 +258,35 @@ def diagnose_missing(stack: Stack, wanted: set[str], seen: set[str]) -> str:
         f"{len(missing)} without verdict; per partition {dict(per_partition)}; "
         f"first {spots[:12]}; committed {committed}"
     )
+
+
+class SteadyProducer(threading.Thread):
+    """Sends transactions at a steady rate until stopped; remembers what it sent and when."""
+
+    def __init__(self, stack: Stack, rate: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.rate, self.seed = stack, rate, seed
+        self.sent: list[tuple[float, str]] = []
+        self.spots: dict[str, tuple[int, int]] = {}  # txid -> (partition, offset), from the ack
+        self.transactions: dict[str, dict[str, Any]] = {}  # txid -> the transaction, once acked
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        producer = self.stack.producer()
+
+        def acked(err: Any, message: Any) -> None:  # only what the broker accepted counts
+            if err is None:
+                tx = orjson.loads(message.value())
+                txid = tx["transaction_id"]
+                self.transactions[txid] = tx
+                self.sent.append((time.monotonic(), txid))
+                self.spots[txid] = (message.partition(), message.offset())
+
+        for tx in generate_transactions(100_000, seed=self.seed):
+            if self.stop.wait(1 / self.rate):
+                break
+            producer.produce(
+                "transactions", key=tx["card_id"].encode(), value=orjson.dumps(tx), on_delivery=acked
+            )
+            producer.poll(0)
+        producer.flush(30)

@@ -12,7 +12,7 @@ import orjson
 from app.contracts import validate_message
 from app.malformed import malformed_messages
 from app.model.generator import generate_transactions
-from tests.integration.harness import Process, Stack, diagnose_missing, wait_until
+from tests.integration.harness import Process, Stack, SteadyProducer, diagnose_missing, wait_until
 
 
 def _verdicts_by_id(messages: list[Any]) -> dict[str, list[bytes]]:
@@ -105,9 +105,23 @@ def _run_crash_test(stack: Stack, wipe: bool) -> None:
     scorer = stack.start_worker("scorer")
     transactions = list(generate_transactions(3000, seed=21 if wipe else 22))
     _kill_mid_stream(stack, scorer, transactions)
+    # Transactions keep arriving while the scorer is down, recovers its tables and resumes.
+    load = SteadyProducer(stack, rate=100, seed=23 if wipe else 24)
+    load.start()
     if wipe:
         shutil.rmtree(stack.root / "data" / "scorer")
     stack.start_worker("scorer")
+    restarted_at = len(load.sent)
+    verdicts = stack.reader("verdicts")
+
+    def live_again(messages: list[Any]) -> bool:  # and 200 sent since the restart began
+        later = {txid for _, txid in load.sent[restarted_at:]}
+        return len(later) >= 200 and any(m.key().decode() in later for m in messages)
+
+    verdicts.read_until(live_again, 180, "the restarted scorer to score transactions sent meanwhile")
+    load.stop.set()
+    load.join(30)
+    transactions += [load.transactions[txid] for _, txid in load.sent]
     _assert_every_verdict_once_in_content(stack, transactions)
     _table_rows(stack, "predictions", {tx["transaction_id"].encode() for tx in transactions})
     per_card = Counter(tx["card_id"].encode() for tx in transactions)

@@ -648,3 +648,35 @@ def test_regression_member_id_running_past_the_frame_end_is_returned_truncated()
 
     with pytest.raises(WireError):
         wire.parse_join_response_member(truncated, 5)
+
+
+# ----------------------------------------------------------------------------- SyncGroup repair
+
+
+def sync_response(version: int, error: int, assignment: bytes | None) -> bytes:
+    body = (i32(0) if version >= 1 else b"") + i16(error)
+    body += i32(-1) if assignment is None else i32(len(assignment)) + assignment
+    return response(body)
+
+
+def sync_error(frame: bytes, version: int) -> int:
+    return struct.unpack_from(">h", frame, wire.RESPONSE_BODY + (4 if version >= 1 else 0))[0]
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 3])
+@pytest.mark.parametrize("assignment", [b"", None])
+def test_sync_success_without_assignment_becomes_rebalance_in_progress(
+    version: int, assignment: bytes | None
+) -> None:
+    frame = sync_response(version, 0, assignment)
+    fixed = wire.sync_without_assignment_to_rebalance(frame, version)
+    assert sync_error(fixed, version) == wire.ERROR_REBALANCE_IN_PROGRESS
+    assert len(fixed) == len(frame) and fixed[: wire.RESPONSE_BODY] == frame[: wire.RESPONSE_BODY]
+
+
+@pytest.mark.parametrize("version", [0, 3])
+def test_sync_with_an_assignment_or_an_error_is_untouched(version: int) -> None:
+    with_assignment = sync_response(version, 0, b"\x00\x00\x00\x00\x00\x00")
+    assert wire.sync_without_assignment_to_rebalance(with_assignment, version) is with_assignment
+    failed = sync_response(version, 25, b"")  # UNKNOWN_MEMBER_ID stays what it is
+    assert wire.sync_without_assignment_to_rebalance(failed, version) is failed
