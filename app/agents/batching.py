@@ -16,8 +16,14 @@ from faust.types import EventT, StreamT
 from mode.utils.futures import notify
 
 
-async def micro_batches(stream: StreamT, max_: int, within: float) -> AsyncIterator[Sequence[EventT]]:
-    """Yield up to ``max_`` events, at most ``within`` seconds after the first one arrived."""
+async def micro_batches(
+    stream: StreamT, max_: int, within: float, ack: bool = True
+) -> AsyncIterator[Sequence[EventT]]:
+    """Yield up to ``max_`` events, at most ``within`` seconds after the first one arrived.
+
+    With ``ack=False`` the caller acks each event (``stream.ack``) once its effects are durable;
+    an event never acked is never committed, so a restarted worker sees it again.
+    """
     s: Any = stream  # the private stream API take_events itself uses
     events: list[EventT] = []
     first_arrived, buffer_full, consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -49,14 +55,19 @@ async def micro_batches(stream: StreamT, max_: int, within: float) -> AsyncItera
         while not s.should_stop:
             await s.wait_for_stopped(first_arrived)
             await s.wait_for_stopped(buffer_full, timeout=within)
+            # A backlog is waiting in the stream's buffer: take it too, up to max_, instead of
+            # cutting the batch at the window (each batch pays a producer flush).
+            while not buffer_full.is_set() and not s.channel.empty() and not s.should_stop:
+                await s.wait_for_stopped(buffer_full, timeout=within)
             if not events:
                 continue
             consuming = asyncio.get_running_loop().create_future()
             try:
                 yield list(events)
             finally:
-                for event in events:
-                    await s.ack(event)
+                if ack:
+                    for event in events:
+                        await s.ack(event)
                 events.clear()
                 notify(consuming)
                 first_arrived.clear()

@@ -1,0 +1,101 @@
+"""The scorer's librdkafka sink: acks awaited, refusals raised, changelog offsets reported."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from app.agents.sink import DeliveryFailed, Sink
+from app.settings import Settings
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class FakeProducer:
+    """Queues produce calls; ``flush`` acks them (or refuses the topics in ``refuse``)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.queued: list[tuple[str, int, Any]] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.refuse: set[str] = set()
+        self.full_once = False
+        self.polled = 0
+
+    def produce(self, topic: str, key: Any, value: Any, on_delivery: Any, partition: int = 0) -> None:
+        if self.full_once:
+            self.full_once = False
+            raise BufferError("queue full")
+        self.queued.append((topic, partition, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        self.polled += 1
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        for topic, partition, callback in self.queued:
+            offset = self.offsets.get((topic, partition), -1) + 1
+            self.offsets[(topic, partition)] = offset
+            callback("refused" if topic in self.refuse else None, _Message(topic, partition, offset))
+        self.queued.clear()
+        return 0
+
+
+def _sink() -> tuple[Sink, FakeProducer]:
+    made: list[FakeProducer] = []
+
+    def factory(config: dict[str, Any]) -> FakeProducer:
+        made.append(FakeProducer(config))
+        return made[0]
+
+    return Sink(Settings(), producer_factory=factory), made[0]
+
+
+def test_flush_reports_the_highest_acked_changelog_offset_per_partition() -> None:
+    sink, producer = _sink()
+    for key in (b"a", b"b", b"c"):
+        sink.changelog("app-predictions-changelog", 2, key, b"v")
+    sink.changelog("app-predictions-changelog", 0, b"d", b"v")
+    sink.produce("verdicts", b"a", b"v")
+    highest = asyncio.run(sink.flush())
+    assert highest == {("app-predictions-changelog", 2): 2, ("app-predictions-changelog", 0): 0}
+    assert asyncio.run(sink.flush()) == {}  # reported once
+    assert producer.config["acks"] == "all" and producer.config["enable.idempotence"] is True
+
+
+def test_a_refused_record_fails_the_flush() -> None:
+    sink, producer = _sink()
+    producer.refuse.add("verdicts")
+    sink.produce("verdicts", b"a", b"v")
+    with pytest.raises(DeliveryFailed, match=r"verdicts\[0\]: refused"):
+        asyncio.run(sink.flush())
+    sink.produce("transactions.dlq", b"a", b"v")
+    assert asyncio.run(sink.flush()) == {}  # the failure is reported once, not forever
+
+
+def test_records_left_unacked_fail_the_flush() -> None:
+    sink, producer = _sink()
+    producer.flush = lambda timeout: 3  # type: ignore[method-assign]
+    with pytest.raises(DeliveryFailed, match="3 records not acked"):
+        asyncio.run(sink.flush(timeout_s=1))
+
+
+def test_a_full_local_queue_is_served_then_the_record_is_queued() -> None:
+    sink, producer = _sink()
+    producer.full_once = True
+    sink.produce("verdicts", b"a", b"v")
+    assert producer.polled == 1 and len(producer.queued) == 1
