@@ -38,7 +38,7 @@ SCHEMA_DIR: Path = Path(
     os.environ.get("FRAUDLENS_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schemas"
 )
 
-SCHEMA_NAMES: tuple[str, ...] = ("transaction", "verdict", "dlq")
+SCHEMA_NAMES: tuple[str, ...] = ("transaction", "verdict", "dlq", "explain_request", "explanation")
 
 Validator = Callable[[Any], Any]
 
@@ -168,6 +168,8 @@ _TIME_FIELDS: dict[str, tuple[str, ...]] = {
     "transaction": ("timestamp",),
     "verdict": ("event_time", "received_at", "scored_at"),
     "dlq": ("rejected_at",),
+    "explain_request": ("event_time", "verdict_at", "queued_at"),
+    "explanation": ("updated_at",),
 }
 
 

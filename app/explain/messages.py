@@ -1,0 +1,173 @@
+"""The messages of the explanation path, as plain dicts matching their JSON Schemas.
+
+``explain_request`` builds an ExplainRequest (``schemas/explain_request.schema.json``, topics
+``explain.high|normal|low``) from a verdict; ``explanation_update`` and ``finished_update``
+build an ExplanationUpdate (``schemas/explanation.schema.json``, topic
+``explanation.updates``).  Times are RFC 3339 UTC strings with microseconds (``format_utc``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from app.explain.core import METHODS, Explanation
+
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+STATUSES: tuple[str, ...] = ("pending", "calculating", "complete", "failed")
+
+
+class FailureCode(StrEnum):
+    """Why an explanation ended ``failed`` (``reason_code`` in the update)."""
+
+    ADDITIVITY_VIOLATION = "additivity_violation"
+    UNKNOWN_MODEL_VERSION = "unknown_model_version"
+    INCOMPATIBLE_MODEL = "incompatible_model"
+    UNSUPPORTED_METHOD = "unsupported_method"
+    INVALID_REQUEST = "invalid_request"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    INTERNAL_ERROR = "internal_error"
+
+
+def features_matrix(features: Sequence[Mapping[str, float | None]], names: Sequence[str]) -> np.ndarray:
+    """Rows in ``names`` order from feature dicts (a verdict's or request's ``features``); null is NaN."""
+    matrix = np.empty((len(features), len(names)), dtype=np.float64)
+    for i, row in enumerate(features):
+        missing = [name for name in names if name not in row]
+        if missing:
+            raise ValueError(f"row {i}: features {missing[:5]} are missing")
+        matrix[i] = [math.nan if row[name] is None else row[name] for name in names]
+    return matrix
+
+
+def explain_request(
+    verdict: Mapping[str, Any],
+    priority: str,
+    queued_at: str,
+    *,
+    on_demand: bool = False,
+    method: str | None = None,
+) -> dict[str, Any]:
+    """The work item for one verdict; everything a worker needs travels with it."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    request: dict[str, Any] = {
+        "transaction_id": verdict["transaction_id"],
+        "card_id": verdict["card_id"],
+        "priority": priority,
+        "model_version": verdict["model_version"],
+        "features": dict(verdict["features"]),
+        "raw_score": verdict["raw_score"],
+        "score": verdict["score"],
+        "decision": verdict["decision"],
+        "amount": verdict["amount"],
+        "event_time": verdict["event_time"],
+        "verdict_at": verdict["scored_at"],
+        "queued_at": queued_at,
+        "on_demand": on_demand,
+    }
+    if method is not None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        request["method"] = method
+    return request
+
+
+def _millis(start: str, end: str) -> float:
+    delta = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return round(delta.total_seconds() * 1000.0, 3)
+
+
+def timings(
+    verdict_at: str, queued_at: str, started_at: str | None = None, completed_at: str | None = None
+) -> dict[str, Any]:
+    """The timings object: the moments known so far and the durations between them."""
+    out: dict[str, Any] = {"verdict_at": verdict_at, "queued_at": queued_at}
+    if started_at is not None:
+        out["started_at"] = started_at
+        out["queue_wait_ms"] = max(0.0, _millis(queued_at, started_at))
+    if completed_at is not None:
+        out["completed_at"] = completed_at
+        out["verdict_to_complete_ms"] = max(0.0, _millis(verdict_at, completed_at))
+        if started_at is not None:
+            out["compute_ms"] = max(0.0, _millis(started_at, completed_at))
+    return out
+
+
+def explanation_update(
+    transaction_id: str,
+    status: str,
+    priority: str,
+    model_version: str,
+    method: str,
+    updated_at: str,
+    *,
+    explanation: Explanation | None = None,
+    cache_hit: bool | None = None,
+    timing: Mapping[str, Any] | None = None,
+    attempts: int | None = None,
+    failure: tuple[FailureCode, str] | None = None,
+) -> dict[str, Any]:
+    """One status change; ``complete`` needs ``explanation``, ``cache_hit`` and ``timing``,
+    ``failed`` needs ``failure`` (and may carry the failed explanation's values)."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    if status == "complete" and (explanation is None or cache_hit is None or timing is None):
+        raise ValueError("a complete update needs the explanation, cache_hit and timing")
+    if status == "failed" and failure is None:
+        raise ValueError("a failed update needs a failure code and reason")
+    if status in ("pending", "calculating") and explanation is not None:
+        raise ValueError(f"a {status} update carries no explanation")
+    update: dict[str, Any] = {
+        "transaction_id": transaction_id,
+        "status": status,
+        "priority": priority,
+        "model_version": model_version,
+        "method": method,
+        "updated_at": updated_at,
+    }
+    if attempts is not None:
+        update["attempts"] = attempts
+    if explanation is not None:
+        values = explanation.to_dict()
+        del values["model_version"], values["method"]  # top-level fields already
+        update.update(values)
+    if cache_hit is not None:
+        update["cache_hit"] = cache_hit
+    if timing is not None:
+        update["timings"] = dict(timing)
+    if failure is not None:
+        update["reason_code"], update["reason"] = str(failure[0]), failure[1]
+    return update
+
+
+def finished_update(
+    transaction_id: str,
+    priority: str,
+    explanation: Explanation,
+    updated_at: str,
+    *,
+    cache_hit: bool,
+    timing: Mapping[str, Any],
+    attempts: int | None = None,
+) -> dict[str, Any]:
+    """``complete`` when the explanation passed its additivity check, else ``failed`` with the reason."""
+    failure = None if explanation.ok else (FailureCode.ADDITIVITY_VIOLATION, str(explanation.failure))
+    return explanation_update(
+        transaction_id,
+        "complete" if failure is None else "failed",
+        priority,
+        explanation.model_version,
+        explanation.method,
+        updated_at,
+        explanation=explanation,
+        cache_hit=cache_hit,
+        timing=timing,
+        attempts=attempts,
+        failure=failure,
+    )
