@@ -38,7 +38,7 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests
 
 bench-scorer: $(STAMP) models/CURRENT
-	$(BIN)/python -m bench.scorer
+	$(BIN)/python -m bench.scorer --models models
 
 clean:
 	rm -rf $(VENV) data models bench/results* bench/*.png
