@@ -56,3 +56,19 @@ dlq_topic = app.topic(
 verdicts_topic = app.topic(
     topics.VERDICTS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
 )
+
+# The explainer role. Every explanation topic is keyed by transaction_id with the same partition
+# count as verdicts, so one worker owns a transaction's verdict, requests and table row together.
+explain_topics = {
+    priority: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    for priority, name in topics.EXPLAIN_TOPICS.items()
+}
+# The router reads verdicts and on-demand requests as one stream.
+routing_topic = app.topic(
+    topics.VERDICTS,
+    topics.EXPLAIN_REQUESTS,
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+)

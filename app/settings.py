@@ -47,6 +47,38 @@ class Settings(BaseSettings):
     dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
 
+    # explainer (routing rules, scheduling, batching, method, OS priority)
+    explainer_app_id: str | None = Field(
+        None,
+        description="Explainer consumer group and changelog prefix [<app_id>-explainer].",
+    )
+    explain_high_decisions: tuple[str, ...] = Field(
+        ("deny", "review"), description="Verdict decisions whose explanation is high priority."
+    )
+    explain_high_min_amount: float = Field(
+        1000.0, ge=0, description="Amounts from here on are high priority."
+    )
+    explain_normal_min_amount: float = Field(
+        100.0, ge=0, description="Amounts from here on are normal priority."
+    )
+    explain_low_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of low-priority verdicts explained (the rest: on demand only)."
+    )
+    explain_aging_s: float = Field(
+        30.0, gt=0, description="Longest a request waits behind newer higher-priority work."
+    )
+    explain_batch_max: int = Field(64, ge=1, description="Most requests explained in one SHAP batch.")
+    explain_batch_within_s: float = Field(0.005, ge=0, description="Longest wait to fill a SHAP batch.")
+    explain_method: Literal["tree", "interventional"] = Field("tree", description="SHAP method.")
+    explain_max_attempts: int = Field(3, ge=1, description="Starts before a request is failed for good.")
+    explain_queue_max: int = Field(10_000, ge=1, description="Requests held in memory per priority.")
+    explain_cache_max: int = Field(100_000, ge=0, description="Explanations kept in the in-memory cache.")
+    explain_stats_every_s: float = Field(10.0, gt=0, description="How often an explainer logs its counts.")
+    explainer_nice: int = Field(10, ge=0, le=19, description="os.nice increment of explainer processes.")
+    explanation_retention_s: float = Field(
+        86400.0, gt=0, description="How long explanation rows (and dedup of re-sent verdicts) are kept."
+    )
+
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:
@@ -58,6 +90,11 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> str:
         """host:port[,host:port] for confluent-kafka and aiokafka."""
         return self.broker.removeprefix("kafka://").replace(";", ",")
+
+    @property
+    def explainer_group(self) -> str:
+        """The explainer's own Faust app id: its restarts never rebalance the scorer's group."""
+        return self.explainer_app_id or f"{self.app_id}-explainer"
 
     @property
     def worker_dir(self) -> Path:

@@ -5,7 +5,24 @@ from __future__ import annotations
 TRANSACTIONS = "transactions"
 TRANSACTIONS_DLQ = "transactions.dlq"
 VERDICTS = "verdicts"
+EXPLAIN_HIGH = "explain.high"
+EXPLAIN_NORMAL = "explain.normal"
+EXPLAIN_LOW = "explain.low"
+EXPLAIN_REQUESTS = "explain.requests"  # on demand (console, `fraudlens explain TXID`): always high
+EXPLANATION_UPDATES = "explanation.updates"
+
+# Work queue of each priority; all keyed by transaction_id, co-partitioned with verdicts.
+EXPLAIN_TOPICS = {"high": EXPLAIN_HIGH, "normal": EXPLAIN_NORMAL, "low": EXPLAIN_LOW}
 
 # Topics the embedded broker and the CLI pre-create with the configured partition count, so a
 # producer that writes first never auto-creates a one-partition topic.
-APP_TOPICS = (TRANSACTIONS, TRANSACTIONS_DLQ, VERDICTS)
+APP_TOPICS = (
+    TRANSACTIONS,
+    TRANSACTIONS_DLQ,
+    VERDICTS,
+    EXPLAIN_HIGH,
+    EXPLAIN_NORMAL,
+    EXPLAIN_LOW,
+    EXPLAIN_REQUESTS,
+    EXPLANATION_UPDATES,
+)

@@ -64,9 +64,12 @@ def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retent
 
 
 @cli.command()
-@click.option("--role", required=True, type=click.Choice(["scorer"]), help="Which agents to run.")
+@click.option(
+    "--role", required=True, type=click.Choice(["scorer", "explainer"]), help="Which agents to run."
+)
 def worker(role: str) -> None:
-    """Run one worker process of a role (scorer: transactions → verdicts)."""
+    """Run one worker process of a role (scorer: transactions → verdicts; explainer: verdicts →
+    explain.<priority> → explanation.updates, at lower OS priority)."""
     from app.cli.worker import run_worker
 
     run_worker(role)

@@ -8,12 +8,28 @@ import os
 
 ROLE_MODULES = {
     "scorer": ("app.agents.scoring",),
+    "explainer": ("app.agents.routing", "app.agents.explaining"),
 }
+
+
+def _prepare_explainer() -> None:
+    """Own consumer group (an explainer joining or dying never rebalances the scorer), lower OS
+    priority than the scorer, and its topics created with the configured partition count."""
+    from app.admin import ensure_topics
+    from app.settings import Settings, get_settings
+
+    wanted = Settings()
+    os.environ["FRAUDLENS_APP_ID"] = wanted.explainer_group
+    get_settings.cache_clear()
+    os.nice(wanted.explainer_nice)
+    ensure_topics(get_settings())
 
 
 def run_worker(role: str) -> None:
     # The role names this process's state dir; it must be known before settings are read.
     os.environ["FRAUDLENS_ROLE"] = role
+    if role == "explainer":
+        _prepare_explainer()
     from faust.worker import Worker
 
     from app.app import app

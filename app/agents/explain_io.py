@@ -1,0 +1,84 @@
+"""What the explainer's router and workers share: table writes through a librdkafka sink,
+under each row's own event, and the crash-safety rule (rows acked before the messages that
+announce them, events acked after both).
+
+Same mechanics as the scorer (``app.agents.scoring``, ``app.agents.sink``): ``Table.data[key]``
+writes the store of the *current event's* partition, so ``focus`` makes the row's own event
+current first; the changelog record goes to that same partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, NoReturn, cast
+
+from faust.types import TP, EventT, StreamT
+
+from app.agents.sink import DeliveryFailed, Sink
+from app.contracts import format_utc
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def named_sink(settings: Settings, name: str) -> Sink:
+    """A sink whose librdkafka client id names its user (router or worker) in broker logs."""
+    from confluent_kafka import Producer
+
+    return Sink(settings, lambda config: Producer({**config, "client.id": f"{settings.app_id}-{name}"}))
+
+
+def focus(stream: StreamT, event: EventT) -> None:
+    """Make ``event`` the current one (in this task): Faust picks a table's store from it."""
+    cast(Any, stream)._set_current_event(event)
+
+
+def utc_now() -> str:
+    return format_utc(datetime.now(UTC))
+
+
+def source_of(event: EventT) -> str:
+    """The message that caused a write: topic, partition and offset (stable across replays)."""
+    message = event.message
+    return f"{message.topic}:{message.partition}:{message.offset}"
+
+
+class TableWriter:
+    """Table rows through one sink; ``flush`` returns once the broker has them all."""
+
+    def __init__(self, sink: Sink, tables: Iterable[Any]) -> None:
+        self.sink = sink
+        self._tables = {cast(Any, t).changelog_topic_name: t for t in tables}
+        self.pending = 0
+
+    def get(self, stream: StreamT, event: EventT, table: Any, key: bytes) -> bytes | None:
+        focus(stream, event)
+        value: bytes | None = table.get(key)
+        return value
+
+    def write(self, stream: StreamT, event: EventT, table: Any, key: bytes, value: bytes) -> None:
+        """What ``table[key] = value`` does, with the changelog record sent through the sink."""
+        focus(stream, event)
+        table.data[key] = value
+        self.sink.changelog(table.changelog_topic_name, event.message.partition, key, value)
+        self.pending += 1
+
+    async def flush(self) -> None:
+        """Everything queued on the sink is acked; stores learn their persisted offsets."""
+        try:
+            highest = await self.sink.flush()
+        except DeliveryFailed as exc:
+            give_up(exc)
+        self.pending = 0
+        for (topic, partition), offset in highest.items():
+            self._tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def give_up(exc: Exception) -> NoReturn:
+    # The events stay unacked; a restarted worker replays them from the last commit.
+    log.critical("the broker did not take the explainer's records (%s): stopping the worker", exc)
+    logging.shutdown()
+    os._exit(75)

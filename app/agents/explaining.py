@@ -1,0 +1,285 @@
+"""Explanation workers (explainer role): ``explain.high|normal|low`` → ``explanation.updates``.
+
+Faust cannot prioritise between topics, so each priority topic has a thin agent that moves its
+events into one in-process ``AgingScheduler`` (bounded per priority: a full queue blocks the
+agent, its stream buffer fills and Faust stops fetching that partition), and one compute task
+takes batches out of it: aged requests first, then high, normal, low. Events are acked by the
+compute task, never by the agents.
+
+Per batch, each request under its own event (its partition's table store):
+  1. dedup against the ``explanations`` row (finished for this model version and method: skip);
+     a request started ``explain_max_attempts`` times already fails (``attempts_exhausted``);
+  2. rows → ``calculating`` (attempts + 1) and their updates sent;
+  3. SHAP on a thread: explainer per model version (``ExplainerCache``), cache lookups
+     (memory, then the ``explanation_cache`` table), ``explain_batch`` for the misses;
+  4. rows → ``complete`` | ``failed`` and new cache entries, acked by the broker; then the
+     updates, acked; then the events. A worker killed anywhere before the ack leaves the events
+     uncommitted: the replay finds the row ``calculating`` and computes it again.
+Requests of an older consumer generation (a rebalance happened since they were fetched) are
+dropped unacked: the partition's new owner, possibly this worker, gets them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from faust.types import EventT, StreamT
+
+from app import topics
+from app.agents.explain_io import TableWriter, give_up, named_sink, utc_now
+from app.agents.sink import DeliveryFailed
+from app.app import app, explain_topics
+from app.explain.core import ExplainerCache, Explanation
+from app.explain.messages import FailureCode
+from app.explain.scheduler import AgingScheduler, Queued
+from app.explain.state import WorkAction, calculating, failed, finished, update_message, work_action
+from app.explain.work import ExplanationMemo, Outcome, compute, prepare
+from app.settings import get_settings
+from app.tables.explanation_cache import explanation_cache
+from app.tables.explanations import explanations
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+Send = tuple[str, bytes, bytes]  # topic, key, value
+
+
+@dataclass(frozen=True)
+class Work:
+    stream: StreamT
+    event: EventT
+
+
+class WorkQueue:
+    """The scheduler with asyncio wake-ups: agents ``put``, the compute task ``take``s."""
+
+    def __init__(self, aging_s: float, capacity: int) -> None:
+        self.scheduler: AgingScheduler[Work] = AgingScheduler(aging_s, capacity)
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+
+    async def put(self, priority: str, work: Work, queued_at: float) -> None:
+        while not self.scheduler.has_room(priority):
+            self._room.clear()
+            await self._room.wait()
+        self.scheduler.put(priority, work, queued_at)
+        self._arrived.set()
+
+    async def take(self, max_items: int, within_s: float) -> list[Queued[Work]]:
+        """A batch: waits for the first request, then up to ``within_s`` to fill the batch."""
+        while not len(self.scheduler):
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = time.monotonic() + within_s
+        while len(self.scheduler) < max_items and (left := deadline - time.monotonic()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                break
+        batch = self.scheduler.take(max_items, time.time())
+        self._room.set()
+        return batch
+
+
+work_queue = WorkQueue(settings.explain_aging_s, settings.explain_queue_max)
+
+
+async def _feed(stream: StreamT, priority: str) -> None:
+    stream.enable_acks = False  # the compute task acks each event once its row is final
+    async for event in stream.events():
+        queued_at = event.message.timestamp or time.time()
+        await work_queue.put(priority, Work(stream, event), queued_at)
+
+
+@app.agent(explain_topics["high"], concurrency=1)
+async def explain_high(stream: StreamT) -> None:
+    await _feed(stream, "high")
+
+
+@app.agent(explain_topics["normal"], concurrency=1)
+async def explain_normal(stream: StreamT) -> None:
+    await _feed(stream, "normal")
+
+
+@app.agent(explain_topics["low"], concurrency=1)
+async def explain_low(stream: StreamT) -> None:
+    await _feed(stream, "low")
+
+
+@dataclass
+class _Job:
+    queued: Queued[Work]
+    request: dict[str, Any]
+    row: dict[str, Any]
+    key: bytes
+    cache_key: str | None = None
+
+
+@dataclass
+class _Stats:
+    """Counts since start (logged every ``explain_stats_every_s``; the tests read them)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    logged_at: float = field(default_factory=time.monotonic)
+
+    def log(self, queue: AgingScheduler[Work], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.logged_at < settings.explain_stats_every_s:
+            return
+        self.logged_at = now
+        c = self.counts
+        computed = c["computed"] + c["cache_hits"]
+        log.info(
+            "explainer pid %d: explained %d (complete %d, failed %d, cache hits %d, hit rate %.1f%%), "
+            "skipped %d, aged %d, batches %d (mean %.1f); by priority high %d normal %d low %d; queued %s",
+            os.getpid(), computed, c["complete"], c["failed"], c["cache_hits"],
+            100.0 * c["cache_hits"] / computed if computed else 0.0, c["skipped"], c["aged"],
+            self.batches, computed / self.batches if self.batches else 0.0,
+            c["high"], c["normal"], c["low"], {p: queue.size(p) for p in ("high", "normal", "low")},
+        )  # fmt: skip
+
+
+class Explaining:
+    """The compute task's state: sink, explainers per model version, cache, counters."""
+
+    def __init__(self) -> None:
+        self.sink = named_sink(settings, "explainer-worker")
+        self.writer = TableWriter(self.sink, (explanations, explanation_cache))
+        self.explainers = ExplainerCache(settings.models_dir)
+        self.memo = ExplanationMemo(settings.explain_cache_max)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="shap")
+        self.stats = _Stats()
+
+    async def run(self) -> None:
+        while True:
+            batch = await work_queue.take(settings.explain_batch_max, settings.explain_batch_within_s)
+            current = [q for q in batch if _current(q.item.event)]
+            if current:
+                await self.process(current)
+            self.stats.log(work_queue.scheduler)
+
+    async def process(self, batch: Sequence[Queued[Work]]) -> None:
+        started_at = utc_now()
+        jobs, finals = self._start(batch, started_at)
+        for topic, key, value in (self._update(job.key, job.row) for job in jobs):
+            self.sink.produce(topic, key, value)
+        outcomes = await self._explain(jobs)
+        if not all(_current(q.item.event) for q in batch):
+            return  # a rebalance since: the new owner of these partitions computes them again
+        completed_at = utc_now()
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._finish(job, outcome, completed_at)
+            finals.append(self._update(job.key, job.row))
+        await self.writer.flush()  # final rows acked before anything announces them
+        for topic, key, value in finals:
+            self.sink.produce(topic, key, value)
+        try:
+            await self.sink.flush()
+        except DeliveryFailed as exc:
+            give_up(exc)
+        for queued in batch:
+            await queued.item.stream.ack(queued.item.event)
+        self.stats.batches += 1
+
+    def _start(
+        self, batch: Sequence[Queued[Work]], started_at: str
+    ) -> tuple[list[_Job], list[tuple[str, bytes, bytes]]]:
+        """Dedup, then rows → calculating (or failed for good); returns the jobs to compute."""
+        jobs: list[_Job] = []
+        finals: list[Send] = []
+        seen: set[bytes] = set()
+        for queued in batch:
+            stream, event = queued.item.stream, queued.item.event
+            try:
+                request = dict(orjson.loads(event.message.value or b""))
+                key = str(request["transaction_id"]).encode()
+                request.setdefault("method", settings.explain_method)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("invalid explain request at offset %s: %s", event.message.offset, exc)
+                self.stats.counts["invalid"] += 1
+                continue
+            raw = self.writer.get(stream, event, explanations, key)
+            row = None if raw is None else dict(orjson.loads(raw))
+            action = work_action(row, request, settings.explain_max_attempts)
+            if key in seen or action is WorkAction.SKIP:
+                self.stats.counts["skipped"] += 1
+                continue
+            seen.add(key)
+            row = calculating(row, request, started_at)
+            if action is WorkAction.EXHAUSTED:
+                reason = f"started {row['attempts'] - 1} times without finishing; the worker may crash on it"
+                row = failed(row, FailureCode.ATTEMPTS_EXHAUSTED, reason, started_at)
+                finals.append(self._update(key, row))
+                self.stats.counts["failed"] += 1
+            self.writer.write(stream, event, explanations, key, orjson.dumps(row))
+            if action is WorkAction.COMPUTE:
+                jobs.append(_Job(queued, request, row, key))
+                self.stats.counts["aged"] += queued.aged
+                self.stats.counts[request["priority"]] += 1
+        return jobs, finals
+
+    async def _explain(self, jobs: Sequence[_Job]) -> list[Outcome]:
+        if not jobs:
+            return []
+        loop = asyncio.get_running_loop()
+        requests = [job.request for job in jobs]
+        prepared = await loop.run_in_executor(
+            self.executor, prepare, self.explainers, requests, settings.explain_method
+        )
+        for job, item in zip(jobs, prepared, strict=True):
+            job.cache_key = item.cache_key
+        cached = [self._cached(job) for job in jobs]
+        return await loop.run_in_executor(self.executor, compute, prepared, cached)
+
+    def _cached(self, job: _Job) -> Explanation | None:
+        """The memory cache, then the table (under the job's event: its partition's store)."""
+        if job.cache_key is None:
+            return None
+        found = self.memo.get(job.cache_key)
+        if found is None:
+            work = job.queued.item
+            raw = self.writer.get(work.stream, work.event, explanation_cache, job.cache_key.encode())
+            if raw is not None:
+                found = Explanation.from_dict(orjson.loads(raw))
+                self.memo.put(job.cache_key, found)
+        return found
+
+    def _finish(self, job: _Job, outcome: Outcome, completed_at: str) -> None:
+        stream, event = job.queued.item.stream, job.queued.item.event
+        if outcome.explanation is not None:
+            job.row = finished(job.row, outcome.explanation, outcome.cache_hit, completed_at)
+            self.stats.counts["cache_hits" if outcome.cache_hit else "computed"] += 1
+            if not outcome.cache_hit and outcome.explanation.ok and job.cache_key is not None:
+                self.memo.put(job.cache_key, outcome.explanation)
+                value = orjson.dumps(outcome.explanation.to_dict())
+                self.writer.write(stream, event, explanation_cache, job.cache_key.encode(), value)
+        else:
+            code, reason = outcome.failure or (FailureCode.INTERNAL_ERROR, "no explanation")
+            job.row = failed(job.row, code, reason, completed_at)
+        self.stats.counts[job.row["status"]] += 1
+        self.writer.write(stream, event, explanations, job.key, orjson.dumps(job.row))
+
+    @staticmethod
+    def _update(key: bytes, row: dict[str, Any]) -> Send:
+        moments = row["timings"]
+        updated_at = moments.get("completed_at") or moments.get("started_at") or utc_now()
+        return topics.EXPLANATION_UPDATES, key, orjson.dumps(update_message(row, updated_at))
+
+
+def _current(event: EventT) -> bool:
+    return bool(event.message.generation_id == app.consumer_generation_id)
+
+
+@app.task
+async def explain_work() -> None:
+    await Explaining().run()

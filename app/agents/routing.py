@@ -1,0 +1,157 @@
+"""The router (explainer role): verdicts and on-demand requests → ``explain.<priority>``.
+
+Per verdict: dedup against the ``explanations`` row (one explanation per transaction and model
+version, also for re-sent verdicts), priority by ``PriorityRules``, a ``pending`` row (or
+``sampled_out`` for a low verdict left out by sampling), then the ExplainRequest and the
+``pending`` update. Order per batch: rows acked by the broker, then requests and updates sent,
+then the batch's events acked. A crash after the rows but before the requests leaves a
+``pending`` row whose ``source`` is the very verdict being replayed: the router sends its
+request again (``RouteAction.RESEND``), so no request is lost and none is computed twice (the
+worker skips a request whose row is already finished).
+
+On-demand requests (``explain.requests``, keyed by transaction_id, value
+``{"transaction_id": …, "method": optional}``) re-queue a known transaction at high priority.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from faust.types import EventT, StreamT
+
+from app import topics
+from app.agents.batching import micro_batches
+from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
+from app.agents.sink import DeliveryFailed
+from app.app import app, routing_topic
+from app.explain.messages import explain_request
+from app.explain.routing import PriorityRules
+from app.explain.state import (
+    SAMPLED_OUT,
+    RouteAction,
+    new_row,
+    on_demand_wanted,
+    route_action,
+    update_message,
+)
+from app.settings import get_settings
+from app.tables.explanations import explanations
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+ROUTE_BATCH_MAX = 1000
+ROUTE_BATCH_WITHIN_S = 0.002
+
+Send = tuple[str, bytes, bytes]  # topic, key, value
+
+
+class Router:
+    """Routes one event at a time; table rows are written at once, sends are returned."""
+
+    def __init__(self, writer: TableWriter, rules: PriorityRules, method: str) -> None:
+        self.writer, self.rules, self.method = writer, rules, method
+        self.counts: Counter[str] = Counter()
+
+    def route(self, stream: StreamT, event: EventT, now: str) -> list[Send]:
+        try:
+            message = orjson.loads(event.message.value or b"")
+            if event.message.topic == topics.EXPLAIN_REQUESTS:
+                return self._on_demand(stream, event, message, now)
+            return self._verdict(stream, event, message, now)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.counts["invalid"] += 1
+            log.warning("cannot route %s: %s", source_of(event), exc)
+            return []
+
+    def _row(self, stream: StreamT, event: EventT, key: bytes) -> dict[str, Any] | None:
+        raw = self.writer.get(stream, event, explanations, key)
+        return None if raw is None else dict(orjson.loads(raw))
+
+    def _verdict(self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str) -> list[Send]:
+        key = str(verdict["transaction_id"]).encode()
+        row = self._row(stream, event, key)
+        source = source_of(event)
+        action = route_action(row, verdict["model_version"], source)
+        if action is RouteAction.SKIP:
+            self.counts["deduplicated"] += 1
+            return []
+        if action is RouteAction.RESEND and row is not None:
+            self.counts["resent"] += 1
+            return self._publish(stream, event, key, row, now)
+        priority = self.rules.priority(verdict)
+        request = explain_request(verdict, priority, now, method=self.method)
+        if not self.rules.sampled(priority, request["transaction_id"]):
+            self.counts["sampled_out"] += 1
+            self.writer.write(
+                stream, event, explanations, key, orjson.dumps(new_row(request, SAMPLED_OUT, source))
+            )
+            return []
+        self.counts[priority] += 1
+        return self._publish(stream, event, key, new_row(request, "pending", source), now)
+
+    def _on_demand(self, stream: StreamT, event: EventT, asked: Mapping[str, Any], now: str) -> list[Send]:
+        key = str(asked["transaction_id"]).encode()
+        row = self._row(stream, event, key)
+        if row is None:
+            self.counts["on_demand_unknown"] += 1
+            log.warning("on-demand request for %s: no verdict known in this partition", key.decode())
+            return []
+        method = str(asked.get("method") or self.method)
+        source = source_of(event)
+        if row["status"] == "pending" and row["source"] == source:
+            return self._publish(stream, event, key, row, now)  # replayed after a crash
+        if not on_demand_wanted(row, method):
+            self.counts["on_demand_deduplicated"] += 1
+            return []
+        self.counts["on_demand"] += 1
+        request = {
+            **row["request"],
+            "priority": "high",
+            "on_demand": True,
+            "queued_at": now,
+            "method": method,
+        }
+        return self._publish(stream, event, key, new_row(request, "pending", source), now)
+
+    def _publish(
+        self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any], now: str
+    ) -> list[Send]:
+        # Written again on a resend too: the local store may hold a row whose changelog a
+        # SIGKILL lost, and the changelog must have it before the request leaves.
+        self.writer.write(stream, event, explanations, key, orjson.dumps(row))
+        request = row["request"]
+        return [
+            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request)),
+            (topics.EXPLANATION_UPDATES, key, orjson.dumps(update_message(row, request["queued_at"]))),
+        ]
+
+
+@app.agent(routing_topic, concurrency=1)
+async def route(stream: StreamT) -> AsyncIterator[Any]:
+    sink = named_sink(settings, "explainer-router")
+    writer = TableWriter(sink, (explanations,))
+    router = Router(writer, PriorityRules.from_settings(settings), settings.explain_method)
+    logged_at = time.monotonic()
+    async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
+        now = utc_now()
+        sends = [send for event in events for send in router.route(stream, event, now)]
+        if writer.pending:
+            await writer.flush()  # rows first: a sent request always has its row
+        for topic, key, value in sends:
+            sink.produce(topic, key, value)
+        try:
+            await sink.flush()
+        except DeliveryFailed as exc:
+            give_up(exc)
+        for event in events:
+            await stream.ack(event)
+        if time.monotonic() - logged_at >= settings.explain_stats_every_s:
+            logged_at = time.monotonic()
+            log.info("router totals: %s", dict(sorted(router.counts.items())))
+        yield len(events)

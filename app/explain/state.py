@@ -1,0 +1,146 @@
+"""The ``explanations`` row of one transaction and its transitions, as plain dicts.
+
+Statuses: ``pending → calculating → complete | failed`` (published on ``explanation.updates``),
+plus ``sampled_out``: a low-priority verdict left out by sampling, kept (with its request) so
+an on-demand request can still explain it. ``sampled_out`` is table-only, never published.
+
+Who writes what: the router creates rows (absent → pending | sampled_out) and re-queues them
+on demand; the worker moves pending → calculating → complete | failed. Both run on the same
+event loop of the worker that owns the transaction's partition, so their writes never interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from app.explain.core import Explanation
+from app.explain.messages import FailureCode, explanation_update, timings
+
+SAMPLED_OUT = "sampled_out"
+IN_FLIGHT = frozenset({"pending", "calculating"})
+TERMINAL = frozenset({"complete", "failed"})
+
+Row = dict[str, Any]
+
+
+class RouteAction(StrEnum):
+    NEW = "new"  # no row for this model version: route it
+    RESEND = "resend"  # the very verdict that created the pending row, replayed after a crash
+    SKIP = "skip"  # already pending, calculating, finished or sampled out: no second computation
+
+
+class WorkAction(StrEnum):
+    COMPUTE = "compute"
+    SKIP = "skip"  # already finished for this model version and method
+    EXHAUSTED = "exhausted"  # started max_attempts times without finishing (crashes each time?)
+
+
+def new_row(request: Mapping[str, Any], status: str, source: str) -> Row:
+    """The row for a freshly routed request; ``source`` names the message that created it."""
+    return {
+        "transaction_id": request["transaction_id"],
+        "status": status,
+        "priority": request["priority"],
+        "model_version": request["model_version"],
+        "method": request["method"],
+        "attempts": 0,
+        "source": source,
+        "request": dict(request),
+        "explanation": None,
+        "cache_hit": None,
+        "reason_code": None,
+        "reason": None,
+        "timings": timings(request["verdict_at"], request["queued_at"]),
+    }
+
+
+def route_action(row: Mapping[str, Any] | None, model_version: str, source: str) -> RouteAction:
+    """What the router does with a verdict, given the transaction's row (dedup)."""
+    if row is None or row["model_version"] != model_version:
+        return RouteAction.NEW
+    if row["status"] == "pending" and row["source"] == source:
+        return RouteAction.RESEND
+    return RouteAction.SKIP
+
+
+def on_demand_wanted(row: Mapping[str, Any], method: str) -> bool:
+    """An on-demand request computes unless this method is in flight or done already."""
+    if row["method"] != method:
+        return True
+    return row["status"] not in IN_FLIGHT and row["status"] != "complete"
+
+
+def work_action(row: Mapping[str, Any] | None, request: Mapping[str, Any], max_attempts: int) -> WorkAction:
+    """What a worker does with a request, given the transaction's row."""
+    if row is None or row["model_version"] != request["model_version"]:
+        return WorkAction.COMPUTE
+    if row["status"] in TERMINAL and row["method"] == request["method"]:
+        return WorkAction.SKIP
+    if row["status"] == "calculating" and row["attempts"] >= max_attempts:
+        return WorkAction.EXHAUSTED
+    return WorkAction.COMPUTE
+
+
+def calculating(row: Mapping[str, Any] | None, request: Mapping[str, Any], started_at: str) -> Row:
+    """The row once a worker starts on it (a missing row is rebuilt from the request)."""
+    base = dict(row) if row is not None and row["model_version"] == request["model_version"] else None
+    out = base or new_row(request, "pending", "worker")
+    out["status"] = "calculating"
+    out["method"] = request["method"]
+    out["attempts"] = int(out["attempts"]) + 1
+    out["timings"] = timings(out["timings"]["verdict_at"], out["timings"]["queued_at"], started_at)
+    return out
+
+
+def finished(row: Mapping[str, Any], explanation: Explanation, cache_hit: bool, completed_at: str) -> Row:
+    """complete, or failed when the explanation did not pass its additivity check."""
+    out = dict(row)
+    out["explanation"] = explanation.to_dict()
+    out["cache_hit"] = cache_hit
+    out["timings"] = _completed_timings(row, completed_at)
+    if explanation.ok:
+        out["status"], out["reason_code"], out["reason"] = "complete", None, None
+    else:
+        out["status"] = "failed"
+        out["reason_code"], out["reason"] = str(FailureCode.ADDITIVITY_VIOLATION), explanation.failure
+    return out
+
+
+def failed(row: Mapping[str, Any], code: FailureCode, reason: str, completed_at: str) -> Row:
+    out = dict(row)
+    out["status"], out["reason_code"], out["reason"] = "failed", str(code), reason
+    out["timings"] = _completed_timings(row, completed_at)
+    return out
+
+
+def _completed_timings(row: Mapping[str, Any], completed_at: str) -> dict[str, Any]:
+    known = row["timings"]
+    return timings(known["verdict_at"], known["queued_at"], known.get("started_at"), completed_at)
+
+
+def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
+    """The ``explanation.updates`` message announcing the row's current status."""
+    status = row["status"]
+    explanation = None
+    if row["explanation"] is not None and status in TERMINAL:
+        explanation = Explanation.from_dict(
+            {**row["explanation"], "model_version": row["model_version"], "method": row["method"]}
+        )
+    failure = None
+    if status == "failed":
+        failure = (FailureCode(row["reason_code"]), str(row["reason"]))
+    return explanation_update(
+        row["transaction_id"],
+        status,
+        row["priority"],
+        row["model_version"],
+        row["method"],
+        updated_at,
+        explanation=explanation,
+        cache_hit=row["cache_hit"] if explanation is not None else None,
+        timing=row["timings"],
+        attempts=row["attempts"] if status != "pending" else None,
+        failure=failure,
+    )

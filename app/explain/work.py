@@ -1,0 +1,156 @@
+"""One SHAP batch: requests in, explanations (or failures) out. No Kafka, no Faust.
+
+The worker calls ``prepare`` and ``compute`` on a thread (explainer construction and SHAP are
+CPU work that must not block the event loop) and does the cache lookups between the two on
+the loop, where the ``explanation_cache`` table can be read under each request's own event.
+Requests are grouped by (model version, method): each group is one ``explain_batch`` call for
+the cache misses and one ``explain_from_cache`` call for the hits.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.explain.core import METHODS, Explainer, ExplainerCache, Explanation
+from app.explain.messages import FailureCode, features_matrix
+from app.explain.splits import UnsupportedModel
+from app.model.registry import RegistryError, UnknownModelVersion
+from app.model.scorer import IncompatibleModelError
+
+Failure = tuple[FailureCode, str]
+
+
+@dataclass
+class Prepared:
+    """A request made ready: its explainer, its feature row and cache key, or why not."""
+
+    request: Mapping[str, Any]
+    method: str
+    explainer: Explainer | None = None
+    row: np.ndarray | None = None
+    cache_key: str | None = None
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    explanation: Explanation | None
+    cache_hit: bool
+    failure: Failure | None  # set when there is no explanation (additivity failures are in it)
+
+
+class ExplanationMemo:
+    """The in-memory side of the explanation cache: cache key → explanation, LRU-bounded."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Explanation] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Explanation | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: str, explanation: Explanation) -> None:
+        if self.max_entries <= 0:
+            return
+        self._entries[key] = explanation
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def prepare(
+    explainers: ExplainerCache, requests: Sequence[Mapping[str, Any]], default_method: str
+) -> list[Prepared]:
+    """Load each request's model version (cached per version) and build its row and signature."""
+    out = []
+    for request in requests:
+        method = str(request.get("method") or default_method)
+        item = Prepared(request, method)
+        out.append(item)
+        if method not in METHODS:
+            item.failure = (FailureCode.UNSUPPORTED_METHOD, f"unknown explanation method {method!r}")
+            continue
+        try:
+            item.explainer = explainers.get(str(request["model_version"]))
+            if method != "tree":
+                item.explainer.warm(method)
+        except UnknownModelVersion as exc:
+            item.failure = (FailureCode.UNKNOWN_MODEL_VERSION, str(exc))
+            continue
+        except IncompatibleModelError as exc:
+            item.failure = (FailureCode.INCOMPATIBLE_MODEL, str(exc))
+            continue
+        except UnsupportedModel as exc:
+            item.failure = (FailureCode.UNSUPPORTED_METHOD, str(exc))
+            continue
+        except RegistryError as exc:
+            item.failure = (FailureCode.UNKNOWN_MODEL_VERSION, str(exc))
+            continue
+        try:
+            item.row = features_matrix([request["features"]], item.explainer.feature_names)
+        except (ValueError, TypeError, KeyError) as exc:
+            item.failure = (FailureCode.INVALID_REQUEST, f"features: {exc}")
+            continue
+        item.cache_key = item.explainer.signatures(item.row)[0].cache_key(method)
+    return out
+
+
+def compute(prepared: Sequence[Prepared], cached: Sequence[Explanation | None]) -> list[Outcome]:
+    """SHAP for the misses, cached values for the hits, grouped by (version, method)."""
+    outcomes: list[Outcome | None] = [None] * len(prepared)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, item in enumerate(prepared):
+        if item.failure is not None or item.explainer is None:
+            outcomes[index] = Outcome(None, False, item.failure)
+        else:
+            groups.setdefault((item.explainer.version, item.method), []).append(index)
+    for (_, method), indices in groups.items():
+        hits = [i for i in indices if cached[i] is not None]
+        misses = [i for i in indices if cached[i] is None]
+        _explain_group(prepared, cached, method, misses, hits, outcomes)
+    return [
+        o if o is not None else Outcome(None, False, (FailureCode.INTERNAL_ERROR, "not computed"))
+        for o in outcomes
+    ]
+
+
+def _explain_group(
+    prepared: Sequence[Prepared],
+    cached: Sequence[Explanation | None],
+    method: str,
+    misses: list[int],
+    hits: list[int],
+    outcomes: list[Outcome | None],
+) -> None:
+    explainer = prepared[(misses or hits)[0]].explainer
+    assert explainer is not None
+    for indices, from_cache in ((misses, False), (hits, True)):
+        if not indices:
+            continue
+        matrix = np.vstack([prepared[i].row for i in indices])  # type: ignore[misc]
+        try:
+            if from_cache:
+                explained = explainer.explain_from_cache(matrix, [cached[i] for i in indices])  # type: ignore[misc]
+            else:
+                explained = explainer.explain_batch(matrix, method)
+        except UnsupportedModel as exc:
+            failure: Failure = (FailureCode.UNSUPPORTED_METHOD, str(exc))
+        except Exception as exc:  # one bad group must not take the worker down
+            failure = (FailureCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        else:
+            for i, explanation in zip(indices, explained, strict=True):
+                outcomes[i] = Outcome(explanation, from_cache, None)
+            continue
+        for i in indices:
+            outcomes[i] = Outcome(None, False, failure)
