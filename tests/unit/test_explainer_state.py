@@ -1,0 +1,144 @@
+"""Explanation rows: dedup of verdicts and requests, transitions, updates valid against the schema;
+one SHAP batch with cache hits and failures (pure; a trained model, no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.contracts import validate_message
+from app.explain import ExplainerCache, FailureCode, explain_request
+from app.explain.state import (
+    SAMPLED_OUT,
+    RouteAction,
+    WorkAction,
+    calculating,
+    failed,
+    finished,
+    new_row,
+    on_demand_wanted,
+    route_action,
+    update_message,
+    work_action,
+)
+from app.explain.work import ExplanationMemo, compute, prepare
+from app.model.features import build_matrix
+from app.model.generator import generate_transactions
+from app.model.registry import Registry
+
+T0, T1, T2, T3 = (f"2026-11-28T12:00:0{i}.000000Z" for i in range(4))
+
+
+@pytest.fixture(scope="module")
+def verdicts(models_dir: Path) -> list[dict[str, Any]]:
+    """Verdict-shaped dicts for generator traffic, scored by the registered model."""
+    from app.model.scorer import ModelScorer
+
+    history = list(generate_transactions(3000, seed=31))  # warm card histories, last 50 used
+    transactions = history[-50:]
+    scorer = ModelScorer(models_dir)
+    matrix = build_matrix(history)[0][-50:]
+    raw, prob = scorer.predict(matrix)
+    return [
+        {
+            "transaction_id": tx["transaction_id"], "card_id": tx["card_id"],
+            "decision": scorer.decide(p)[0], "score": float(p), "raw_score": float(r),
+            "model_version": scorer.version, "amount": tx["amount"], "event_time": tx["timestamp"],
+            "scored_at": T0, "features": dict(zip(scorer.feature_names, row.tolist(), strict=True)),
+        }
+        for tx, row, r, p in zip(transactions, matrix, raw, prob, strict=True)
+    ]  # fmt: skip
+
+
+def request_of(verdict: dict[str, Any], priority: str = "low") -> dict[str, Any]:
+    return explain_request(verdict, priority, T1, method="tree")
+
+
+def test_router_dedup(verdicts: list[dict[str, Any]]) -> None:
+    request = request_of(verdicts[0])
+    version = request["model_version"]
+    assert route_action(None, version, "verdicts:0:5") is RouteAction.NEW
+    pending = new_row(request, "pending", "verdicts:0:5")
+    assert route_action(pending, version, "verdicts:0:5") is RouteAction.RESEND  # crash replay
+    assert route_action(pending, version, "verdicts:0:9") is RouteAction.SKIP  # re-sent verdict
+    for status in ("calculating", "complete", "failed", SAMPLED_OUT):
+        assert route_action({**pending, "status": status}, version, "verdicts:0:5") is RouteAction.SKIP
+    assert route_action(pending, "0123456789ab", "verdicts:0:9") is RouteAction.NEW  # other model
+
+
+def test_on_demand_dedup(verdicts: list[dict[str, Any]]) -> None:
+    row = new_row(request_of(verdicts[0]), SAMPLED_OUT, "verdicts:0:1")
+    assert on_demand_wanted(row, "tree")
+    assert not on_demand_wanted({**row, "status": "pending"}, "tree")
+    assert not on_demand_wanted({**row, "status": "complete"}, "tree")
+    assert on_demand_wanted({**row, "status": "complete"}, "interventional")
+    assert on_demand_wanted({**row, "status": "failed"}, "tree")
+
+
+def test_worker_dedup_and_attempts(verdicts: list[dict[str, Any]]) -> None:
+    request = request_of(verdicts[0])
+    assert work_action(None, request, 3) is WorkAction.COMPUTE
+    row = calculating(new_row(request, "pending", "verdicts:0:1"), request, T2)
+    assert row["attempts"] == 1 and row["status"] == "calculating"
+    assert work_action(row, request, 3) is WorkAction.COMPUTE  # left calculating by a crash
+    row = calculating(calculating(row, request, T2), request, T2)
+    assert row["attempts"] == 3 and work_action(row, request, 3) is WorkAction.EXHAUSTED
+    done = {**row, "status": "complete"}
+    assert work_action(done, request, 3) is WorkAction.SKIP
+    assert work_action(done, {**request, "method": "interventional"}, 3) is WorkAction.COMPUTE
+
+
+def test_every_status_update_validates(models_dir: Path, verdicts: list[dict[str, Any]]) -> None:
+    request = request_of(verdicts[0], "high")
+    pending = new_row(request, "pending", "verdicts:0:1")
+    started = calculating(pending, request, T2)
+    explanation = (
+        ExplainerCache(models_dir)
+        .get(request["model_version"])
+        .explain_batch(np.array([list(request["features"].values())]))[0]
+    )
+    complete = finished(started, explanation, False, T3)
+    gave_up = failed(started, FailureCode.ATTEMPTS_EXHAUSTED, "started 3 times", T3)
+    for row, updated in ((pending, T1), (started, T2), (complete, T3), (gave_up, T3)):
+        message = update_message(row, updated)
+        validate_message("explanation", message)
+        assert message["status"] == row["status"]
+    assert update_message(complete, T3)["timings"]["verdict_to_complete_ms"] == 3000.0
+    assert update_message(complete, T3)["contributions"] == explanation.contributions
+
+
+def test_batch_with_cache_hits_and_failures(models_dir: Path, verdicts: list[dict[str, Any]]) -> None:
+    explainers = ExplainerCache(models_dir)
+    requests = [request_of(v) for v in verdicts[:20]]
+    twin = {**requests[3], "transaction_id": "tx-twin"}  # same features: same signature
+    unknown = {**requests[0], "model_version": "0123456789ab"}
+    broken = {**requests[1], "features": {"amount": 1.0}}
+    batch = [*requests, twin, unknown, broken]
+    prepared = prepare(explainers, batch, "tree")
+    assert prepared[20].cache_key == prepared[3].cache_key
+    first = compute(prepared, [None] * len(batch))
+    memo = ExplanationMemo(100)
+    for item, outcome in zip(prepared, first, strict=True):
+        if item.cache_key and outcome.explanation is not None:
+            memo.put(item.cache_key, outcome.explanation)
+    assert [o.failure[0] for o in first[21:] if o.failure] == [
+        FailureCode.UNKNOWN_MODEL_VERSION,
+        FailureCode.INVALID_REQUEST,
+    ]
+    assert all(o.explanation is not None and o.explanation.ok for o in first[:21])
+    again = compute(prepared, [memo.get(i.cache_key) if i.cache_key else None for i in prepared])
+    for fresh, hit in zip(first[:21], again[:21], strict=True):
+        assert hit.cache_hit and hit.explanation is not None and fresh.explanation is not None
+        assert hit.explanation.contributions == fresh.explanation.contributions
+        assert hit.explanation.raw_score == fresh.explanation.raw_score
+    assert Registry(models_dir).current() in explainers.loaded()
+
+
+def test_memo_is_bounded() -> None:
+    memo = ExplanationMemo(2)
+    for key in "abc":
+        memo.put(key, object())  # type: ignore[arg-type]
+    assert len(memo) == 2 and memo.get("a") is None and memo.get("c") is not None
