@@ -49,7 +49,7 @@ from app.tables.explanations import explanations
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-Send = tuple[str, bytes, bytes]  # topic, key, value
+Send = tuple[str, bytes, bytes, int]  # topic, key, value, partition (the request's own)
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,15 @@ class _Stats:
     counts: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     logged_at: float = field(default_factory=time.monotonic)
+    logged_batches: int = 0
 
-    def log(self, queue: AgingScheduler[Work], force: bool = False) -> None:
+    def log(self, queue: AgingScheduler[Work]) -> None:
+        """Every ``explain_stats_every_s`` while busy, and once whenever the queue runs empty."""
         now = time.monotonic()
-        if not force and now - self.logged_at < settings.explain_stats_every_s:
+        drained = not len(queue) and self.batches > self.logged_batches
+        if not drained and now - self.logged_at < settings.explain_stats_every_s:
             return
-        self.logged_at = now
+        self.logged_at, self.logged_batches = now, self.batches
         c = self.counts
         computed = c["computed"] + c["cache_hits"]
         log.info(
@@ -171,18 +174,18 @@ class Explaining:
     async def process(self, batch: Sequence[Queued[Work]]) -> None:
         started_at = utc_now()
         jobs, finals = self._start(batch, started_at)
-        for topic, key, value in (self._update(job.key, job.row) for job in jobs):
-            self.sink.produce(topic, key, value)
+        for job in jobs:
+            self.sink.produce(*self._update(job.queued.item.event, job.key, job.row))
         outcomes = await self._explain(jobs)
         if not all(_current(q.item.event) for q in batch):
             return  # a rebalance since: the new owner of these partitions computes them again
         completed_at = utc_now()
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._finish(job, outcome, completed_at)
-            finals.append(self._update(job.key, job.row))
+            finals.append(self._update(job.queued.item.event, job.key, job.row))
         await self.writer.flush()  # final rows acked before anything announces them
-        for topic, key, value in finals:
-            self.sink.produce(topic, key, value)
+        for send in finals:
+            self.sink.produce(*send)
         try:
             await self.sink.flush()
         except DeliveryFailed as exc:
@@ -191,9 +194,7 @@ class Explaining:
             await queued.item.stream.ack(queued.item.event)
         self.stats.batches += 1
 
-    def _start(
-        self, batch: Sequence[Queued[Work]], started_at: str
-    ) -> tuple[list[_Job], list[tuple[str, bytes, bytes]]]:
+    def _start(self, batch: Sequence[Queued[Work]], started_at: str) -> tuple[list[_Job], list[Send]]:
         """Dedup, then rows → calculating (or failed for good); returns the jobs to compute."""
         jobs: list[_Job] = []
         finals: list[Send] = []
@@ -219,7 +220,7 @@ class Explaining:
             if action is WorkAction.EXHAUSTED:
                 reason = f"started {row['attempts'] - 1} times without finishing; the worker may crash on it"
                 row = failed(row, FailureCode.ATTEMPTS_EXHAUSTED, reason, started_at)
-                finals.append(self._update(key, row))
+                finals.append(self._update(event, key, row))
                 self.stats.counts["failed"] += 1
             self.writer.write(stream, event, explanations, key, orjson.dumps(row))
             if action is WorkAction.COMPUTE:
@@ -270,10 +271,11 @@ class Explaining:
         self.writer.write(stream, event, explanations, job.key, orjson.dumps(job.row))
 
     @staticmethod
-    def _update(key: bytes, row: dict[str, Any]) -> Send:
+    def _update(event: EventT, key: bytes, row: dict[str, Any]) -> Send:
         moments = row["timings"]
         updated_at = moments.get("completed_at") or moments.get("started_at") or utc_now()
-        return topics.EXPLANATION_UPDATES, key, orjson.dumps(update_message(row, updated_at))
+        value = orjson.dumps(update_message(row, updated_at))
+        return topics.EXPLANATION_UPDATES, key, value, event.message.partition
 
 
 def _current(event: EventT) -> bool:

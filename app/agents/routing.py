@@ -48,7 +48,9 @@ settings = get_settings()
 ROUTE_BATCH_MAX = 1000
 ROUTE_BATCH_WITHIN_S = 0.002
 
-Send = tuple[str, bytes, bytes]  # topic, key, value
+# topic, key, value, partition: the routed event's own, so that the row, the request and every
+# update of a transaction share one partition whatever partitioner produced the verdict.
+Send = tuple[str, bytes, bytes, int]
 
 
 class Router:
@@ -125,10 +127,15 @@ class Router:
         # Written again on a resend too: the local store may hold a row whose changelog a
         # SIGKILL lost, and the changelog must have it before the request leaves.
         self.writer.write(stream, event, explanations, key, orjson.dumps(row))
-        request = row["request"]
+        request, partition = row["request"], event.message.partition
         return [
-            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request)),
-            (topics.EXPLANATION_UPDATES, key, orjson.dumps(update_message(row, request["queued_at"]))),
+            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), partition),
+            (
+                topics.EXPLANATION_UPDATES,
+                key,
+                orjson.dumps(update_message(row, request["queued_at"])),
+                partition,
+            ),
         ]
 
 
@@ -143,8 +150,8 @@ async def route(stream: StreamT) -> AsyncIterator[Any]:
         sends = [send for event in events for send in router.route(stream, event, now)]
         if writer.pending:
             await writer.flush()  # rows first: a sent request always has its row
-        for topic, key, value in sends:
-            sink.produce(topic, key, value)
+        for topic, key, value, partition in sends:
+            sink.produce(topic, key, value, partition)
         try:
             await sink.flush()
         except DeliveryFailed as exc:

@@ -1,0 +1,323 @@
+"""The explainer role against the real embedded broker: exact explanations, ordered updates,
+dedup, priority with aging under overload, SIGKILL recovery, two workers, cache, on demand."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+import warnings
+from collections import Counter
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from app.contracts import validate_message
+from app.model.generator import generate_transactions
+from app.model.registry import MODEL_FILE, Registry
+from app.model.scorer import ModelScorer
+from app.scoring import BatchScorer, Incoming
+from tests.integration.harness import Stack, TopicReader, wait_until
+
+shap = pytest.importorskip("shap")
+
+EXPLAINER_GROUP = "fraudlens-explainer"
+STATS_LINE = re.compile(r"explainer pid (\d+): explained (\d+) ")
+
+
+@cache
+def scored_verdicts(models_dir: Path, count: int, seed: int) -> tuple[dict[str, Any], ...]:
+    """Real verdicts (the scorer's own code) for generator traffic, made in the test process."""
+    transactions = list(generate_transactions(count, seed=seed))
+    scorer = BatchScorer(ModelScorer(models_dir), {}, {}, 65536, time.time)
+    batch = [
+        Incoming(tx["card_id"].encode(), orjson.dumps(tx), "transactions", 0, i)
+        for i, tx in enumerate(transactions)
+    ]
+    return tuple(orjson.loads(value) for _, value in scorer.score(batch).verdicts)
+
+
+def by_priority(verdicts: tuple[dict[str, Any], ...]) -> dict[str, list[dict[str, Any]]]:
+    from app.explain.routing import PriorityRules
+
+    rules, out = PriorityRules(), {"high": [], "normal": [], "low": []}  # type: ignore[var-annotated]
+    for verdict in verdicts:
+        out[rules.priority(verdict)].append(verdict)
+    return out
+
+
+def send(stack: Stack, topic: str, messages: list[dict[str, Any]]) -> None:
+    """Keyed by transaction_id with the Java client's partitioner, as every fraudlens writer."""
+    producer = Producer(
+        {"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"}
+    )
+    for message in messages:
+        producer.produce(topic, key=message["transaction_id"].encode(), value=orjson.dumps(message))
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def updates_by_id(reader: TopicReader) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for update in reader.values():
+        out.setdefault(update["transaction_id"], []).append(update)
+    return out
+
+
+def complete_ids(reader: TopicReader) -> set[str]:
+    return {u["transaction_id"] for u in reader.values() if u["status"] == "complete"}
+
+
+def wait_complete(reader: TopicReader, wanted: set[str], timeout: float) -> None:
+    def done(_: list[Any]) -> bool:
+        return wanted <= complete_ids(reader)
+
+    try:
+        reader.read_until(done, timeout, f"{len(wanted)} complete explanations")
+    except AssertionError as exc:
+        final = {txid: u[-1]["status"] for txid, u in updates_by_id(reader).items() if txid in wanted}
+        missing = len(wanted - complete_ids(reader))
+        raise AssertionError(f"{exc}: {missing} missing; last statuses {Counter(final.values())}") from None
+
+
+def moment(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def reference_shap(models_dir: Path, verdicts: list[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+    """An independent computation: shap.TreeExplainer on a separately loaded booster."""
+    registry = Registry(models_dir)
+    version = {v["model_version"] for v in verdicts}
+    assert len(version) == 1
+    booster = lgb.Booster(model_file=str(registry.path(version.pop()) / MODEL_FILE))
+    names = booster.feature_name()
+    matrix = np.array(
+        [[np.nan if v["features"][n] is None else v["features"][n] for n in names] for v in verdicts]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        values = np.asarray(shap.TreeExplainer(booster).shap_values(matrix))
+    return values, names
+
+
+def assert_exact(models_dir: Path, verdicts: list[dict[str, Any]], finals: dict[str, dict[str, Any]]) -> None:
+    values, names = reference_shap(models_dir, verdicts)
+    for verdict, expected in zip(verdicts, values, strict=True):
+        final = finals[verdict["transaction_id"]]
+        got = np.array([final["contributions"][name] for name in names])
+        assert np.max(np.abs(got - expected)) <= 1e-6, verdict["transaction_id"]
+        assert abs(final["additivity_residual"]) <= 1e-6
+        assert abs(final["raw_score"] - verdict["raw_score"]) <= 1e-6
+        assert final["model_version"] == verdict["model_version"]
+
+
+def group_caught_up(stack: Stack, topic: str) -> bool:
+    """The explainer group's committed offsets on ``topic`` are at its end (all consumed, acked)."""
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": EXPLAINER_GROUP})
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(stack.topic_partitions(topic))]
+        committed = consumer.committed(partitions, timeout=10)
+        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+        return all(tp.offset == end or end == 0 for tp, end in zip(committed, ends, strict=True))
+    finally:
+        consumer.close()
+
+
+def explained_counts(stack: Stack) -> dict[int, int]:
+    """Latest 'explained N' of each explainer process, from its log."""
+    counts: dict[int, int] = {}
+    for process in stack.processes:
+        if process.name == "explainer":
+            for match in STATS_LINE.finditer(process.log.read_text(errors="replace")):
+                counts[int(match.group(1))] = int(match.group(2))
+    return counts
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack, models_dir: Path) -> None:
+    """500 generator transactions through scorer and explainer: one complete explanation each,
+    updates pending → calculating → complete, values equal to shap within 1e-6, additive;
+    re-sent transactions cause no second computation."""
+    stack.start_worker("scorer")
+    stack.start_worker("explainer")
+    transactions = list(generate_transactions(500, seed=41))
+    stack.produce_transactions(transactions)
+    wanted = {tx["transaction_id"] for tx in transactions}
+    updates = stack.reader("explanation.updates")
+    wait_complete(updates, wanted, 240)
+
+    verdicts = stack.reader("verdicts")
+    verdicts.read_until(lambda m: len(m) >= 500, 30, "500 verdicts")
+    by_id = updates_by_id(updates)
+    assert set(by_id) == wanted
+    for txid, sequence in by_id.items():
+        assert [u["status"] for u in sequence] == ["pending", "calculating", "complete"], txid
+        for update in sequence:
+            validate_message("explanation", update)
+    finals = {txid: sequence[-1] for txid, sequence in by_id.items()}
+    assert_exact(models_dir, verdicts.values(), finals)
+    assert Counter(u["priority"] for u in finals.values())["low"] > 0
+
+    # The same transactions again: the scorer re-sends their verdicts, the router drops them.
+    stack.produce_transactions(transactions[:100])
+    verdicts.read_until(lambda m: len(m) >= 600, 60, "100 re-sent verdicts")
+    wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
+    requests = sum(len(stack.reader(f"explain.{p}").poll(1.0)) for p in ("high", "normal", "low"))
+    assert requests == 500, "a re-sent verdict was queued again"
+    updates.poll(1.0)
+    assert len(updates.messages) == 1500, "a re-sent verdict was explained again"
+
+
+def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> None:
+    """Thousands of low requests queued, then high ones: the highs finish long before the low
+    backlog drains, and no low request is passed by high work queued more than the (shortened)
+    aging bound after it."""
+    aging = 8.0  # shorter than the backlog's drain time (4,000 lows at 120-300/s here)
+    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_AGING_S=str(aging), FRAUDLENS_EXPLAIN_STATS_EVERY_S="2")
+    groups = by_priority(scored_verdicts(models_dir, 8000, 5))
+    lows, highs = groups["low"][:4000], groups["high"]
+    low_ids = [v["transaction_id"] for v in lows]
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", lows)
+    updates.read_until(lambda _: len(complete_ids(updates)) >= 1, 120, "the low backlog to start")
+    first_wave, second_wave = highs[:60], highs[60:120]
+    send(stack, "verdicts", first_wave)
+    # Scenario pacing (not synchronisation): the second wave comes once the oldest lows have
+    # waited past the aging bound, so aging must let those go first.
+    first_low_queued = min(moment(u["timings"]["queued_at"]) for u in updates.values())
+    wait_until(lambda: time.time() > first_low_queued + aging + 1.0, 30, "the aging bound to pass")
+    updates.poll(0.5)
+    lows_left_at_second_wave = len(set(low_ids) - complete_ids(updates))
+    send(stack, "verdicts", second_wave)
+    wait_complete(updates, {v["transaction_id"] for v in [*lows, *first_wave, *second_wave]}, 300)
+
+    finals = {txid: seq[-1] for txid, seq in updates_by_id(updates).items()}
+    started = {
+        u["transaction_id"]: moment(u["timings"]["started_at"])
+        for u in updates.values()
+        if u["status"] == "calculating"
+    }
+    queued = {txid: moment(final["timings"]["queued_at"]) for txid, final in finals.items()}
+    completed = {txid: moment(final["timings"]["completed_at"]) for txid, final in finals.items()}
+    first_ids = [v["transaction_id"] for v in first_wave]
+    second_ids = [v["transaction_id"] for v in second_wave]
+    # High work finishes while most of the backlog still waits.
+    first_done = max(completed[h] for h in first_ids)
+    lows_after_highs = sum(completed[t] > first_done for t in low_ids)
+    assert lows_after_highs >= 1000, f"only {lows_after_highs} lows finished after the first high wave"
+    # Aging: a low request is never started after high work queued more than the bound later.
+    slack = 0.5  # queued_at is the router's clock, aging uses the broker's record timestamps
+    passed = [
+        (low, high)
+        for high in second_ids
+        for low in low_ids
+        if queued[high] - queued[low] > aging + slack and started[low] > started[high]
+    ]
+    assert not passed, f"{len(passed)} low requests passed by newer high work, e.g. {passed[:3]}"
+    second_queued = min(queued[h] for h in second_ids)
+    aged = [t for t in low_ids if started[t] > second_queued and second_queued - queued[t] > aging + slack]
+    if lows_left_at_second_wave > 200:  # the backlog was still there, so aging had to act
+        assert aged, "no aged low request was still waiting when the second wave came"
+    gaps = {
+        name: [completed[t] - queued[t] for t in ids]
+        for name, ids in (("high 1", first_ids), ("high 2", second_ids), ("low", low_ids))
+    }
+    print(
+        "\n"
+        + "; ".join(f"{k} gap p50 {statistics.median(v):.2f} s max {max(v):.2f} s" for k, v in gaps.items())
+    )
+    print(
+        f"{lows_after_highs} lows finished after the first high wave; {lows_left_at_second_wave} left "
+        f"at the second, {len(aged)} of them aged past the bound and served before it"
+    )
+
+
+def test_sigkill_mid_batch_then_restart_completes_everything(stack: Stack, models_dir: Path) -> None:
+    """Kill -9 while a batch is calculating; the restarted worker completes every request,
+    the killed batch included (attempt 2), and none stays pending or calculating."""
+    env = {"FRAUDLENS_EXPLAIN_BATCH_MAX": "256", "FRAUDLENS_INSTANCE_ID": "x1"}
+    explainer = stack.start_worker("explainer", **env)
+    verdicts = list(scored_verdicts(models_dir, 8000, 5)[:2500])
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", verdicts)
+
+    def mid_batch(_: list[Any]) -> bool:
+        by_id = updates_by_id(updates)
+        done = complete_ids(updates)
+        calculating = [t for t, seq in by_id.items() if seq[-1]["status"] == "calculating" and t not in done]
+        return len(done) >= 300 and len(calculating) > 0
+
+    updates.read_until(mid_batch, 180, "a batch in the middle of its calculation")
+    explainer.kill()
+    in_flight = {t for t, seq in updates_by_id(updates).items() if seq[-1]["status"] == "calculating"}
+    stack.start_worker("explainer", **env)
+    wanted = {v["transaction_id"] for v in verdicts}
+    wait_complete(updates, wanted, 300)
+
+    by_id = updates_by_id(updates)
+    finals = {txid: [u for u in seq if u["status"] == "complete"][-1] for txid, seq in by_id.items()}
+    assert all(seq[-1]["status"] == "complete" for seq in by_id.values())
+    assert_exact(models_dir, verdicts, finals)
+    retried = [t for t in in_flight if finals[t]["attempts"] >= 2]
+    assert retried, f"none of the {len(in_flight)} requests in flight at the kill was computed again"
+    assert all(finals[t]["status"] == "complete" for t in in_flight)
+
+
+def test_two_explainers_share_the_work(stack: Stack, models_dir: Path) -> None:
+    """Two explainer processes in one group split the partitions and both explain."""
+    env = {"FRAUDLENS_EXPLAIN_STATS_EVERY_S": "1"}
+    stack.start_worker("explainer", FRAUDLENS_INSTANCE_ID="a", **env)
+    stack.start_worker("explainer", FRAUDLENS_INSTANCE_ID="b", **env)
+    verdicts = list(scored_verdicts(models_dir, 8000, 5)[2500:4000])
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", verdicts)
+    wait_complete(updates, {v["transaction_id"] for v in verdicts}, 300)
+    wait_until(lambda: len(explained_counts(stack)) == 2, 30, "both explainers to log their counts")
+    counts = wait_until(
+        lambda: (c := explained_counts(stack)) and sum(c.values()) >= len(verdicts) and c, 30, "final counts"
+    )
+    assert all(n > 0 for n in counts.values()), counts
+    print(f"\nexplained per process: {counts}")
+
+
+def test_cache_sampling_and_on_demand(stack: Stack, models_dir: Path) -> None:
+    """Same signature → answered from the cache with identical values; a sampled-out low
+    verdict gets no explanation until asked for on demand, then goes high and completes."""
+    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE="0")
+    groups = by_priority(scored_verdicts(models_dir, 8000, 5))
+    original, low = groups["normal"][0], groups["low"][:20]
+    twin = {**original, "transaction_id": original["transaction_id"] + "-twin"}
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", [original, *low])
+    wait_complete(updates, {original["transaction_id"]}, 120)
+    send(stack, "verdicts", [twin])
+    wait_complete(updates, {twin["transaction_id"]}, 60)
+    finals = {u["transaction_id"]: u for u in updates.values() if u["status"] == "complete"}
+    first, second = finals[original["transaction_id"]], finals[twin["transaction_id"]]
+    assert first["cache_hit"] is False and second["cache_hit"] is True
+    assert second["contributions"] == first["contributions"]
+    assert second["base_value"] == first["base_value"] and second["raw_score"] == first["raw_score"]
+
+    wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
+    assert not {v["transaction_id"] for v in low} & {u["transaction_id"] for u in updates.values()}
+    asked = low[0]["transaction_id"]
+    send(
+        stack, "explain.requests", [{"transaction_id": asked}, {"transaction_id": original["transaction_id"]}]
+    )
+    wait_complete(updates, {asked}, 60)
+    wait_until(lambda: group_caught_up(stack, "explain.requests"), 60, "the router to take both requests")
+    updates.poll(1.0)
+    on_demand = updates_by_id(updates)[asked]
+    assert [u["status"] for u in on_demand] == ["pending", "calculating", "complete"]
+    assert {u["priority"] for u in on_demand} == {"high"}
+    assert_exact(models_dir, [low[0]], {asked: on_demand[-1]})
+    assert len(updates_by_id(updates)[original["transaction_id"]]) == 3, "a complete one was recomputed"
