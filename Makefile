@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RATE ?= 50
 
-.PHONY: demo test lint unit integration conformance soak bench-scorer model clean
+.PHONY: demo test lint unit integration conformance soak bench-scorer bench-explainer model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
