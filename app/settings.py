@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
     dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
+    model_check_interval_s: float = Field(
+        1.0, gt=0, description="How often an unpinned scorer looks for a newly promoted model."
+    )
 
     # explainer (routing rules, scheduling, batching, method, OS priority)
     explainer_app_id: str | None = Field(

@@ -44,6 +44,36 @@ def load_model() -> ModelScorer:
     return ModelScorer(settings.models_dir, version)
 
 
+class ModelWatcher:
+    """Follows the registry's CURRENT pointer (``fraudlens models promote``) unless pinned.
+
+    Checked between batches, at most every ``interval_s``: a batch is scored by one version,
+    and the verdict names it. A version that cannot be loaded is logged and the old one kept.
+    """
+
+    def __init__(self, registry: Registry, pinned: bool, interval_s: float, clock: Any = time.monotonic):
+        self.registry, self.pinned, self.interval_s, self.clock = registry, pinned, interval_s, clock
+        self.checked = clock()
+        self.refused: str | None = None
+
+    def newer(self, current: ModelScorer) -> ModelScorer | None:
+        if self.pinned or self.clock() - self.checked < self.interval_s:
+            return None
+        self.checked = self.clock()
+        wanted = None
+        try:
+            wanted = self.registry.current()
+            if wanted is None or wanted == current.version or wanted == self.refused:
+                return None
+            model = ModelScorer(self.registry.root, wanted)
+        except Exception as exc:  # a bad promotion (any load error) must not stop scoring
+            log.error("model %s cannot be loaded, still scoring with %s: %s", wanted, current.version, exc)
+            self.refused = wanted
+            return None
+        log.info("model %s promoted: scoring with it from now on (was %s)", wanted, current.version)
+        return model
+
+
 def _incoming(event: EventT) -> Incoming:
     message = event.message
     return Incoming(message.key, message.value, message.topic, message.partition, message.offset)
@@ -105,6 +135,9 @@ def _write(stream: StreamT, event: EventT, table: Any, key: bytes, value: bytes,
 async def score(stream: StreamT) -> AsyncIterator[Any]:
     scorer = BatchScorer(load_model(), predictions, card_activity, settings.max_message_bytes, time.time)
     log.info("scoring with model %s", scorer.model.version)
+    watcher = ModelWatcher(
+        Registry(settings.models_dir), settings.model_version is not None, settings.model_check_interval_s
+    )
     stats = _BatchStats()
     sink = Sink(settings)
     _TABLES.update({cast(Any, t).changelog_topic_name: t for t in (predictions, card_activity)})
@@ -113,6 +146,7 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
         async for events in micro_batches(
             stream, settings.scorer_batch_max, settings.scorer_batch_within_s, ack=False
         ):
+            scorer.model = watcher.newer(scorer.model) or scorer.model
             started = time.perf_counter()
             result = scorer.score(
                 [_incoming(event) for event in events],

@@ -159,6 +159,15 @@ def up(rate: float) -> None:
     sys.exit(run_up(rate))
 
 
+def _register_groups() -> None:
+    from app.cli.models import models
+
+    cli.add_command(models)
+
+
+_register_groups()
+
+
 def main() -> None:
     cli(prog_name="fraudlens")
 
