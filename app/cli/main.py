@@ -159,6 +159,30 @@ def up(rate: float) -> None:
     sys.exit(run_up(rate))
 
 
+@cli.command()
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--every",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.2),
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--window", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Sliding window, seconds."
+)
+@click.option(
+    "--target", default=60.0, show_default=True, type=click.FloatRange(min=1),
+    help="Drain time the scaling hint aims for, seconds.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="JSON (one object per refresh) instead of a table.")
+def lag(watch: bool, every: float, window: float, target: float, as_json: bool) -> None:
+    """Explanation gap per priority, queue depths, in/out rates and how many explainers to run."""
+    from app.cli.lag import run_lag
+
+    sys.exit(run_lag(watch, every, window, target, as_json))
+
+
 def _register_groups() -> None:
     from app.cli.models import models
 
