@@ -38,7 +38,15 @@ SCHEMA_DIR: Path = Path(
     os.environ.get("FRAUDLENS_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schemas"
 )
 
-SCHEMA_NAMES: tuple[str, ...] = ("transaction", "verdict", "dlq", "explain_request", "explanation")
+SCHEMA_NAMES: tuple[str, ...] = (
+    "transaction",
+    "verdict",
+    "dlq",
+    "explain_request",
+    "explanation",
+    "ws_client",
+    "ws_server",
+)
 
 Validator = Callable[[Any], Any]
 

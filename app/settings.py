@@ -82,6 +82,35 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="How long explanation rows (and dedup of re-sent verdicts) are kept."
     )
 
+    # relay (websocket server of the support console) and its access tokens
+    relay_host: str = Field("127.0.0.1", description="Interface the relay listens on.")
+    relay_port: int = Field(
+        8765, ge=1, le=65535, description="The relay's one port: console at /, websocket at /ws."
+    )
+    relay_public_url: str | None = Field(
+        None, description="Console URL as browsers reach it (printed by `fraudlens up`) [http://host:port/]."
+    )
+    relay_allowed_origins: tuple[str, ...] = Field(
+        (), description="Origins (scheme://host:port) allowed to open the websocket besides the relay's own."
+    )
+    relay_allow_localhost: bool = Field(True, description="Also allow pages served from localhost/127.0.0.1.")
+    relay_max_frame_bytes: int = Field(
+        65536, ge=256, description="Largest client frame; a larger one closes the connection (1009)."
+    )
+    relay_client_queue_max: int = Field(
+        2000, ge=1, description="Messages queued for one client before it is dropped as lagging."
+    )
+    relay_replay_max: int = Field(20_000, ge=1, description="Events kept for clients that resume.")
+    relay_state_max: int = Field(50_000, ge=1, description="Transactions whose state the relay keeps.")
+    relay_orphan_wait_s: float = Field(
+        5.0, ge=0, description="How long an explanation update waits for its verdict before going out alone."
+    )
+    relay_stats_every_s: float = Field(1.0, gt=0, description="How often clients get the stats message.")
+    token_secret: SecretStr | None = Field(
+        None, description="HMAC secret of console tokens [a file generated once in the data dir]."
+    )
+    token_ttl_s: float = Field(8 * 3600.0, gt=0, description="Lifetime of `fraudlens token create` tokens.")
+
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:

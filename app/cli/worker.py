@@ -28,6 +28,10 @@ def _prepare_explainer() -> None:
 def run_worker(role: str) -> None:
     # The role names this process's state dir; it must be known before settings are read.
     os.environ["FRAUDLENS_ROLE"] = role
+    if role == "relay":  # not a Faust worker: its own consumer, no group (app/relay/)
+        from app.relay.cli import run_relay
+
+        raise SystemExit(run_relay())
     if role == "explainer":
         _prepare_explainer()
     from faust.worker import Worker

@@ -290,3 +290,66 @@ class SteadyProducer(threading.Thread):
             )
             producer.poll(0)
         producer.flush(30)
+
+
+# -- the relay (issue 4) ----------------------------------------------------------------------
+
+RELAY_TOKEN_SECRET = os.urandom(16).hex()  # one per test session; tests sign tokens with it
+
+
+@dataclass
+class RelayProcess:
+    """A running ``fraudlens relay`` on its own free port."""
+
+    process: Process
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def token(self, ttl: float = 600) -> str:
+        from app.relay.tokens import create_token
+
+        return create_token(RELAY_TOKEN_SECRET.encode(), ttl, time.time(), "test")
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """GET a JSON page of the relay: (status, body)."""
+        import urllib.error
+        import urllib.request
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.http + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status, orjson.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read() or b"{}")
+
+    def stats(self) -> dict[str, Any]:
+        status, body = self.get("/api/stats", self.token())
+        assert status == 200, body
+        return body
+
+
+def start_relay(stack: Stack, name: str = "relay", **env: str) -> RelayProcess:
+    """Start a relay of ``stack`` on a free port and wait until it reads its topics."""
+    port = free_port()
+    process = stack.spawn(
+        name, ["relay"], FRAUDLENS_RELAY_PORT=str(port), FRAUDLENS_TOKEN_SECRET=RELAY_TOKEN_SECRET, **env
+    )
+    relay = RelayProcess(process, port)
+
+    def ready() -> bool:
+        assert process.alive(), process.tail()
+        try:
+            return relay.get("/healthz")[1].get("ready") is True
+        except OSError:
+            return False
+
+    wait_until(ready, 60, "the relay to serve")
+    return relay

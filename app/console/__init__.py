@@ -1,0 +1,1 @@
+"""The support console's static files (HTML, CSS, JS), served by the relay at ``/``."""

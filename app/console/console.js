@@ -1,0 +1,308 @@
+// fraudlens support console: one websocket to the relay (/ws), a live feed of verdicts whose
+// explanations fill in as they arrive. Plain DOM, no dependencies; all text via textContent.
+"use strict";
+
+const MAX_ROWS = 500;
+const RECENT = 200;
+const params = new URLSearchParams(location.search);
+const token = params.get("token") || "";
+const $ = (id) => document.getElementById(id);
+const txs = new Map(); // transaction_id -> {verdict, priority, explain, status, update, el}
+let socket = null;
+let lastEventId = null;
+let relayId = null;
+let retryMs = 500;
+let requestSeq = 0;
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function setConnection(state, detail) {
+  const node = $("conn-state");
+  node.dataset.state = state;
+  node.textContent = detail ? `${state}: ${detail}` : state;
+}
+
+// -- connection -------------------------------------------------------------------------
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`;
+  setConnection(socket ? "reconnecting" : "connecting");
+  const ws = new WebSocket(url);
+  socket = ws;
+  let opened = false;
+  ws.onopen = () => { opened = true; retryMs = 500; };
+  ws.onmessage = (event) => onMessage(JSON.parse(event.data));
+  ws.onclose = (event) => {
+    if (!opened) { explainRefusal(); return; }
+    const reason = event.reason || `code ${event.code}`;
+    setConnection("reconnecting", reason);
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 10000);
+  };
+}
+
+// A refused handshake is invisible to scripts; ask the relay why (token expired? wrong?).
+async function explainRefusal() {
+  try {
+    const answer = await fetch(`/api/token?token=${encodeURIComponent(token)}`);
+    if (answer.status === 401) {
+      const body = await answer.json();
+      setConnection("refused", body.message);
+      return;
+    }
+  } catch (err) { /* relay unreachable: retry below */ }
+  setConnection("reconnecting", "relay unreachable");
+  setTimeout(connect, retryMs);
+  retryMs = Math.min(retryMs * 2, 10000);
+}
+
+function send(message) {
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+}
+
+function onMessage(message) {
+  if (message.event_id) lastEventId = message.event_id;
+  switch (message.type) {
+    case "hello": {
+      const resume = relayId === message.relay_id && lastEventId;
+      relayId = message.relay_id;
+      setConnection("open");
+      const subscribe = { type: "subscribe", subscription: "feed", recent: RECENT };
+      if (resume) subscribe.last_event_id = lastEventId;
+      send(subscribe);
+      break;
+    }
+    case "verdict": onVerdict(message.verdict, message.priority, message.explain); break;
+    case "explanation": onUpdate(message.update); break;
+    case "snapshot":
+      for (const state of message.transactions.slice().reverse()) onState(state);
+      if (message.last_event_id) lastEventId = message.last_event_id;
+      break;
+    case "gap": break; // the snapshot that follows resynchronises the feed
+    case "stats": onStats(message); break;
+    case "lagging": setConnection("reconnecting", "too slow; resuming"); break;
+    case "error": console.warn("relay error", message); markExplainError(message); break;
+    default: break;
+  }
+}
+
+// -- state ---------------------------------------------------------------------------------
+
+function onState(state) {
+  if (!state.verdict) return;
+  onVerdict(state.verdict, state.priority, state.explain);
+  if (state.explanation) onUpdate(state.explanation);
+  else if (state.status === "sampled_out") render(txs.get(state.transaction_id));
+}
+
+function onVerdict(verdict, priority, explain) {
+  const txid = verdict.transaction_id;
+  let tx = txs.get(txid);
+  if (!tx) {
+    tx = { status: explain === "on_demand" ? "sampled_out" : "awaiting", update: null, el: null };
+    txs.set(txid, tx);
+  }
+  Object.assign(tx, { verdict, priority, explain });
+  if (!tx.el) addRow(tx);
+  render(tx);
+}
+
+function onUpdate(update) {
+  const tx = txs.get(update.transaction_id);
+  if (!tx) return; // a verdict this console never saw (evicted or before its window)
+  tx.status = update.status;
+  tx.update = update;
+  render(tx);
+  if ($("detail").dataset.txid === update.transaction_id) showDetail(tx);
+}
+
+function markExplainError(message) {
+  for (const tx of txs.values()) {
+    if (tx.requestId && tx.requestId === message.id) {
+      tx.status = "sampled_out"; tx.requestId = null; tx.requestError = message.message; render(tx);
+    }
+  }
+}
+
+// -- rows ----------------------------------------------------------------------------------
+
+function addRow(tx) {
+  const v = tx.verdict;
+  const row = el("tr", `row ${v.decision}`);
+  row.dataset.txid = v.transaction_id;
+  row.dataset.card = v.card_id;
+  row.dataset.decision = v.decision;
+  row.append(
+    el("td", "time", (v.scored_at || "").slice(11, 23)),
+    el("td", "txid", v.transaction_id),
+    el("td", "card", v.card_id),
+    el("td", "num", `${v.amount.toFixed(2)} ${v.currency}`),
+    el("td", "decision", v.decision),
+    el("td", "num", v.score.toFixed(3)),
+    el("td", "priority", ""),
+    el("td", "expl"),
+  );
+  row.addEventListener("click", (event) => {
+    if (event.target.closest("button")) return;
+    showDetail(tx);
+  });
+  tx.el = row;
+  const body = $("rows");
+  body.insertBefore(row, body.firstChild);
+  while (body.children.length > MAX_ROWS) {
+    const last = body.lastChild;
+    txs.delete(last.dataset.txid);
+    last.remove();
+  }
+  applyFilter(row);
+  countRows();
+}
+
+function render(tx) {
+  if (!tx || !tx.el) return;
+  tx.el.dataset.priority = tx.priority || "";
+  tx.el.querySelector(".priority").textContent = tx.priority || "";
+  const cell = tx.el.querySelector(".expl");
+  cell.replaceChildren();
+  if (tx.status === "complete" && tx.update) {
+    cell.dataset.state = "done";
+    const top = tx.update.top_features || [];
+    const scale = Math.max(...top.map((f) => Math.abs(f.contribution)), 1e-9);
+    for (const f of top) cell.append(featureBar(f, scale));
+  } else if (tx.status === "failed") {
+    cell.dataset.state = "failed";
+    cell.append(el("span", "failed", `explanation failed: ${(tx.update && tx.update.reason) || "unknown"}`));
+  } else if (tx.status === "sampled_out") {
+    cell.dataset.state = "sampled_out";
+    const button = el("button", "explain-now", "Explain now");
+    button.type = "button";
+    button.addEventListener("click", () => explainNow(tx));
+    cell.append(button);
+    if (tx.requestError) cell.append(el("span", "failed", ` ${tx.requestError}`));
+  } else {
+    cell.dataset.state = "loading";
+    const label = tx.status === "calculating" ? "explaining… (calculating)" : "explaining…";
+    cell.append(el("span", "loading", label));
+  }
+  applyFilter(tx.el);
+}
+
+function featureBar(feature, scale) {
+  const box = el("div", "feature");
+  box.dataset.feature = feature.feature;
+  const sign = feature.contribution >= 0 ? "+" : "−";
+  box.append(el("span", "name", feature.feature));
+  box.append(el("span", "value", `${sign}${Math.abs(feature.contribution).toFixed(2)}`));
+  const track = el("span", "track");
+  const bar = el("span", `bar ${feature.contribution >= 0 ? "pos" : "neg"}`);
+  bar.style.width = `${(50 * Math.abs(feature.contribution)) / scale}%`;
+  track.append(bar);
+  box.append(track, el("span", "reason", feature.reason));
+  return box;
+}
+
+function explainNow(tx) {
+  tx.requestId = `explain-${++requestSeq}`;
+  tx.requestError = null;
+  tx.status = "awaiting";
+  render(tx);
+  send({ type: "explain_now", id: tx.requestId, transaction_id: tx.verdict.transaction_id });
+}
+
+// -- filters -------------------------------------------------------------------------------
+
+function applyFilter(row) {
+  const decision = $("filter-decision").value;
+  const priority = $("filter-priority").value;
+  const search = $("filter-search").value.trim().toLowerCase();
+  const shown = (!decision || row.dataset.decision === decision)
+    && (!priority || row.dataset.priority === priority)
+    && (!search || row.dataset.txid.toLowerCase().includes(search) || row.dataset.card.toLowerCase().includes(search));
+  row.hidden = !shown;
+}
+
+function countRows() {
+  const rows = $("rows").children;
+  let shown = 0;
+  for (const row of rows) if (!row.hidden) shown += 1;
+  $("row-count").textContent = `${shown} of ${rows.length} rows`;
+}
+
+function refilter() {
+  for (const row of $("rows").children) applyFilter(row);
+  countRows();
+}
+
+// -- header ----------------------------------------------------------------------------------
+
+function onStats(stats) {
+  $("rate").textContent = stats.verdicts_per_s.toFixed(1);
+  for (const p of ["high", "normal", "low"]) {
+    const g = stats.explanation_gap_ms[p];
+    $(`gap-${p}`).textContent = g.count ? `${p} ${fmt(g.p50)} / ${fmt(g.p95)}` : `${p} –`;
+  }
+  const q = stats.in_flight;
+  $("queue").textContent = `${q.high} / ${q.normal} / ${q.low}`;
+}
+
+const fmt = (ms) => (ms === null ? "–" : ms < 1000 ? ms.toFixed(0) : `${(ms / 1000).toFixed(1)}k`);
+
+// -- waterfall -------------------------------------------------------------------------------
+
+function showDetail(tx) {
+  const panel = $("detail");
+  const v = tx.verdict;
+  panel.dataset.txid = v.transaction_id;
+  panel.hidden = false;
+  $("detail-title").textContent = `${v.transaction_id} — ${v.decision} (score ${v.score.toFixed(3)})`;
+  const chart = $("waterfall");
+  chart.replaceChildren();
+  const u = tx.update;
+  if (!u || tx.status !== "complete") {
+    $("detail-summary").textContent = `card ${v.card_id}, ${v.amount.toFixed(2)} ${v.currency}; explanation: ${tx.status}`;
+    return;
+  }
+  $("detail-summary").textContent =
+    `log-odds: base ${u.base_value.toFixed(3)} + contributions = raw score ${u.raw_score.toFixed(3)} ` +
+    `(model ${u.model_version}, ${u.method}${u.cache_hit ? ", cached" : ""})`;
+  const steps = Object.entries(u.contributions).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+  let running = u.base_value;
+  const points = [running];
+  for (const [, c] of steps) { running += c; points.push(running); }
+  const lo = Math.min(...points, 0), hi = Math.max(...points, 0);
+  const x = (value) => (100 * (value - lo)) / (hi - lo || 1);
+  chart.append(waterfallRow("base value", 0, u.base_value, "total", x));
+  running = u.base_value;
+  for (const [name, c] of steps) {
+    chart.append(waterfallRow(name, running, running + c, c >= 0 ? "pos" : "neg", x, c));
+    running += c;
+  }
+  chart.append(waterfallRow("raw score", 0, u.raw_score, "total", x));
+}
+
+function waterfallRow(name, from, to, kind, x, delta) {
+  const row = el("div", "wf-row");
+  const track = el("div", "wf-track");
+  const bar = el("div", `wf-bar ${kind}`);
+  bar.style.left = `${Math.min(x(from), x(to))}%`;
+  bar.style.width = `${Math.max(Math.abs(x(to) - x(from)), 0.3)}%`;
+  track.append(bar);
+  const label = delta === undefined ? to.toFixed(3) : `${delta >= 0 ? "+" : "−"}${Math.abs(delta).toFixed(3)}`;
+  row.append(el("span", "wf-name", name), track, el("span", "num", label));
+  return row;
+}
+
+// -- start -------------------------------------------------------------------------------
+
+for (const id of ["filter-decision", "filter-priority"]) $(id).addEventListener("change", refilter);
+$("filter-search").addEventListener("input", refilter);
+$("filters").addEventListener("submit", (event) => event.preventDefault());
+$("detail-close").addEventListener("click", () => { $("detail").hidden = true; delete $("detail").dataset.txid; });
+if (!token) setConnection("refused", "no token in the URL (?token=…; fraudlens token create)");
+else connect();

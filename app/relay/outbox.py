@@ -1,0 +1,52 @@
+"""One client's bounded outgoing queue: a client that stops reading never slows the others.
+
+The fan-out only ever calls ``offer`` (never waits). When ``limit`` messages are waiting the
+client is marked lagging: further offers are refused, and its writer sends the ``lagging``
+notice and closes the connection. A snapshot or a replay is one entry (a list of frames), so
+catching up a reconnecting client is bounded by the replay buffer, not by the live limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+Entry = bytes | list[bytes]
+
+
+class Outbox:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: deque[Entry] = deque()
+        self.lagging = False
+        self.closed = False
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def offer(self, entry: Entry) -> bool:
+        """Queue ``entry``; False (and lagging from now on) when the client is too far behind."""
+        if self.lagging or self.closed:
+            return False
+        if len(self.entries) >= self.limit:
+            self.lagging = True
+            self._ready.set()  # wake the writer so it notices and disconnects
+            return False
+        self.entries.append(entry)
+        self._ready.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def next(self) -> Entry | None:
+        """The next entry; None once the client is lagging or the outbox is closed."""
+        while True:
+            if self.lagging or self.closed:
+                return None
+            if self.entries:
+                return self.entries.popleft()
+            self._ready.clear()
+            await self._ready.wait()

@@ -1,0 +1,152 @@
+"""The websocket protocol as plain data: parsing client frames, filters, event ids and the
+server's messages (``schemas/ws_client.schema.json``, ``schemas/ws_server.schema.json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+from app.contracts import validator
+
+PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
+DEFAULT_SUBSCRIPTION = "default"
+
+
+class ProtocolError(ValueError):
+    """A client frame the relay refuses; answered with an ``error`` message, connection kept."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+def parse_client_message(frame: str | bytes) -> dict[str, Any]:
+    """The validated client message of one text frame, or ``ProtocolError``."""
+    if isinstance(frame, bytes):
+        raise ProtocolError("binary_not_supported", "send JSON in text frames; binary frames are refused")
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("malformed_json", f"frame is not JSON: {exc}") from None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    request_id = request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
+    try:
+        validator("ws_client")(message)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        where = "/".join(str(p) for p in exc.path[1:])
+        detail = f"{exc.message} (at /{where})" if where else exc.message
+        raise ProtocolError("invalid_message", f"not a valid client message: {detail}", request_id) from None
+    return dict(message)
+
+
+# -- event ids --------------------------------------------------------------------------
+
+
+def format_event_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def parse_event_id(event_id: str) -> tuple[str, int]:
+    epoch, _, seq = event_id.partition("-")
+    return epoch, int(seq)
+
+
+# -- filters ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What one subscription receives; every given condition must hold (None: any)."""
+
+    transaction_ids: frozenset[str] | None = None
+    decisions: frozenset[str] | None = None
+    min_priority: str | None = None
+
+    @classmethod
+    def from_message(cls, spec: Mapping[str, Any] | None) -> Filter:
+        spec = spec or {}
+        ids, decisions = spec.get("transaction_ids"), spec.get("decisions")
+        return cls(
+            frozenset(ids) if ids else None,
+            frozenset(decisions) if decisions else None,
+            spec.get("min_priority"),
+        )
+
+    def matches(self, transaction_id: str, decision: str | None, priority: str | None) -> bool:
+        if self.transaction_ids is not None and transaction_id not in self.transaction_ids:
+            return False
+        if self.decisions is not None and decision not in self.decisions:
+            return False
+        if self.min_priority is not None:
+            return priority is not None and PRIORITY_RANK[priority] >= PRIORITY_RANK[self.min_priority]
+        return True
+
+
+def any_matches(
+    filters: Iterable[Filter], transaction_id: str, decision: str | None, priority: str | None
+) -> bool:
+    return any(f.matches(transaction_id, decision, priority) for f in filters)
+
+
+# -- server messages (dicts; the relay serialises each event once for all clients) ------------
+
+
+def verdict_message(event_id: str, verdict: Mapping[str, Any], priority: str, auto: bool) -> dict[str, Any]:
+    return {
+        "type": "verdict",
+        "event_id": event_id,
+        "transaction_id": verdict["transaction_id"],
+        "priority": priority,
+        "explain": "auto" if auto else "on_demand",
+        "verdict": verdict,
+    }
+
+
+def explanation_message(event_id: str, update: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "explanation",
+        "event_id": event_id,
+        "transaction_id": update["transaction_id"],
+        "status": update["status"],
+        "priority": update["priority"],
+        "update": update,
+    }
+
+
+def error_message(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
+def ack_message(of: str, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "ack", "of": of, **{k: v for k, v in extra.items() if v is not None}}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
+def gap_message(subscription: str, requested_after: str, oldest_event_id: str | None) -> dict[str, Any]:
+    return {
+        "type": "gap",
+        "subscription": subscription,
+        "requested_after": requested_after,
+        "oldest_event_id": oldest_event_id,
+        "message": (
+            f"events after {requested_after} are no longer in this relay's replay buffer (or come "
+            "from another relay run); resynchronise from a snapshot"
+        ),
+    }
+
+
+def lagging_message(queued: int) -> dict[str, Any]:
+    return {
+        "type": "lagging",
+        "queued": queued,
+        "message": f"client read too slowly ({queued} messages queued); disconnecting",
+    }

@@ -1,0 +1,382 @@
+"""``fraudlens relay``: the websocket server. One port: the console at ``/``, the websocket at
+``/ws``, ``/healthz`` and ``/api/stats`` (token) for operators and tests.
+
+Flow: ``StreamReader`` (thread) → ``Relay.ingest`` (event loop) → ``RelayState`` makes events,
+each serialised once → ``Relay.fanout`` offers the frame to every matching client's ``Outbox``
+(never waits) → one writer task per client sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from app import topics
+from app.contracts import format_utc
+from app.explain.routing import PriorityRules
+from app.relay import http
+from app.relay.kafka import ExplainRequester, Record, StreamReader
+from app.relay.outbox import Outbox
+from app.relay.protocol import (
+    DEFAULT_SUBSCRIPTION,
+    Filter,
+    ProtocolError,
+    ack_message,
+    error_message,
+    gap_message,
+    lagging_message,
+    parse_client_message,
+)
+from app.relay.state import Event, RelayState
+from app.relay.tokens import Claims, TokenError, load_or_create_secret, verify_token
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+LAGGING_CLOSE_CODE = 4008
+TOKEN_EXPIRED_CLOSE_CODE = 4401
+HOUSEKEEPING_S = 0.25
+
+
+def utc_text(seconds: float) -> str:
+    return format_utc(datetime.fromtimestamp(seconds, UTC))
+
+
+class Client:
+    """One websocket connection: its subscriptions, its outbox and its writer task."""
+
+    def __init__(self, ws: ServerConnection, claims: Claims, limit: int) -> None:
+        self.ws, self.claims = ws, claims
+        self.outbox = Outbox(limit)
+        self.subscriptions: dict[str, Filter] = {}
+        self.match_all = False  # a subscription without conditions: skip filtering
+        self.writer: asyncio.Task[None] | None = None
+        self.dropping = False
+
+    def set_subscriptions(self) -> None:
+        self.match_all = any(f == Filter() for f in self.subscriptions.values())
+
+    def wants(self, event: Event) -> bool:
+        if self.match_all:
+            return True
+        return any(
+            f.matches(event.transaction_id, event.decision, event.priority)
+            for f in self.subscriptions.values()
+        )
+
+    def send(self, message: dict[str, Any] | list[bytes]) -> bool:
+        entry = message if isinstance(message, list) else orjson.dumps(message)
+        return self.outbox.offer(entry)
+
+    async def write_loop(self) -> None:
+        while (entry := await self.outbox.next()) is not None:
+            for frame in entry if isinstance(entry, list) else (entry,):
+                await self.ws.send(frame, text=True)
+
+
+class Relay:
+    def __init__(self, settings: Settings, secret: bytes, epoch: str | None = None) -> None:
+        self.settings, self.secret = settings, secret
+        self.epoch = epoch or secrets.token_hex(4)
+        self.state = RelayState(
+            self.epoch,
+            PriorityRules.from_settings(settings),
+            state_max=settings.relay_state_max,
+            replay_max=settings.relay_replay_max,
+            orphan_wait_s=settings.relay_orphan_wait_s,
+        )
+        self.clients: set[Client] = set()
+        self.counters = {"connections": 0, "dropped_lagging": 0, "records": 0, "bad_records": 0}
+        self.ready = False
+        self.requester: ExplainRequester | None = None
+
+    # -- the stream ---------------------------------------------------------------------------
+
+    def ingest(self, records: list[Record]) -> None:
+        events: list[Event] = []
+        now = time.time()
+        for topic, value, _timestamp in records:
+            self.counters["records"] += 1
+            try:
+                message = orjson.loads(value)
+                if topic == topics.VERDICTS:
+                    events += self.state.ingest_verdict(message)
+                else:
+                    events += self.state.ingest_update(message, now)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.counters["bad_records"] += 1
+                log.warning("relay: skipping an unreadable %s record: %s", topic, exc)
+        self.fanout(events)
+
+    def fanout(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        if not events:
+            return
+        for client in list(self.clients):
+            if not client.subscriptions or client.dropping:
+                continue
+            for event in events:
+                if client.wants(event) and not client.outbox.offer(event.frame):
+                    self._drop_lagging(client)
+                    break
+
+    def _drop_lagging(self, client: Client) -> None:
+        if client.dropping:
+            return
+        client.dropping = True
+        self.counters["dropped_lagging"] += 1
+        log.info("relay: dropping a lagging client (%d messages queued)", len(client.outbox))
+        asyncio.get_running_loop().create_task(self._send_lagging_and_close(client))
+
+    async def _send_lagging_and_close(self, client: Client) -> None:
+        queued = len(client.outbox)
+        if client.writer is not None:
+            client.writer.cancel()  # it may be stuck waiting for the socket to drain
+        # The frame is written to the transport at once; only waiting for the drain can time out.
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(client.ws.send(orjson.dumps(lagging_message(queued)), text=True), 1.0)
+        await client.ws.close(LAGGING_CLOSE_CODE, "lagging")
+
+    async def housekeeping(self) -> None:
+        stats_due = 0.0
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now = time.time()
+            self.fanout(self.state.release_orphans(now))
+            if time.monotonic() >= stats_due:
+                stats_due = time.monotonic() + self.settings.relay_stats_every_s
+                stats = orjson.dumps(
+                    {
+                        "type": "stats",
+                        "server_time": utc_text(now),
+                        **self.state.stats(now, len(self.clients)),
+                    }
+                )
+                for client in list(self.clients):
+                    if client.subscriptions and not client.dropping and not client.outbox.offer(stats):
+                        self._drop_lagging(client)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            return self._check_upgrade(request)
+        if path == "/healthz":
+            return http.json_response(
+                HTTPStatus.OK, {"ok": True, "ready": self.ready, "relay_id": self.epoch}
+            )
+        if path in ("/api/stats", "/api/token"):
+            try:
+                claims = http.authorise(request, self.secret, time.time())
+            except TokenError as exc:
+                return http.refusal(HTTPStatus.UNAUTHORIZED, exc.code, str(exc))
+            if path == "/api/token":
+                return http.json_response(
+                    HTTPStatus.OK, {"subject": claims.subject, "expires_at": utc_text(claims.expires_at)}
+                )
+            return http.json_response(HTTPStatus.OK, self.operator_stats())
+        return http.static_file(path) or http.refusal(
+            HTTPStatus.NOT_FOUND, "not_found", f"no such page: {path}"
+        )
+
+    def _check_upgrade(self, request: Request) -> Response | None:
+        origin, host = request.headers.get("Origin"), request.headers.get("Host")
+        if not http.origin_allowed(
+            origin, host, self.settings.relay_allowed_origins, self.settings.relay_allow_localhost
+        ):
+            return http.refusal(
+                HTTPStatus.FORBIDDEN,
+                "origin_refused",
+                f"origin {origin!r} is not allowed (FRAUDLENS_RELAY_ALLOWED_ORIGINS)",
+            )
+        try:
+            http.authorise(request, self.secret, time.time())
+        except TokenError as exc:
+            return http.refusal(HTTPStatus.UNAUTHORIZED, exc.code, str(exc))
+        return None
+
+    def operator_stats(self) -> dict[str, Any]:
+        return {
+            "relay_id": self.epoch,
+            "ready": self.ready,
+            "last_event_id": self.state.last_event_id,
+            "transactions": len(self.state.txs),
+            "held_updates": sum(len(h.updates) for h in self.state.held.values()),
+            **self.counters,
+            **self.state.stats(time.time(), len(self.clients)),
+        }
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        try:  # checked in process_request already; read again for the claims
+            claims = verify_token(self.secret, http.request_token(ws.request), time.time())
+        except TokenError as exc:
+            await ws.close(TOKEN_EXPIRED_CLOSE_CODE, exc.code)
+            return
+        client = Client(ws, claims, self.settings.relay_client_queue_max)
+        self.counters["connections"] += 1
+        client.send(self._hello(claims))
+        self.clients.add(client)
+        client.writer = asyncio.create_task(client.write_loop())
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, claims.expires_at - time.time()),
+            lambda: asyncio.ensure_future(ws.close(TOKEN_EXPIRED_CLOSE_CODE, "token expired")),
+        )
+        try:
+            async for frame in ws:
+                self._on_frame(client, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            expiry.cancel()
+            self.clients.discard(client)
+            client.outbox.close()
+            if client.writer is not None and not client.dropping:
+                client.writer.cancel()
+
+    def _hello(self, claims: Claims) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "relay_id": self.epoch,
+            "last_event_id": self.state.last_event_id,
+            "server_time": utc_text(time.time()),
+            "token_expires_at": utc_text(claims.expires_at),
+            "limits": {
+                "max_frame_bytes": self.settings.relay_max_frame_bytes,
+                "client_queue_max": self.settings.relay_client_queue_max,
+                "replay_max": self.settings.relay_replay_max,
+            },
+        }
+
+    def _on_frame(self, client: Client, frame: str | bytes) -> None:
+        try:
+            message = parse_client_message(frame)
+            kind, request_id = message["type"], message.get("id")
+            if kind == "subscribe":
+                self._subscribe(client, message)
+            elif kind == "unsubscribe":
+                self._unsubscribe(client, message)
+            elif kind == "explain_now":
+                asyncio.get_running_loop().create_task(self._explain_now(client, message))
+            else:
+                pong = {"type": "pong", "server_time": utc_text(time.time())}
+                client.send({**pong, "id": request_id} if request_id else pong)
+        except ProtocolError as exc:
+            client.send(error_message(exc.code, exc.message, exc.request_id))
+
+    def _subscribe(self, client: Client, message: dict[str, Any]) -> None:
+        """Replay or snapshot, then live: all in one step of the loop, so nothing falls between."""
+        name = message.get("subscription", DEFAULT_SUBSCRIPTION)
+        wanted = Filter.from_message(message.get("filter"))
+        frames: list[bytes] = []
+        replayed: int | None = None
+        resume = message.get("last_event_id")
+        if resume is not None:
+            missed = self.state.replay.after(self.epoch, resume)
+            if missed is None:
+                frames.append(orjson.dumps(gap_message(name, resume, self.state.replay.oldest_event_id)))
+            else:
+                frames += [
+                    e.frame for e in missed if wanted.matches(e.transaction_id, e.decision, e.priority)
+                ]
+                replayed = len(frames)
+        if replayed is None and (wanted.transaction_ids or message.get("recent")):
+            frames.append(orjson.dumps(self._snapshot(name, wanted, message)))
+        client.subscriptions[name] = wanted
+        client.set_subscriptions()
+        frames.append(
+            orjson.dumps(ack_message("subscribe", message.get("id"), subscription=name, replayed=replayed))
+        )
+        if not client.send(frames):
+            self._drop_lagging(client)
+
+    def _snapshot(self, name: str, wanted: Filter, message: dict[str, Any]) -> dict[str, Any]:
+        ids = (message.get("filter") or {}).get("transaction_ids")
+        states = self.state.snapshot_of(ids) if ids else self.state.recent(wanted, int(message["recent"]))
+        return {
+            "type": "snapshot",
+            "subscription": name,
+            "last_event_id": self.state.last_event_id,
+            "transactions": states,
+        }
+
+    def _unsubscribe(self, client: Client, message: dict[str, Any]) -> None:
+        name = message.get("subscription")
+        if name is None:
+            client.subscriptions.clear()
+        elif client.subscriptions.pop(name, None) is None:
+            raise ProtocolError("unknown_subscription", f"no subscription named {name!r}", message.get("id"))
+        client.set_subscriptions()
+        client.send(ack_message("unsubscribe", message.get("id"), subscription=name))
+
+    async def _explain_now(self, client: Client, message: dict[str, Any]) -> None:
+        txid, request_id = message["transaction_id"], message.get("id")
+        assert self.requester is not None
+        try:
+            await self.requester.request(txid, message.get("method"))
+        except Exception as exc:
+            client.send(
+                error_message("explain_failed", f"could not request an explanation: {exc}", request_id)
+            )
+            return
+        client.send(ack_message("explain_now", request_id, transaction_id=txid))
+
+
+async def serve_relay(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    from app.admin import ensure_topics
+
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # request lines would show tokens
+    secret = load_or_create_secret(
+        settings.token_secret.get_secret_value() if settings.token_secret else None, settings.data_dir
+    )
+    await asyncio.to_thread(ensure_topics, settings)
+    loop = asyncio.get_running_loop()
+    relay = Relay(settings, secret)
+    reader = StreamReader(settings, loop, relay.ingest)
+    partitions = await asyncio.to_thread(reader.assign_all)
+    relay.requester = ExplainRequester(settings)
+    reader.start()
+    relay.ready = True
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    housekeeping = asyncio.create_task(relay.housekeeping())
+    try:
+        async with serve(
+            relay.handler,
+            settings.relay_host,
+            settings.relay_port,
+            process_request=relay.process_request,
+            max_size=settings.relay_max_frame_bytes,
+            compression=None,  # one shared frame per event; per-client deflate would cost N×
+            ping_interval=20,
+            close_timeout=10,
+        ):
+            log.info(
+                "relay %s serving http://%s:%d/ (websocket /ws), reading %d partitions from the start",
+                relay.epoch, settings.relay_host, settings.relay_port, partitions,
+            )  # fmt: skip
+            await stop.wait()
+    finally:
+        housekeeping.cancel()
+        reader.stop()
+        await asyncio.to_thread(reader.join, 5)
+        relay.requester.close()
+    return 0
