@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -181,6 +182,23 @@ def lag(watch: bool, every: float, window: float, target: float, as_json: bool) 
     from app.cli.lag import run_lag
 
     sys.exit(run_lag(watch, every, window, target, as_json))
+
+
+@cli.command()
+@click.argument("transaction_id")
+@click.option(
+    "--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait."
+)
+@click.option("--json", "as_json", is_flag=True, help="The explanation update as JSON.")
+def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
+    """Request the explanation of TRANSACTION_ID on demand (high priority) and print it when done."""
+    from app.cli.explain import run_explain
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", transaction_id):
+        raise click.BadParameter(
+            "not a transaction id (schemas/transaction.schema.json)", param_hint="TRANSACTION_ID"
+        )
+    sys.exit(run_explain(transaction_id, timeout, as_json))
 
 
 def _register_groups() -> None:
