@@ -66,7 +66,7 @@ def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retent
 
 @cli.command()
 @click.option(
-    "--role", required=True, type=click.Choice(["scorer", "explainer"]), help="Which agents to run."
+    "--role", required=True, type=click.Choice(["scorer", "explainer", "relay"]), help="Which agents to run."
 )
 def worker(role: str) -> None:
     """Run one worker process of a role (scorer: transactions → verdicts; explainer: verdicts →
@@ -205,6 +205,10 @@ def _register_groups() -> None:
     from app.cli.models import models
 
     cli.add_command(models)
+    from app.relay.cli import relay, token
+
+    cli.add_command(relay)
+    cli.add_command(token)
 
 
 _register_groups()
