@@ -7,6 +7,7 @@ No Kafka here: the scoring agent feeds batches of :class:`Incoming` and applies 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,8 @@ class BatchResult:
     verdicts: list[tuple[bytes, bytes]] = field(default_factory=list)  # (txid, verdict)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (original key, record)
     resent: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)  # verdicts of the batch, by decision
+    rejected: Counter[str] = field(default_factory=Counter)  # DLQ records of the batch, by reason code
 
 
 class BatchScorer:
@@ -92,6 +95,7 @@ class BatchScorer:
             scored = {txid: verdict for _, txid, verdict in result.predictions}
             for txid in in_batch_copies:
                 result.verdicts.append((txid, scored[txid]))
+                result.decisions[orjson.loads(scored[txid])["decision"]] += 1
                 result.resent += 1
         result.card_states = {card: (index, orjson.dumps(states[card])) for card, index in touched.items()}
         return result
@@ -108,6 +112,7 @@ class BatchScorer:
                 )
             return tx
         except InvalidInput as exc:
+            result.rejected[exc.code] += 1
             record = build_dlq_record(
                 item.value,
                 item.key,
@@ -147,6 +152,7 @@ class BatchScorer:
         """
         result.predictions.append((index, txid, stored))
         result.verdicts.append((txid, stored))
+        result.decisions[str(orjson.loads(stored).get("decision"))] += 1
         result.resent += 1
         if not feature_fns.contains(state, tx["transaction_id"]):
             # A crash lost the state write but not the prediction: bring the state up to date.
@@ -174,6 +180,7 @@ class BatchScorer:
             )
             txid = tx["transaction_id"].encode()
             encoded = orjson.dumps(verdict)
+            result.decisions[decision] += 1
             result.predictions.append((index, txid, encoded))
             result.verdicts.append((txid, encoded))
 

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
     dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus /metrics here (token required); unset: off."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint listens on.")
     model_check_interval_s: float = Field(
         1.0, gt=0, description="How often an unpinned scorer looks for a newly promoted model."
     )
@@ -71,6 +75,18 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest a request waits behind newer higher-priority work."
     )
     explain_batch_max: int = Field(64, ge=1, description="Most requests explained in one SHAP batch.")
+    explain_batch_budget_ms: float = Field(
+        60.0,
+        gt=0,
+        description="Batches are sized so their SHAP time (measured per row) stays within this: "
+        "it bounds how long new high-priority work waits for the batch in flight.",
+    )
+    explain_aged_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Share of each batch reserved for aged requests (oldest first); 1: aged always first.",
+    )
     explain_batch_within_s: float = Field(0.005, ge=0, description="Longest wait to fill a SHAP batch.")
     explain_method: Literal["tree", "interventional"] = Field("tree", description="SHAP method.")
     explain_max_attempts: int = Field(3, ge=1, description="Starts before a request is failed for good.")

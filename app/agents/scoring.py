@@ -21,7 +21,7 @@ from typing import Any, NoReturn, cast
 
 from faust.types import TP, EventT, StreamT
 
-from app import topics
+from app import metrics, topics
 from app.agents.batching import micro_batches
 from app.agents.sink import DeliveryFailed, Sink
 from app.app import app, transactions_topic
@@ -100,7 +100,9 @@ async def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult, 
         sink.produce(topics.TRANSACTIONS_DLQ, key, record)
 
 
-async def acknowledge(stream: StreamT, events: Sequence[EventT], sink: Sink) -> None:
+async def acknowledge(
+    stream: StreamT, events: Sequence[EventT], sink: Sink, result: BatchResult, received: float
+) -> None:
     """Ack the batch's events (so Faust may commit past them) once all its records are acked."""
     try:
         _persisted(await sink.flush())
@@ -108,6 +110,13 @@ async def acknowledge(stream: StreamT, events: Sequence[EventT], sink: Sink) -> 
         _give_up(exc)
     for event in events:
         await stream.ack(event)
+    latency = time.perf_counter() - received
+    for _ in result.verdicts:
+        metrics.VERDICT_LATENCY.observe(latency)
+    for decision, count in result.decisions.items():
+        metrics.VERDICTS.labels(decision=decision).inc(count)
+    for reason, count in result.rejected.items():
+        metrics.DLQ_RECORDS.labels(reason=reason).inc(count)
 
 
 def _persisted(highest: dict[tuple[str, int], int]) -> None:
@@ -135,6 +144,8 @@ def _write(stream: StreamT, event: EventT, table: Any, key: bytes, value: bytes,
 async def score(stream: StreamT) -> AsyncIterator[Any]:
     scorer = BatchScorer(load_model(), predictions, card_activity, settings.max_message_bytes, time.time)
     log.info("scoring with model %s", scorer.model.version)
+    metrics.set_model(scorer.model.version)
+    metrics_server = await metrics.start_metrics_server(settings)
     watcher = ModelWatcher(
         Registry(settings.models_dir), settings.model_version is not None, settings.model_check_interval_s
     )
@@ -146,7 +157,10 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
         async for events in micro_batches(
             stream, settings.scorer_batch_max, settings.scorer_batch_within_s, ack=False
         ):
-            scorer.model = watcher.newer(scorer.model) or scorer.model
+            newer = watcher.newer(scorer.model)
+            if newer is not None:
+                scorer.model = newer
+                metrics.set_model(newer.version)
             started = time.perf_counter()
             result = scorer.score(
                 [_incoming(event) for event in events],
@@ -159,12 +173,15 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
                 _give_up(exc)
             if acking is not None:
                 await acking
-            acking = asyncio.create_task(acknowledge(stream, events, sink))
+            acking = asyncio.create_task(acknowledge(stream, events, sink, result, started))
+            metrics.BATCH_SIZE.observe(len(events))
             stats.add(len(events), scored - started, time.perf_counter() - scored)
             yield len(events)
     finally:
         if acking is not None:
             acking.cancel()
+        if metrics_server is not None:
+            await metrics_server.cleanup()
 
 
 class _BatchStats:

@@ -464,3 +464,21 @@ def test_focus_is_called_for_each_valid_item_before_its_table_reads(
         assert entry[2] == own_key.encode(), f"{entry} read under the focus of item {current}"
     reads = [entry for entry in log if entry[0] == "read"]
     assert len(reads) >= len(txs)  # every item's prediction lookup went through the log
+
+
+def test_batch_counts_decisions_and_rejections_for_metrics(
+    scorer: BatchScorer, stream: list[dict[str, Any]], predictions: dict[bytes, bytes]
+) -> None:
+    """What the scorer's Prometheus counters are fed: one decision per verdict, one reason per
+    DLQ record, re-sends included."""
+    good = stream[:20]
+    batch = [message(tx, i, tx["card_id"].encode()) for i, tx in enumerate(good)]
+    batch.append(Incoming(b"k", b"not json", TOPIC, 0, 99))
+    result = scorer.score(batch)
+    decisions = [orjson.loads(v)["decision"] for _, v in result.verdicts]
+    assert result.decisions == {d: decisions.count(d) for d in set(decisions)}
+    reasons = [orjson.loads(r)["reason_code"] for _, r in result.dlq]
+    assert result.rejected == {r: 1 for r in reasons} and len(reasons) == 1
+    predictions.update({txid: verdict for _, txid, verdict in result.predictions})  # as the agent does
+    again = scorer.score([message(tx, 100 + i, tx["card_id"].encode()) for i, tx in enumerate(good[:5])])
+    assert sum(again.decisions.values()) == 5 and again.resent == 5

@@ -1,0 +1,96 @@
+"""Prometheus metrics of every role, served on ``FRAUDLENS_METRICS_PORT`` behind the relay's token.
+
+``GET /metrics`` answers the text exposition format to a request that presents a valid token
+(``Authorization: Bearer …`` — Prometheus' ``authorization`` scrape setting — or ``?token=``);
+anything else gets 401, other paths 404, other methods 405. With no port set nothing listens.
+The series are defined here, once, so every role's names stay consistent:
+
+=================================================  ==========================================
+series                                              meaning
+=================================================  ==========================================
+``fraudlens_verdicts_total{decision}``              verdicts sent (re-sends included)
+``fraudlens_verdict_latency_seconds``               received by the scorer → verdict sent
+``fraudlens_scorer_batch_size``                     transactions per scored batch
+``fraudlens_dlq_records_total{reason}``             rejected inputs by reason code
+``fraudlens_model_info{version}``                   the model version a scorer uses (value 1)
+=================================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+VERDICTS = Counter("fraudlens_verdicts", "Verdicts sent, by decision (re-sends included).", ["decision"])
+VERDICT_LATENCY = Histogram(
+    "fraudlens_verdict_latency_seconds",
+    "From the scorer receiving a transaction to its verdict being acked by the broker.",
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "fraudlens_scorer_batch_size",
+    "Transactions per scored batch.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+DLQ_RECORDS = Counter("fraudlens_dlq_records", "Rejected inputs sent to the DLQ, by reason code.", ["reason"])
+MODEL_INFO = Gauge("fraudlens_model_info", "The model version this scorer uses (1).", ["version"])
+
+
+def set_model(version: str) -> None:
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version=version).set(1)
+
+
+def _token(request: Any) -> str | None:
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return str(credentials.strip())
+    token = request.query.get("token")
+    return str(token) if token else None
+
+
+def metrics_app(secret: bytes) -> Any:
+    """The aiohttp application serving ``/metrics`` to token holders."""
+    from aiohttp import web
+
+    from app.relay.tokens import TokenError, verify_token
+
+    async def metrics(request: web.Request) -> web.Response:
+        try:
+            verify_token(secret, _token(request), time.time())
+        except TokenError as exc:
+            return web.Response(
+                status=401,
+                text=f"{exc}\n",
+                headers={"WWW-Authenticate": 'Bearer realm="fraudlens"'},
+            )
+        body = generate_latest()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=4096)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_metrics_server(settings: Any) -> Any | None:
+    """Serve ``/metrics`` on the configured port (None when no port is set); returns the runner."""
+    if not settings.metrics_port:
+        return None
+    from aiohttp import web
+
+    from app.relay.tokens import load_or_create_secret
+
+    configured = settings.token_secret.get_secret_value() if settings.token_secret else None
+    runner = web.AppRunner(metrics_app(load_or_create_secret(configured, settings.data_dir)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    log.info("metrics on http://%s:%d/metrics (token required)", settings.metrics_host, settings.metrics_port)
+    return runner

@@ -1,0 +1,66 @@
+"""The scorer's Prometheus endpoint: refused without a valid token, the named series with one."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.broker.embedded import free_port
+from app.malformed import malformed_messages
+from app.model.generator import generate_transactions
+from app.relay.tokens import create_token, load_or_create_secret
+from tests.integration.harness import Stack, wait_until
+
+
+def get(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_scorer_metrics_need_a_token_and_count_what_happened(stack: Stack) -> None:
+    port = free_port()
+    stack.start_worker("scorer", FRAUDLENS_METRICS_PORT=str(port))
+    stack.produce_transactions(generate_transactions(20, seed=81))
+    stack.produce(list(malformed_messages(2, seed=81)))
+    url = f"http://127.0.0.1:{port}/metrics"
+    secret = load_or_create_secret(None, stack.root / "data")
+    token = create_token(secret, 60, time.time(), subject="prometheus")
+
+    def counted() -> bool:
+        try:
+            status, text = get(url, token)
+        except OSError:  # not listening yet
+            return False
+        got = samples(text) if status == 200 else {}
+        verdicts = sum(v for (name, _), v in got.items() if name == "fraudlens_verdicts_total")
+        rejected = sum(v for (name, _), v in got.items() if name == "fraudlens_dlq_records_total")
+        return verdicts == 20 and rejected == 2
+
+    wait_until(counted, 120, "20 verdicts and 2 DLQ records in the metrics")
+    _, text = get(url, token)
+    got = samples(text)
+    assert got[("fraudlens_verdict_latency_seconds_count", ())] == 20
+    assert any(name == "fraudlens_model_info" and value == 1 for (name, _), value in got.items())
+    assert sum(v for (name, _), v in got.items() if name == "fraudlens_scorer_batch_size_count") >= 1
+    assert get(url)[0] == 401
+    assert get(url, "not-a-token")[0] == 401
+    other = create_token(b"x" * 32, 60, time.time())  # signed with another secret
+    assert get(url, other)[0] == 401
+    expired = create_token(secret, 1, time.time() - 10)
+    assert get(url, expired)[0] == 401
+    assert get(f"http://127.0.0.1:{port}/table/predictions", token)[0] == 404
