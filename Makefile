@@ -31,6 +31,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 test: lint
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # browser test
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # The 10-minute conformance run at 500 tx/s (not yet flat on this machine: see README limits).
