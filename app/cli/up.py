@@ -54,15 +54,28 @@ def run_up(rate: float | None) -> int:
             )
             _wait_for(lambda: ready.exists(), children, 60, "broker")
         children.append(_spawn(["worker", "--role", "scorer"], log_dir, "scorer"))
+        console = _start_relay(settings, children, log_dir)
         if rate:
             children.append(_spawn(["produce", "--rate", str(rate)], log_dir, "producer"))
         print(f"stack up (logs in {log_dir}); Ctrl-C stops it", flush=True)
+        print(f"console: {console}", flush=True)
         _status_loop(settings, children, stopping)
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
         _stop(children)
+
+
+def _start_relay(settings: Settings, children: list[subprocess.Popen[bytes]], log_dir: Path) -> str:
+    """Start the relay; once it answers, the console URL with a fresh token (made before the
+    relay starts, so the two never race to create the data dir's secret file)."""
+    from app.relay.cli import console_url, make_token, relay_answers
+
+    url = console_url(settings, make_token(settings))
+    children.append(_spawn(["relay"], log_dir, "relay"))
+    _wait_for(lambda: relay_answers(settings), children, 60, "relay")
+    return url
 
 
 def _wait_for(ready: Any, children: list[subprocess.Popen[bytes]], timeout: float, what: str) -> None:

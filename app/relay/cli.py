@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def run_relay() -> int:
@@ -57,19 +61,27 @@ def create(ttl: float | None, subject: str, as_url: bool) -> None:
     click.echo(console_url(settings, made) if as_url else made)
 
 
-def make_token(settings: object, ttl: float | None = None, subject: str = "console") -> str:
+def make_token(settings: Settings, ttl: float | None = None, subject: str = "console") -> str:
     from app.relay.tokens import create_token, load_or_create_secret
-    from app.settings import Settings
 
-    assert isinstance(settings, Settings)
     configured = settings.token_secret.get_secret_value() if settings.token_secret else None
     secret = load_or_create_secret(configured, settings.data_dir)
     return create_token(secret, ttl or settings.token_ttl_s, time.time(), subject)
 
 
-def console_url(settings: object, made: str) -> str:
-    from app.settings import Settings
-
-    assert isinstance(settings, Settings)
+def console_url(settings: Settings, made: str) -> str:
     base = settings.relay_public_url or f"http://{settings.relay_host}:{settings.relay_port}/"
     return f"{base.rstrip('/')}/?token={made}"
+
+
+def relay_answers(settings: Settings) -> bool:
+    """Whether a relay serves on the configured host and port (its /healthz says ready)."""
+    import json
+    import urllib.request
+
+    try:
+        url = f"http://{settings.relay_host}:{settings.relay_port}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(json.loads(answer.read()).get("ready"))
+    except (OSError, ValueError):
+        return False
