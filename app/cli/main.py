@@ -203,10 +203,11 @@ def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
 
 def _register_groups() -> None:
     from app.cli.models import models
-
-    cli.add_command(models)
+    from app.cli.tables import tables
     from app.relay.cli import relay, token
 
+    cli.add_command(models)
+    cli.add_command(tables)
     cli.add_command(relay)
     cli.add_command(token)
 
