@@ -1,0 +1,68 @@
+"""Every command: --help from its docstring; a bad argument is a one-line error, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from app.cli.main import cli
+
+
+def commands(
+    group: click.Group, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+
+
+ALL = list(commands(cli))
+
+
+def test_the_cli_has_the_commands_the_readme_lists() -> None:
+    names = {" ".join(path) for path, _ in ALL}
+    wanted = {"broker", "worker", "generate", "train", "produce", "up", "models promote", "lag", "explain"}
+    wanted |= {"tables get", "tables scan", "tables stats", "relay", "token create"}
+    assert wanted <= names, wanted - names
+
+
+@pytest.mark.parametrize(("path", "command"), ALL, ids=[" ".join(p) for p, _ in ALL])
+def test_help_comes_from_the_docstring(path: tuple[str, ...], command: click.Command) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert command.callback is None or command.callback.__doc__, f"{' '.join(path)} has no docstring"
+    first_line = (command.help or "").strip().splitlines()[0]
+    assert first_line[:40] in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("path", "command"), ALL, ids=[" ".join(p) for p, _ in ALL])
+def test_an_unknown_option_is_a_short_error(path: tuple[str, ...], command: click.Command) -> None:
+    result = CliRunner().invoke(cli, [*path, "--no-such-option"])
+    assert result.exit_code == 2
+    assert "Error: No such option" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--role", "painter"],
+        ["generate", "--count", "-1"],
+        ["produce", "--rate", "0"],
+        ["produce", "--bad-fraction", "2"],
+        ["train", "--rows", "10"],
+        ["lag", "--window", "0"],
+        ["explain", "../etc/passwd"],
+        ["tables", "scan", "explanations", "--status", "lost"],
+        ["tables", "scan", "explanations", "--since", "yesterday"],
+        ["tables", "get", "users", "k"],
+        ["broker", "--port", "70000"],
+    ],
+)
+def test_bad_arguments_get_a_usage_error(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "Error: " in result.output and "Traceback" not in result.output
