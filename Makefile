@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RATE ?= 50
 
-.PHONY: demo test lint unit integration conformance soak bench-scorer bench-explainer model clean
+.PHONY: demo test lint unit integration conformance soak bench-relay bench-scorer bench-explainer model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ test: lint
 # The 10-minute conformance run at 500 tx/s (not yet flat on this machine: see README limits).
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests
+
+bench-relay: $(STAMP)
+	$(BIN)/python -m bench.relay --clients 20 200 --rate 100 500
 
 bench-scorer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.scorer --models models
