@@ -153,11 +153,15 @@ def produce(
     type=click.FloatRange(min=0),
     help="Paced producer rate (0: no producer).",
 )
-def up(rate: float) -> None:
-    """Run broker, scorer and a paced producer as child processes until Ctrl-C or SIGTERM."""
+@click.option(
+    "--explainers", default=1, show_default=True, type=click.IntRange(0, 16), help="Explainer processes."
+)
+def up(rate: float, explainers: int) -> None:
+    """Run broker, scorer, explainers, relay and a paced producer as child processes until Ctrl-C
+    or SIGTERM (every child is stopped; none is left behind)."""
     from app.cli.up import run_up
 
-    sys.exit(run_up(rate))
+    sys.exit(run_up(rate, explainers))
 
 
 @cli.command()

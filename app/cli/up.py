@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import subprocess
@@ -20,10 +21,12 @@ from app.broker.embedded import stop_process
 from app.settings import Settings, get_settings
 
 
-def _spawn(args: list[str], log_dir: Path, name: str) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log_dir: Path, name: str, **env: str) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "app.cli.main", *args], stdout=log, stderr=log)
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", *args], stdout=log, stderr=log, env={**os.environ, **env}
+        )
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
@@ -35,17 +38,20 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
 def _embedded_port(settings: Settings) -> int | None:
     if "broker" in settings.model_fields_set:
         return None  # FRAUDLENS_BROKER points elsewhere: use that broker
-    return int(settings.bootstrap_servers.rsplit(":", 1)[1])
+    return int(os.environ.get("FRAUDLENS_BROKER_PORT") or settings.bootstrap_servers.rsplit(":", 1)[1])
 
 
-def run_up(rate: float | None) -> int:
+def run_up(rate: float | None, explainers: int = 1) -> int:
     settings = get_settings()
+    port = _embedded_port(settings)
+    if port is not None:  # every child (and the status line) talks to the broker started here
+        os.environ["FRAUDLENS_BROKER"] = f"kafka://127.0.0.1:{port}"
+        settings = settings.model_copy(update={"broker": os.environ["FRAUDLENS_BROKER"]})
     log_dir = settings.data_dir / "logs"
     children: list[subprocess.Popen[bytes]] = []
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     try:
-        port = _embedded_port(settings)
         if port is not None:
             ready = settings.data_dir / "broker.ready"
             ready.unlink(missing_ok=True)
@@ -54,6 +60,11 @@ def run_up(rate: float | None) -> int:
             )
             _wait_for(lambda: ready.exists(), children, 60, "broker")
         children.append(_spawn(["worker", "--role", "scorer"], log_dir, "scorer"))
+        for index in range(explainers):  # own state dirs; one consumer group shares the work
+            name = f"explainer-{index + 1}"
+            children.append(
+                _spawn(["worker", "--role", "explainer"], log_dir, name, FRAUDLENS_INSTANCE_ID=name)
+            )
         console = _start_relay(settings, children, log_dir)
         if rate:
             children.append(_spawn(["produce", "--rate", str(rate)], log_dir, "producer"))
@@ -93,7 +104,7 @@ def _status_loop(settings: Settings, children: list[subprocess.Popen[bytes]], st
         "group.id": f"{settings.app_id}-up-status", "auto.offset.reset": "latest",
         "enable.auto.commit": False,
     }))  # fmt: skip
-    consumer.subscribe([topics.VERDICTS, topics.TRANSACTIONS_DLQ])
+    consumer.subscribe([topics.VERDICTS, topics.TRANSACTIONS_DLQ, topics.EXPLANATION_UPDATES])
     totals: Counter[str] = Counter()
     try:
         while not stopping:
@@ -108,7 +119,8 @@ def _status_loop(settings: Settings, children: list[subprocess.Popen[bytes]], st
 def _one_second(consumer: Any, totals: Counter[str]) -> str:
     end = time.monotonic() + 1.0
     latencies: list[float] = []
-    count = 0
+    gaps: list[float] = []
+    count = explained = 0
     while (left := end - time.monotonic()) > 0:
         for message in consumer.consume(500, timeout=left):
             if message.error() is not None:
@@ -117,13 +129,21 @@ def _one_second(consumer: Any, totals: Counter[str]) -> str:
             if message.topic() == topics.TRANSACTIONS_DLQ:
                 totals["dlq"] += 1
                 continue
+            if message.topic() == topics.EXPLANATION_UPDATES:
+                if record.get("status") == "complete":
+                    explained += 1
+                    totals["explained"] += 1
+                    gaps.append(float(record.get("timings", {}).get("verdict_to_complete_ms", "nan")))
+                continue
             count += 1
             totals[record["decision"]] += 1
             latencies.append(_latency_ms(record))
     p50 = statistics.median(latencies) if latencies else float("nan")
+    gap = statistics.median(gaps) if gaps else float("nan")
     return (
         f"verdicts/s {count:5d} | approve {totals['approve']} review {totals['review']} "
-        f"deny {totals['deny']} | dlq {totals['dlq']} | event→verdict p50 {p50:.1f} ms"
+        f"deny {totals['deny']} | dlq {totals['dlq']} | event→verdict p50 {p50:.1f} ms | "
+        f"explained/s {explained:4d} (total {totals['explained']}) gap p50 {gap:.0f} ms"
     )
 
 
