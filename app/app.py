@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import ssl
+
 import faust
+import faust.types.auth
 
 from app import topics
 from app.kafka_compat import install_faust_patches
 from app.settings import Settings, get_settings
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The Kafka security settings every librdkafka client gets (``app.admin.client_config``),
+    for Faust's aiokafka clients: SASL (PLAIN / SCRAM) with or without TLS, or TLS alone."""
+    protocol = settings.kafka_security_protocol
+    context = ssl.create_default_context() if protocol in ("SSL", "SASL_SSL") else None
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=password.get_secret_value() if password else "",
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -15,6 +36,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=settings.broker,
+        broker_credentials=broker_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.worker_dir),
         autodiscover=False,
