@@ -34,6 +34,11 @@ def run_worker(role: str) -> None:
         raise SystemExit(run_relay())
     if role == "explainer":
         _prepare_explainer()
+    else:  # the app's topics exist with the configured partitions and replication before any use
+        from app.admin import ensure_topics
+        from app.settings import get_settings as settings_now
+
+        ensure_topics(settings_now())
     from faust.worker import Worker
 
     from app.app import app
