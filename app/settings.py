@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         description="Batches are sized so their SHAP time (measured per row) stays within this: "
         "it bounds how long new high-priority work waits for the batch in flight.",
     )
+    explain_fast_path: bool = Field(
+        True, description="The router hands high requests straight to this process's workers too."
+    )
     explain_aged_share: float = Field(
         0.25,
         gt=0,

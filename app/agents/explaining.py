@@ -3,8 +3,9 @@
 Faust cannot prioritise between topics, so each priority topic has a thin agent that moves its
 events into one in-process ``AgingScheduler`` (bounded per priority: a full queue blocks the
 agent, its stream buffer fills and Faust stops fetching that partition), and one compute task
-takes batches out of it: aged requests first, then high, normal, low. Events are acked by the
-compute task, never by the agents.
+takes batches out of it: the aged quota first, then high, normal, low. Batches are sized by a
+time budget (``BatchSizer``): the batch in flight is what new high work waits for. Events are
+acked by the finishing task, never by the agents.
 
 Per batch, each request under its own event (its partition's table store):
   1. dedup against the ``explanations`` row (finished for this model version and method: skip);
@@ -12,11 +13,22 @@ Per batch, each request under its own event (its partition's table store):
   2. rows → ``calculating`` (attempts + 1) and their updates sent;
   3. SHAP on a thread: explainer per model version (``ExplainerCache``), cache lookups
      (memory, then the ``explanation_cache`` table), ``explain_batch`` for the misses;
-  4. rows → ``complete`` | ``failed`` and new cache entries, acked by the broker; then the
-     updates, acked; then the events. A worker killed anywhere before the ack leaves the events
-     uncommitted: the replay finds the row ``calculating`` and computes it again.
+  4. rows → ``complete`` | ``failed`` and new cache entries written to the local stores; then,
+     on the finishing task while the next batch computes, their changelog records acked by the
+     broker, then the updates, acked; then the events. A worker killed anywhere before the ack
+     leaves the events uncommitted: the replay finds the row ``calculating`` (or already
+     finished) and computes it again (or skips it).
 Requests of an older consumer generation (a rebalance happened since they were fetched) are
 dropped unacked: the partition's new owner, possibly this worker, gets them again.
+
+Fast path for high priority: the router of this process owns the same partitions (one
+partition owns a transaction), so once a high request and its ``pending`` update are acked by
+the broker it also hands the request straight to the scheduler (``fast_track``), under the
+verdict's event, instead of waiting for the broker round trip and the fetch of
+``explain.high``. The published record stays the durable copy: when it arrives, the request
+is skipped if the fast path has taken it (``fast_taken``), and acked after the fast path's
+batch is durable (batches finish in order). A fast request whose row is no longer ``pending``
+(the record got there first) is dropped; it has no event of its own to ack.
 """
 
 from __future__ import annotations
@@ -40,9 +52,9 @@ from app.agents.sink import DeliveryFailed
 from app.app import app, explain_topics
 from app.explain.core import ExplainerCache, Explanation
 from app.explain.messages import FailureCode
-from app.explain.scheduler import AgingScheduler, Queued
+from app.explain.scheduler import AgingScheduler, BatchSizer, Queued
 from app.explain.state import WorkAction, calculating, failed, finished, update_message, work_action
-from app.explain.work import ExplanationMemo, Outcome, compute, prepare
+from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, prepare
 from app.settings import get_settings
 from app.tables.explanation_cache import explanation_cache
 from app.tables.explanations import explanations
@@ -56,13 +68,18 @@ Send = tuple[str, bytes, bytes, int]  # topic, key, value, partition (the reques
 class Work:
     stream: StreamT
     event: EventT
+    fast_request: bytes | None = None  # handed over by the router; ``event`` is then the verdict
+
+    @property
+    def request(self) -> bytes:
+        return self.event.message.value or b"" if self.fast_request is None else self.fast_request
 
 
 class WorkQueue:
     """The scheduler with asyncio wake-ups: agents ``put``, the compute task ``take``s."""
 
-    def __init__(self, aging_s: float, capacity: int) -> None:
-        self.scheduler: AgingScheduler[Work] = AgingScheduler(aging_s, capacity)
+    def __init__(self, aging_s: float, capacity: int, aged_share: float = 1.0) -> None:
+        self.scheduler: AgingScheduler[Work] = AgingScheduler(aging_s, capacity, aged_share)
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
 
@@ -72,6 +89,14 @@ class WorkQueue:
             await self._room.wait()
         self.scheduler.put(priority, work, queued_at)
         self._arrived.set()
+
+    def offer(self, priority: str, work: Work, queued_at: float) -> bool:
+        """``put`` if there is room now (False: not queued)."""
+        if not self.scheduler.has_room(priority):
+            return False
+        self.scheduler.put(priority, work, queued_at)
+        self._arrived.set()
+        return True
 
     async def take(self, max_items: int, within_s: float) -> list[Queued[Work]]:
         """A batch: waits for the first request, then up to ``within_s`` to fill the batch."""
@@ -90,7 +115,17 @@ class WorkQueue:
         return batch
 
 
-work_queue = WorkQueue(settings.explain_aging_s, settings.explain_queue_max)
+work_queue = WorkQueue(settings.explain_aging_s, settings.explain_queue_max, settings.explain_aged_share)
+# Transaction ids of fast-path requests taken into a batch whose ``explain.high`` record has
+# not arrived yet (bounded by the high requests in flight; cleared on every skip).
+fast_taken: set[bytes] = set()
+
+
+def fast_track(stream: StreamT, verdict_event: EventT, request: bytes) -> bool:
+    """The router's hand-over of a high request already published and acked (see above)."""
+    if not settings.explain_fast_path:
+        return False
+    return work_queue.offer("high", Work(stream, verdict_event, request), time.time())
 
 
 async def _feed(stream: StreamT, priority: str) -> None:
@@ -133,7 +168,7 @@ class _Stats:
     logged_at: float = field(default_factory=time.monotonic)
     logged_batches: int = 0
 
-    def log(self, queue: AgingScheduler[Work]) -> None:
+    def log(self, queue: AgingScheduler[Work], batch_size: int) -> None:
         """Every ``explain_stats_every_s`` while busy, and once whenever the queue runs empty."""
         now = time.monotonic()
         drained = not len(queue) and self.batches > self.logged_batches
@@ -144,16 +179,30 @@ class _Stats:
         computed = c["computed"] + c["cache_hits"]
         log.info(
             "explainer pid %d: explained %d (complete %d, failed %d, cache hits %d, hit rate %.1f%%), "
-            "skipped %d, aged %d, batches %d (mean %.1f); by priority high %d normal %d low %d; queued %s",
+            "skipped %d, aged %d, batches %d (mean %.1f, size now %d); by priority high %d normal %d low %d; "
+            "queued %s",
             os.getpid(), computed, c["complete"], c["failed"], c["cache_hits"],
             100.0 * c["cache_hits"] / computed if computed else 0.0, c["skipped"], c["aged"],
-            self.batches, computed / self.batches if self.batches else 0.0,
+            self.batches, computed / self.batches if self.batches else 0.0, batch_size,
             c["high"], c["normal"], c["low"], {p: queue.size(p) for p in ("high", "normal", "low")},
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Done:
+    """A computed batch whose final rows are in the local stores, waiting to be made durable."""
+
+    batch: Sequence[Queued[Work]]
+    finals: list[Send]
+
+
 class Explaining:
-    """The compute task's state: sink, explainers per model version, cache, counters."""
+    """The compute task's state: sink, explainers per model version, cache, counters.
+
+    Two tasks: ``run`` takes and computes batches; ``finishing`` makes each computed batch
+    durable (rows acked, then updates acked, then events acked), in batch order, while the next
+    batch already computes: the SHAP thread does not sit idle through two broker round trips.
+    """
 
     def __init__(self) -> None:
         self.sink = named_sink(settings, "explainer-worker")
@@ -161,15 +210,23 @@ class Explaining:
         self.explainers = ExplainerCache(settings.models_dir)
         self.memo = ExplanationMemo(settings.explain_cache_max)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="shap")
+        budget_s, most = settings.explain_batch_budget_ms / 1000, settings.explain_batch_max
+        self.sizer = BatchSizer(budget_s, most, min_items=min(8, most))
+        self.done: asyncio.Queue[_Done] = asyncio.Queue(maxsize=2)
         self.stats = _Stats()
 
     async def run(self) -> None:
-        while True:
-            batch = await work_queue.take(settings.explain_batch_max, settings.explain_batch_within_s)
-            current = [q for q in batch if _current(q.item.event)]
-            if current:
-                await self.process(current)
-            self.stats.log(work_queue.scheduler)
+        finishing = asyncio.ensure_future(self.finishing())
+        try:
+            while True:
+                batch = await work_queue.take(self.sizer.size(), settings.explain_batch_within_s)
+                if finishing.done():
+                    finishing.result()  # the finishing task failed: fail the worker with it
+                current = [q for q in batch if _current(q.item.event)]
+                if current:
+                    await self.process(current)
+        finally:
+            finishing.cancel()
 
     async def process(self, batch: Sequence[Queued[Work]]) -> None:
         started_at = utc_now()
@@ -178,21 +235,30 @@ class Explaining:
             self.sink.produce(*self._update(job.queued.item.event, job.key, job.row))
         outcomes = await self._explain(jobs)
         if not all(_current(q.item.event) for q in batch):
-            return  # a rebalance since: the new owner of these partitions computes them again
+            # a rebalance since: the new owner of these partitions computes them again
+            fast_taken.difference_update(job.key for job in jobs if job.queued.item.fast_request)
+            return
         completed_at = utc_now()
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._finish(job, outcome, completed_at)
             finals.append(self._update(job.queued.item.event, job.key, job.row))
-        await self.writer.flush()  # final rows acked before anything announces them
-        for send in finals:
-            self.sink.produce(*send)
-        try:
-            await self.sink.flush()
-        except DeliveryFailed as exc:
-            give_up(exc)
-        for queued in batch:
-            await queued.item.stream.ack(queued.item.event)
-        self.stats.batches += 1
+        await self.done.put(_Done(batch, finals))
+
+    async def finishing(self) -> None:
+        while True:
+            done = await self.done.get()
+            await self.writer.flush()  # final rows acked before anything announces them
+            for send in done.finals:
+                self.sink.produce(*send)
+            try:
+                await self.sink.flush()
+            except DeliveryFailed as exc:
+                give_up(exc)
+            for queued in done.batch:
+                if queued.item.fast_request is None:  # a fast request's verdict: the router acks
+                    await queued.item.stream.ack(queued.item.event)
+            self.stats.batches += 1
+            self.stats.log(work_queue.scheduler, self.sizer.size())
 
     def _start(self, batch: Sequence[Queued[Work]], started_at: str) -> tuple[list[_Job], list[Send]]:
         """Dedup, then rows → calculating (or failed for good); returns the jobs to compute."""
@@ -200,9 +266,10 @@ class Explaining:
         finals: list[Send] = []
         seen: set[bytes] = set()
         for queued in batch:
-            stream, event = queued.item.stream, queued.item.event
+            work = queued.item
+            stream, event = work.stream, work.event
             try:
-                request = dict(orjson.loads(event.message.value or b""))
+                request = dict(orjson.loads(work.request))
                 key = str(request["transaction_id"]).encode()
                 request.setdefault("method", settings.explain_method)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -212,6 +279,16 @@ class Explaining:
             raw = self.writer.get(stream, event, explanations, key)
             row = None if raw is None else dict(orjson.loads(raw))
             action = work_action(row, request, settings.explain_max_attempts)
+            if work.fast_request is not None:
+                if key in seen or row is None or row["status"] != "pending":
+                    self.stats.counts["fast_dropped"] += 1  # its record got here first
+                    continue
+                fast_taken.add(key)
+                self.stats.counts["fast"] += 1
+            elif key in fast_taken:
+                fast_taken.discard(key)  # computed by the fast path, whose batch finishes first
+                self.stats.counts["skipped"] += 1
+                continue
             if key in seen or action is WorkAction.SKIP:
                 self.stats.counts["skipped"] += 1
                 continue
@@ -240,7 +317,9 @@ class Explaining:
         for job, item in zip(jobs, prepared, strict=True):
             job.cache_key = item.cache_key
         cached = [self._cached(job) for job in jobs]
-        return await loop.run_in_executor(self.executor, compute, prepared, cached)
+        outcomes, cpu_s = await loop.run_in_executor(self.executor, _timed_compute, prepared, cached)
+        self.sizer.measured(sum(c is None for c in cached), cpu_s)
+        return outcomes
 
     def _cached(self, job: _Job) -> Explanation | None:
         """The memory cache, then the table (under the job's event: its partition's store)."""
@@ -276,6 +355,17 @@ class Explaining:
         updated_at = moments.get("completed_at") or moments.get("started_at") or utc_now()
         value = orjson.dumps(update_message(row, updated_at))
         return topics.EXPLANATION_UPDATES, key, value, event.message.partition
+
+
+def _timed_compute(
+    prepared: Sequence[Prepared], cached: Sequence[Explanation | None]
+) -> tuple[list[Outcome], float]:
+    """``compute`` and the CPU time it took on this thread (what batch sizing measures: wall
+    time would also count the waits for a core on a busy machine, and shrink batches until
+    their fixed costs dominate)."""
+    began = time.thread_time()
+    outcomes = compute(prepared, cached)
+    return outcomes, time.thread_time() - began
 
 
 def _current(event: EventT) -> bool:

@@ -27,6 +27,7 @@ from faust.types import EventT, StreamT
 from app import topics
 from app.agents.batching import micro_batches
 from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
+from app.agents.explaining import fast_track
 from app.agents.sink import DeliveryFailed
 from app.app import app, routing_topic
 from app.explain.messages import explain_request
@@ -147,15 +148,20 @@ async def route(stream: StreamT) -> AsyncIterator[Any]:
     logged_at = time.monotonic()
     async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
         now = utc_now()
-        sends = [send for event in events for send in router.route(stream, event, now)]
+        routed = [(event, router.route(stream, event, now)) for event in events]
         if writer.pending:
             await writer.flush()  # rows first: a sent request always has its row
-        for topic, key, value, partition in sends:
-            sink.produce(topic, key, value, partition)
+        for _, sends in routed:
+            for topic, key, value, partition in sends:
+                sink.produce(topic, key, value, partition)
         try:
             await sink.flush()
         except DeliveryFailed as exc:
             give_up(exc)
+        for event, sends in routed:  # published and acked: the worker may start on them now
+            for topic, _, value, _ in sends:
+                if topic == topics.EXPLAIN_TOPICS["high"] and fast_track(stream, event, value):
+                    router.counts["fast_tracked"] += 1
         for event in events:
             await stream.ack(event)
         if time.monotonic() - logged_at >= settings.explain_stats_every_s:

@@ -182,7 +182,14 @@ def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> N
     backlog drains, and no low request is passed by high work queued more than the (shortened)
     aging bound after it."""
     aging = 8.0  # shorter than the backlog's drain time (4,000 lows at 120-300/s here)
-    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_AGING_S=str(aging), FRAUDLENS_EXPLAIN_STATS_EVERY_S="2")
+    # The strict rule (aged requests always first); the default bounded share is property-tested
+    # in tests/unit/test_explainer_scheduler.py.
+    stack.start_worker(
+        "explainer",
+        FRAUDLENS_EXPLAIN_AGING_S=str(aging),
+        FRAUDLENS_EXPLAIN_AGED_SHARE="1",
+        FRAUDLENS_EXPLAIN_STATS_EVERY_S="2",
+    )
     groups = by_priority(scored_verdicts(models_dir, 8000, 5))
     lows, highs = groups["low"][:4000], groups["high"]
     low_ids = [v["transaction_id"] for v in lows]
