@@ -7,6 +7,7 @@ import asyncio
 import socket
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -88,7 +89,8 @@ class Client:
         while not condition(self.messages):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+                types = Counter(f"{m['type']}:{m.get('status', '')}" for m in self.messages)
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; got {dict(types)}")
             try:
                 await self.next(left)
             except TimeoutError:
@@ -113,15 +115,39 @@ class Client:
 
 def finished(messages: list[Message], wanted: set[str]) -> bool:
     """Every wanted transaction has its verdict and, when auto-explained, a final status."""
+    return not unfinished(messages, wanted)
+
+
+def unfinished(messages: list[Message], wanted: set[str]) -> dict[str, str]:
+    """Wanted transactions still lacking their verdict or final explanation status: why."""
     verdicts = {m["transaction_id"]: m for m in messages if m["type"] == "verdict"}
     done = {
         m["transaction_id"]
         for m in messages
         if m["type"] == "explanation" and m["status"] in ("complete", "failed")
     }
-    return wanted <= set(verdicts) and all(
-        txid in done for txid in wanted if verdicts[txid]["explain"] == "auto"
-    )
+    missing = {txid: "no verdict" for txid in wanted - set(verdicts)}
+    last = {m["transaction_id"]: m["status"] for m in messages if m["type"] == "explanation"}
+    for txid in wanted & set(verdicts):
+        if verdicts[txid]["explain"] == "auto" and txid not in done:
+            missing[txid] = f"{verdicts[txid]['priority']}: explanation {last.get(txid, 'none')}"
+    return missing
+
+
+async def wait_finished(stack: Stack, client: Client, wanted: set[str], timeout: float = 180) -> None:
+    """Until every wanted transaction is finished; on a timeout, say what the topic holds for
+    the unfinished ones (missing there too: the explainer's; there but not sent: the relay's)."""
+    try:
+        await client.until(lambda m: finished(m, wanted), timeout, "every verdict and explanation")
+    except AssertionError as exc:
+        missing = unfinished(client.messages, wanted)
+        reader = stack.reader("explanation.updates")
+        reader.poll(3.0)
+        on_topic: dict[str, list[str]] = {}
+        for update in reader.values():
+            if update["transaction_id"] in missing:
+                on_topic.setdefault(update["transaction_id"], []).append(update["status"])
+        raise AssertionError(f"{exc}; unfinished {missing}; on explanation.updates: {on_topic}") from None
 
 
 def transactions(count: int, seed: int) -> list[dict[str, Any]]:
@@ -136,7 +162,7 @@ def test_subscribe_all_gets_each_verdict_before_its_explanation(stack: Stack, re
         client = await Client.open(relay)
         await client.subscribe(subscription="all")
         stack.produce_transactions(sent)
-        await client.until(lambda m: finished(m, wanted), 180, "every verdict and explanation")
+        await wait_finished(stack, client, wanted)
         await client.ws.close()
         return client
 
@@ -164,7 +190,7 @@ async def _collect_finished(relay: RelayProcess, stack: Stack, sent: list[dict[s
     watcher = await Client.open(relay)
     await watcher.subscribe()
     stack.produce_transactions(sent)
-    await watcher.until(lambda m: finished(m, {tx["transaction_id"] for tx in sent}), 180, "the batch")
+    await wait_finished(stack, watcher, _ids(sent))
     return watcher
 
 
@@ -232,7 +258,7 @@ def test_reconnect_with_last_event_id_gets_what_it_missed(stack: Stack, relay: R
         await leaving.ws.close()
 
         stack.produce_transactions(second)
-        await steady.until(lambda m: finished(m, _ids(first) | _ids(second)), 180, "both batches")
+        await wait_finished(stack, steady, _ids(first) | _ids(second))
         back = await Client.open(relay)
         got = await back.subscribe(last_event_id=last)
         replayed, ack = got[:-1], got[-1]
