@@ -251,7 +251,12 @@ def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> N
 def test_sigkill_mid_batch_then_restart_completes_everything(stack: Stack, models_dir: Path) -> None:
     """Kill -9 while a batch is calculating; the restarted worker completes every request,
     the killed batch included (attempt 2), and none stays pending or calculating."""
-    env = {"FRAUDLENS_EXPLAIN_BATCH_MAX": "256", "FRAUDLENS_INSTANCE_ID": "x1"}
+    # Batches of 256 (no time budget), so that the kill lands inside a long calculation.
+    env = {
+        "FRAUDLENS_EXPLAIN_BATCH_MAX": "256",
+        "FRAUDLENS_EXPLAIN_BATCH_BUDGET_MS": "1000000",
+        "FRAUDLENS_INSTANCE_ID": "x1",
+    }
     explainer = stack.start_worker("explainer", **env)
     verdicts = list(scored_verdicts(models_dir, 8000, 5)[:2500])
     updates = stack.reader("explanation.updates")
