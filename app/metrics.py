@@ -13,6 +13,9 @@ series                                              meaning
 ``fraudlens_scorer_batch_size``                     transactions per scored batch
 ``fraudlens_dlq_records_total{reason}``             rejected inputs by reason code
 ``fraudlens_model_info{version}``                   the model version a scorer uses (value 1)
+``fraudlens_relay_clients``                         websocket clients connected to this relay
+``fraudlens_relay_dropped_clients_total``           clients disconnected for lagging
+``fraudlens_relay_records_total``                   verdicts and updates the relay read
 =================================================  ==========================================
 """
 
@@ -41,6 +44,9 @@ BATCH_SIZE = Histogram(
 )
 DLQ_RECORDS = Counter("fraudlens_dlq_records", "Rejected inputs sent to the DLQ, by reason code.", ["reason"])
 MODEL_INFO = Gauge("fraudlens_model_info", "The model version this scorer uses (1).", ["version"])
+RELAY_CLIENTS = Gauge("fraudlens_relay_clients", "Websocket clients connected to this relay.")
+RELAY_DROPPED = Counter("fraudlens_relay_dropped_clients", "Clients disconnected because they lagged.")
+RELAY_RECORDS = Counter("fraudlens_relay_records", "Verdicts and explanation updates this relay read.")
 
 
 def set_model(version: str) -> None:

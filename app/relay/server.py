@@ -25,7 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from app import topics
+from app import metrics, topics
 from app.contracts import format_utc
 from app.explain.routing import PriorityRules
 from app.relay import http
@@ -108,6 +108,7 @@ class Relay:
     def ingest(self, records: list[Record]) -> None:
         events: list[Event] = []
         now = time.time()
+        metrics.RELAY_RECORDS.inc(len(records))
         for topic, value, _timestamp in records:
             self.counters["records"] += 1
             try:
@@ -138,6 +139,7 @@ class Relay:
             return
         client.dropping = True
         self.counters["dropped_lagging"] += 1
+        metrics.RELAY_DROPPED.inc()
         log.info("relay: dropping a lagging client (%d messages queued)", len(client.outbox))
         asyncio.get_running_loop().create_task(self._send_lagging_and_close(client))
 
@@ -358,6 +360,8 @@ async def serve_relay(settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     housekeeping = asyncio.create_task(relay.housekeeping())
+    metrics.RELAY_CLIENTS.set_function(lambda: len(relay.clients))
+    metrics_server = await metrics.start_metrics_server(settings)
     try:
         async with serve(
             relay.handler,
@@ -379,4 +383,6 @@ async def serve_relay(settings: Settings) -> int:
         reader.stop()
         await asyncio.to_thread(reader.join, 5)
         relay.requester.close()
+        if metrics_server is not None:
+            await metrics_server.cleanup()
     return 0

@@ -64,3 +64,33 @@ def test_scorer_metrics_need_a_token_and_count_what_happened(stack: Stack) -> No
     expired = create_token(secret, 1, time.time() - 10)
     assert get(url, expired)[0] == 401
     assert get(f"http://127.0.0.1:{port}/table/predictions", token)[0] == 404
+
+
+def test_relay_metrics_count_clients(stack: Stack) -> None:
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    from tests.integration.harness import start_relay
+
+    port = free_port()
+    relay = start_relay(stack, FRAUDLENS_METRICS_PORT=str(port))
+    url = f"http://127.0.0.1:{port}/metrics"
+    token = relay.token()
+    assert get(url)[0] == 401
+
+    def clients() -> float:
+        status, text = get(url, token)
+        assert status == 200
+        return samples(text)[("fraudlens_relay_clients", ())]
+
+    async def connected_then_gone() -> tuple[float, float]:
+        async with connect(f"{relay.ws}?token={token}") as ws:
+            await ws.recv()  # hello: the relay has registered the client
+            during = await asyncio.to_thread(clients)
+        await asyncio.to_thread(wait_until, lambda: clients() == 0, 30, "the client to be forgotten")
+        return during, clients()
+
+    during, after = asyncio.run(connected_then_gone())
+    assert (during, after) == (1, 0)
+    assert ("fraudlens_relay_records_total", ()) in samples(get(url, token)[1])
