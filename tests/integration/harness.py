@@ -291,8 +291,25 @@ class SteadyProducer(threading.Thread):
             producer.poll(0)
         producer.flush(30)
 
+    def finish_and_expect_verdicts(
+        self, stack: Stack, verdicts: TopicReader, timeout: float = 60
+    ) -> set[str]:
+        """Stop sending; wait until everything the broker acked has a verdict (else say where the
+        missing ones sit). Returns the ids sent."""
+        self.stop.set()
+        self.join(30)
+        wanted = {txid for _, txid in self.sent}
+        try:
+            verdicts.read_until(lambda m: wanted <= {x.key().decode() for x in m}, timeout, "every verdict")
+        except AssertionError as exc:
+            seen = {x.key().decode() for x in verdicts.messages}
+            spots = sorted(self.spots[t] for t in wanted - seen)
+            where = diagnose_missing(stack, wanted, seen)
+            raise AssertionError(f"{exc}: {where}; acked at {spots}") from None
+        return wanted
 
-# -- the relay (issue 4) ----------------------------------------------------------------------
+
+# -- the relay (issue 4) ----------------------------------------------------------------------------
 
 RELAY_TOKEN_SECRET = os.urandom(16).hex()  # one per test session; tests sign tokens with it
 

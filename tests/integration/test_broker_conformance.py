@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.model.features import apply_transaction, features_for
 from app.model.generator import generate_transactions
-from tests.integration.harness import Process, Stack, SteadyProducer, diagnose_missing, wait_until
+from tests.integration.harness import Process, Stack, SteadyProducer, wait_until
 
 
 def test_high_watermark_after_multi_record_batches(stack: Stack) -> None:
@@ -172,15 +172,7 @@ def test_takeover_under_load_loses_nothing(stack: Stack) -> None:
     second.kill()
     killed_at = time.monotonic()
     wait_until(lambda: time.monotonic() - killed_at > 20, 30, "the takeover window")
-    load.stop.set()
-    load.join(30)
-    wanted = {txid for _, txid in load.sent}
-    try:
-        verdicts.read_until(lambda m: wanted <= {x.key().decode() for x in m}, 60, "every verdict")
-    except AssertionError as exc:
-        seen = {x.key().decode() for x in verdicts.messages}
-        spots = sorted(load.spots[t] for t in wanted - seen)
-        raise AssertionError(f"{exc}: {diagnose_missing(stack, wanted, seen)}; acked at {spots}") from None
+    load.finish_and_expect_verdicts(stack, verdicts)
     for txid, values in _verdict_values(verdicts.messages).items():
         assert len(values) == 1, f"duplicates of {txid} differ"
     assert first.alive()

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from app.model.registry import Registry
-from tests.integration.harness import REPO, Stack, SteadyProducer, diagnose_missing
+from tests.integration.harness import REPO, Stack, SteadyProducer
 from tests.unit.test_models import second_version
 
 
@@ -43,14 +43,7 @@ def test_promote_switches_new_verdicts_without_restart(tmp_path: Path, models_di
         switched_after = time.monotonic() - promoted_at
         sent_at_switch = len(load.sent)
         verdicts.read_until(lambda m: len(m) >= sent_at_switch + 100, 60, "verdicts after the switch")
-        load.stop.set()
-        load.join(30)
-        wanted = {txid for _, txid in load.sent}
-        try:
-            verdicts.read_until(lambda m: wanted <= {x.key().decode() for x in m}, 60, "every verdict")
-        except AssertionError as exc:
-            seen = {x.key().decode() for x in verdicts.messages}
-            raise AssertionError(f"{exc}: {diagnose_missing(stack, wanted, seen)}") from None
+        load.finish_and_expect_verdicts(stack, verdicts)
         by_id: dict[str, set[bytes]] = {}
         for message in verdicts.messages:
             by_id.setdefault(message.key().decode(), set()).add(message.value())
