@@ -44,5 +44,8 @@ bench-relay: $(STAMP)
 bench-scorer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.scorer --models models
 
+bench-explainer: $(STAMP) models/CURRENT
+	$(BIN)/python -m bench.explainer --models models $(if $(QUICK),--quick)
+
 clean:
 	rm -rf $(VENV) data models bench/results* bench/*.png
