@@ -13,6 +13,11 @@ series                                              meaning
 ``fraudlens_scorer_batch_size``                     transactions per scored batch
 ``fraudlens_dlq_records_total{reason}``             rejected inputs by reason code
 ``fraudlens_model_info{version}``                   the model version a scorer uses (value 1)
+``fraudlens_explanations_total{status,priority}``    explanations finished (complete / failed)
+``fraudlens_explanation_gap_seconds{priority}``     verdict made → explanation complete
+``fraudlens_explanation_cache_total{result}``       cache hits and misses
+``fraudlens_explanation_failures_total{reason}``    failed explanations by reason code
+``fraudlens_explain_queue_depth{priority}``         requests waiting in this explainer's scheduler
 ``fraudlens_relay_clients``                         websocket clients connected to this relay
 ``fraudlens_relay_dropped_clients_total``           clients disconnected for lagging
 ``fraudlens_relay_records_total``                   verdicts and updates the relay read
@@ -44,6 +49,25 @@ BATCH_SIZE = Histogram(
 )
 DLQ_RECORDS = Counter("fraudlens_dlq_records", "Rejected inputs sent to the DLQ, by reason code.", ["reason"])
 MODEL_INFO = Gauge("fraudlens_model_info", "The model version this scorer uses (1).", ["version"])
+GAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+EXPLANATIONS = Counter(
+    "fraudlens_explanations", "Explanations finished, by status and priority.", ["status", "priority"]
+)
+EXPLANATION_GAP = Histogram(
+    "fraudlens_explanation_gap_seconds",
+    "From the verdict to its explanation being complete, by priority.",
+    ["priority"],
+    buckets=GAP_BUCKETS,
+)
+EXPLANATION_CACHE = Counter(
+    "fraudlens_explanation_cache", "Explanation cache lookups, by result.", ["result"]
+)
+EXPLANATION_FAILURES = Counter(
+    "fraudlens_explanation_failures", "Failed explanations, by reason code.", ["reason"]
+)
+EXPLAIN_QUEUE_DEPTH = Gauge(
+    "fraudlens_explain_queue_depth", "Requests waiting in this explainer's scheduler.", ["priority"]
+)
 RELAY_CLIENTS = Gauge("fraudlens_relay_clients", "Websocket clients connected to this relay.")
 RELAY_DROPPED = Counter("fraudlens_relay_dropped_clients", "Clients disconnected because they lagged.")
 RELAY_RECORDS = Counter("fraudlens_relay_records", "Verdicts and explanation updates this relay read.")

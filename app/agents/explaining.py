@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 from faust.types import EventT, StreamT
 
-from app import topics
+from app import metrics, topics
 from app.agents.explain_io import TableWriter, give_up, named_sink, utc_now
 from app.agents.sink import DeliveryFailed
 from app.app import app, explain_topics
@@ -216,6 +216,10 @@ class Explaining:
         self.stats = _Stats()
 
     async def run(self) -> None:
+        for priority in ("high", "normal", "low"):
+            depth = metrics.EXPLAIN_QUEUE_DEPTH.labels(priority=priority)
+            depth.set_function(lambda p=priority: work_queue.scheduler.size(p))  # type: ignore[misc]
+        metrics_server = await metrics.start_metrics_server(settings)
         finishing = asyncio.ensure_future(self.finishing())
         try:
             while True:
@@ -227,6 +231,8 @@ class Explaining:
                     await self.process(current)
         finally:
             finishing.cancel()
+            if metrics_server is not None:
+                await metrics_server.cleanup()
 
     async def process(self, batch: Sequence[Queued[Work]]) -> None:
         started_at = utc_now()
@@ -347,6 +353,7 @@ class Explaining:
             code, reason = outcome.failure or (FailureCode.INTERNAL_ERROR, "no explanation")
             job.row = failed(job.row, code, reason, completed_at)
         self.stats.counts[job.row["status"]] += 1
+        _observe(job.row, outcome)
         self.writer.write(stream, event, explanations, job.key, orjson.dumps(job.row))
 
     @staticmethod
@@ -355,6 +362,19 @@ class Explaining:
         updated_at = moments.get("completed_at") or moments.get("started_at") or utc_now()
         value = orjson.dumps(update_message(row, updated_at))
         return topics.EXPLANATION_UPDATES, key, value, event.message.partition
+
+
+def _observe(row: dict[str, Any], outcome: Outcome) -> None:
+    """Prometheus series of one finished explanation (``app.metrics``)."""
+    status, priority = str(row["status"]), str(row.get("priority"))
+    metrics.EXPLANATIONS.labels(status=status, priority=priority).inc()
+    if outcome.explanation is not None:
+        metrics.EXPLANATION_CACHE.labels(result="hit" if outcome.cache_hit else "miss").inc()
+    if status == "failed":
+        metrics.EXPLANATION_FAILURES.labels(reason=str(row.get("reason_code"))).inc()
+    gap_ms = (row.get("timings") or {}).get("verdict_to_complete_ms")
+    if status == "complete" and isinstance(gap_ms, int | float):
+        metrics.EXPLANATION_GAP.labels(priority=priority).observe(gap_ms / 1000)
 
 
 def _timed_compute(

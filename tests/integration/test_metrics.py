@@ -94,3 +94,33 @@ def test_relay_metrics_count_clients(stack: Stack) -> None:
     during, after = asyncio.run(connected_then_gone())
     assert (during, after) == (1, 0)
     assert ("fraudlens_relay_records_total", ()) in samples(get(url, token)[1])
+
+
+def test_explainer_metrics_count_explanations_gaps_and_cache(stack: Stack) -> None:
+    port = free_port()
+    stack.start_worker("scorer")
+    stack.start_worker("explainer", FRAUDLENS_METRICS_PORT=str(port))
+    stack.produce_transactions(generate_transactions(60, seed=83))
+    url = f"http://127.0.0.1:{port}/metrics"
+    secret = load_or_create_secret(None, stack.root / "data")
+    token = create_token(secret, 60, time.time(), subject="prometheus")
+
+    def finished() -> float:
+        try:
+            status, text = get(url, token)
+        except OSError:
+            return 0
+        got = samples(text) if status == 200 else {}
+        return sum(v for (name, _), v in got.items() if name == "fraudlens_explanations_total")
+
+    wait_until(lambda: finished() == 60, 180, "60 explanations in the metrics")
+    got = samples(get(url, token)[1])
+    gaps = sum(v for (name, _), v in got.items() if name == "fraudlens_explanation_gap_seconds_count")
+    lookups = sum(v for (name, _), v in got.items() if name == "fraudlens_explanation_cache_total")
+    depths = {
+        dict(labels)["priority"]
+        for (name, labels), _ in got.items()
+        if name == "fraudlens_explain_queue_depth"
+    }
+    assert gaps == 60 and lookups == 60 and depths == {"high", "normal", "low"}
+    assert get(url)[0] == 401
