@@ -78,24 +78,16 @@ def set_model(version: str) -> None:
     MODEL_INFO.labels(version=version).set(1)
 
 
-def _token(request: Any) -> str | None:
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return str(credentials.strip())
-    token = request.query.get("token")
-    return str(token) if token else None
-
-
 def metrics_app(secret: bytes) -> Any:
     """The aiohttp application serving ``/metrics`` to token holders."""
     from aiohttp import web
 
-    from app.relay.tokens import TokenError, verify_token
+    from app.relay.tokens import TokenError, presented_token, verify_token
 
     async def metrics(request: web.Request) -> web.Response:
         try:
-            verify_token(secret, _token(request), time.time())
+            token = presented_token(request.query.get("token"), request.headers.get("Authorization"))
+            verify_token(secret, token, time.time())
         except TokenError as exc:
             return web.Response(
                 status=401,

@@ -14,7 +14,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from app.relay.tokens import Claims, verify_token
+from app.relay.tokens import Claims, presented_token, verify_token
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 CSP = (
@@ -26,13 +26,7 @@ CSP = (
 def request_token(request: Request) -> str | None:
     """The token of a request: ``?token=`` (browsers cannot set websocket headers) or Bearer."""
     values = parse_qs(urlsplit(request.path).query).get("token")
-    if values:
-        return values[0]
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return None
+    return presented_token(values[0] if values else None, request.headers.get("Authorization"))
 
 
 def origin_allowed(

@@ -78,6 +78,17 @@ def verify_token(secret: bytes, token: str | None, now: float) -> Claims:
     return parsed
 
 
+def presented_token(query_token: str | None, authorization: str | None) -> str | None:
+    """The token a request presents: ``?token=`` (browsers cannot set websocket headers), else
+    ``Authorization: Bearer``. Shared by the relay and every ``/metrics`` endpoint."""
+    if query_token:
+        return query_token
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
 def load_or_create_secret(configured: str | None, data_dir: Path) -> bytes:
     """The configured secret, else the data dir's secret file (created once, mode 0600)."""
     if configured:

@@ -8,16 +8,13 @@ read in memory (``ExplanationMemo``), which is where most hits come from.
 
 from __future__ import annotations
 
-from app.app import app
 from app.settings import get_settings
+from app.tables import windowed_table
 
 _retention_s = get_settings().explanation_retention_s
 
-explanation_cache = app.Table(
+explanation_cache = windowed_table(
     "explanation_cache",
-    key_type=bytes,
-    value_type=bytes,
-    help="model_version:method:signature to the SHAP explanation computed for that signature.",
-    extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(int(_retention_s * 1000))},
-    options={"ttl": int(_retention_s)},
+    "model_version:method:signature to the SHAP explanation computed for that signature.",
+    _retention_s,
 )

@@ -9,17 +9,14 @@ re-sent later than that gets a fresh explanation.
 
 from __future__ import annotations
 
-from app.app import app
 from app.settings import get_settings
+from app.tables import windowed_table
 
 _retention_s = get_settings().explanation_retention_s
 
-explanations = app.Table(
+explanations = windowed_table(
     "explanations",
-    key_type=bytes,
-    value_type=bytes,
-    help="transaction_id to its explanation state: status, priority, model version, attempts, "
+    "transaction_id to its explanation state: status, priority, model version, attempts, "
     "the explanation, timings (verdict, queued, started, completed).",
-    extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(int(_retention_s * 1000))},
-    options={"ttl": int(_retention_s)},
+    _retention_s,
 )

@@ -24,6 +24,21 @@ def get(url: str, token: str | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def total(url: str, token: str, series: str) -> float:
+    """Sum of a series over its labels, 0 while the endpoint is not up or refuses."""
+    try:
+        status, text = get(url, token)
+    except OSError:  # not listening yet
+        return 0
+    got = samples(text) if status == 200 else {}
+    return sum(v for (name, _), v in got.items() if name == series)
+
+
+def prometheus_token(stack: Stack) -> str:
+    """A token signed with the secret the stack's workers use (the data dir's secret file)."""
+    return create_token(load_or_create_secret(None, stack.root / "data"), 60, time.time(), "prometheus")
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -38,18 +53,12 @@ def test_scorer_metrics_need_a_token_and_count_what_happened(stack: Stack) -> No
     stack.produce_transactions(generate_transactions(20, seed=81))
     stack.produce(list(malformed_messages(2, seed=81)))
     url = f"http://127.0.0.1:{port}/metrics"
+    token = prometheus_token(stack)
     secret = load_or_create_secret(None, stack.root / "data")
-    token = create_token(secret, 60, time.time(), subject="prometheus")
 
     def counted() -> bool:
-        try:
-            status, text = get(url, token)
-        except OSError:  # not listening yet
-            return False
-        got = samples(text) if status == 200 else {}
-        verdicts = sum(v for (name, _), v in got.items() if name == "fraudlens_verdicts_total")
-        rejected = sum(v for (name, _), v in got.items() if name == "fraudlens_dlq_records_total")
-        return verdicts == 20 and rejected == 2
+        verdicts = total(url, token, "fraudlens_verdicts_total")
+        return verdicts == 20 and total(url, token, "fraudlens_dlq_records_total") == 2
 
     wait_until(counted, 120, "20 verdicts and 2 DLQ records in the metrics")
     _, text = get(url, token)
@@ -102,16 +111,10 @@ def test_explainer_metrics_count_explanations_gaps_and_cache(stack: Stack) -> No
     stack.start_worker("explainer", FRAUDLENS_METRICS_PORT=str(port))
     stack.produce_transactions(generate_transactions(60, seed=83))
     url = f"http://127.0.0.1:{port}/metrics"
-    secret = load_or_create_secret(None, stack.root / "data")
-    token = create_token(secret, 60, time.time(), subject="prometheus")
+    token = prometheus_token(stack)
 
     def finished() -> float:
-        try:
-            status, text = get(url, token)
-        except OSError:
-            return 0
-        got = samples(text) if status == 200 else {}
-        return sum(v for (name, _), v in got.items() if name == "fraudlens_explanations_total")
+        return total(url, token, "fraudlens_explanations_total")
 
     wait_until(lambda: finished() == 60, 180, "60 explanations in the metrics")
     got = samples(get(url, token)[1])
