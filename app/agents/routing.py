@@ -11,6 +11,10 @@ worker skips a request whose row is already finished).
 
 On-demand requests (``explain.requests``, keyed by transaction_id, value
 ``{"transaction_id": …, "method": optional}``) re-queue a known transaction at high priority.
+A request that arrives before its verdict leaves a ``requested`` row; the verdict, when it
+comes, is routed at high priority with the requested method (never sampled out). The row lives
+as long as any ``explanations`` row (the table's retention), so a request for a transaction that
+never comes costs one row until then.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, u
 from app.agents.explaining import fast_track
 from app.agents.sink import DeliveryFailed
 from app.app import app, routing_topic
+from app.explain.core import METHODS
 from app.explain.messages import explain_request
 from app.explain.routing import PriorityRules
 from app.explain.state import (
+    REQUESTED,
     SAMPLED_OUT,
     RouteAction,
     new_row,
     on_demand_wanted,
+    requested_row,
     route_action,
     update_message,
 )
@@ -87,6 +94,10 @@ class Router:
         if action is RouteAction.RESEND and row is not None:
             self.counts["resent"] += 1
             return self._publish(stream, event, key, row, now)
+        if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
+            self.counts["on_demand"] += 1
+            request = explain_request(verdict, "high", now, on_demand=True, method=row["method"])
+            return self._publish(stream, event, key, new_row(request, "pending", source), now)
         priority = self.rules.priority(verdict)
         request = explain_request(verdict, priority, now, method=self.method)
         if not self.rules.sampled(priority, request["transaction_id"]):
@@ -99,14 +110,20 @@ class Router:
         return self._publish(stream, event, key, new_row(request, "pending", source), now)
 
     def _on_demand(self, stream: StreamT, event: EventT, asked: Mapping[str, Any], now: str) -> list[Send]:
-        key = str(asked["transaction_id"]).encode()
+        txid = asked["transaction_id"]
+        method = asked.get("method") or self.method
+        if not isinstance(txid, str) or not txid or method not in METHODS:
+            raise ValueError(f"on-demand request needs a transaction_id and a method in {METHODS}")
+        key = txid.encode()
         row = self._row(stream, event, key)
-        if row is None:
-            self.counts["on_demand_unknown"] += 1
-            log.warning("on-demand request for %s: no verdict known in this partition", key.decode())
-            return []
-        method = str(asked.get("method") or self.method)
         source = source_of(event)
+        if row is None or row["status"] == REQUESTED:
+            # Before its verdict (or an id that never comes): remembered until the verdict is routed.
+            self.counts["on_demand_early"] += 1
+            self.writer.write(
+                stream, event, explanations, key, orjson.dumps(requested_row(txid, method, source, now))
+            )
+            return []
         if row["status"] == "pending" and row["source"] == source:
             return self._publish(stream, event, key, row, now)  # replayed after a crash
         if not on_demand_wanted(row, method):

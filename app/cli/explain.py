@@ -21,9 +21,6 @@ from app import topics
 FINISHED = ("complete", "failed")
 
 
-RESEND_S = 5.0
-
-
 def _producer(settings: Any) -> Any:
     from confluent_kafka import Producer
 
@@ -53,10 +50,8 @@ def _request(producer: Any, settings: Any, txid: str) -> int:
 def _latest_final(settings: Any, txid: str, timeout_s: float) -> dict[str, Any] | None:
     """Request, then watch the transaction's partition of the updates for its final state.
 
-    The request is sent again every few seconds while nothing final shows up: an explainer that
-    has not yet routed the verdict (it reads ``verdicts`` and ``explain.requests`` independently)
-    answers "unknown" to the first one. Repeats cost nothing: the explainer never computes an
-    explanation twice.
+    One request is enough: a request that reaches the explainer before the transaction's verdict
+    is remembered and served when the verdict comes (``app/agents/routing.py``).
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -80,9 +75,6 @@ def _latest_final(settings: Any, txid: str, timeout_s: float) -> dict[str, Any] 
         deadline = sent + timeout_s
         latest: dict[str, Any] | None = None
         while time.monotonic() < deadline:
-            if time.monotonic() - sent > RESEND_S:
-                _request(producer, settings, txid)
-                sent = time.monotonic()
             for message in consumer.consume(500, timeout=0.2):
                 if message.error() is not None or message.key() != txid.encode():
                     continue

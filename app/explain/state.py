@@ -1,8 +1,11 @@
 """The ``explanations`` row of one transaction and its transitions, as plain dicts.
 
 Statuses: ``pending → calculating → complete | failed`` (published on ``explanation.updates``),
-plus ``sampled_out``: a low-priority verdict left out by sampling, kept (with its request) so
-an on-demand request can still explain it. ``sampled_out`` is table-only, never published.
+plus two table-only statuses, never published: ``sampled_out``, a low-priority verdict left out
+by sampling, kept (with its request) so an on-demand request can still explain it; and
+``requested``, an on-demand request that reached the router before the transaction's verdict
+(the router reads ``verdicts`` and ``explain.requests`` independently): the verdict, when it
+comes, is routed at high priority with the requested method instead of by the usual rules.
 
 Who writes what: the router creates rows (absent → pending | sampled_out) and re-queues them
 on demand; the worker moves pending → calculating → complete | failed. Both run on the same
@@ -19,6 +22,7 @@ from app.explain.core import Explanation
 from app.explain.messages import FailureCode, explanation_update, timings
 
 SAMPLED_OUT = "sampled_out"
+REQUESTED = "requested"
 IN_FLIGHT = frozenset({"pending", "calculating"})
 TERMINAL = frozenset({"complete", "failed"})
 
@@ -56,8 +60,30 @@ def new_row(request: Mapping[str, Any], status: str, source: str) -> Row:
     }
 
 
+def requested_row(transaction_id: str, method: str, source: str, requested_at: str) -> Row:
+    """The placeholder for an on-demand request that came before its verdict (no model yet)."""
+    return {
+        "transaction_id": transaction_id,
+        "status": REQUESTED,
+        "priority": "high",
+        "model_version": None,
+        "method": method,
+        "attempts": 0,
+        "source": source,
+        "request": None,
+        "explanation": None,
+        "cache_hit": None,
+        "reason_code": None,
+        "reason": None,
+        "timings": {"requested_at": requested_at},
+    }
+
+
 def route_action(row: Mapping[str, Any] | None, model_version: str, source: str) -> RouteAction:
-    """What the router does with a verdict, given the transaction's row (dedup)."""
+    """What the router does with a verdict, given the transaction's row (dedup).
+
+    A ``requested`` placeholder has no model version, so its verdict is routed (``NEW``).
+    """
     if row is None or row["model_version"] != model_version:
         return RouteAction.NEW
     if row["status"] == "pending" and row["source"] == source:

@@ -333,3 +333,39 @@ def test_cache_sampling_and_on_demand(stack: Stack, models_dir: Path) -> None:
     assert {u["priority"] for u in on_demand} == {"high"}
     assert_exact(models_dir, [low[0]], {asked: on_demand[-1]})
     assert len(updates_by_id(updates)[original["transaction_id"]]) == 3, "a complete one was recomputed"
+
+
+def test_on_demand_request_before_its_verdict_is_remembered(stack: Stack, models_dir: Path) -> None:
+    """A request that beats its verdict to the router is kept: the verdict, when it comes, goes
+    high priority with the asked-for method, even though sampling would leave it out; a request
+    with a bad method or no id is refused without stopping the router."""
+    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE="0")
+    low = by_priority(scored_verdicts(models_dir, 8000, 6))["low"][:6]
+    early_tree, early_interventional, never_asked = low[0], low[1], low[2]
+    updates = stack.reader("explanation.updates")
+    send(
+        stack,
+        "explain.requests",
+        [
+            {"transaction_id": early_tree["transaction_id"]},
+            {"transaction_id": early_interventional["transaction_id"], "method": "interventional"},
+            {"transaction_id": never_asked["transaction_id"] + "-x", "method": "bogus"},
+            {"transaction_id": ""},
+        ],
+    )
+    wait_until(lambda: group_caught_up(stack, "explain.requests"), 90, "the router to take the requests")
+    send(stack, "verdicts", low)
+    wait_complete(updates, {early_tree["transaction_id"], early_interventional["transaction_id"]}, 120)
+    wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
+    updates.poll(1.0)
+    by_id = updates_by_id(updates)
+    for verdict, method in ((early_tree, "tree"), (early_interventional, "interventional")):
+        seen = by_id[verdict["transaction_id"]]
+        assert [u["status"] for u in seen] == ["pending", "calculating", "complete"]
+        assert {u["priority"] for u in seen} == {"high"} and {u["method"] for u in seen} == {method}
+    assert_exact(
+        models_dir, [early_tree], {early_tree["transaction_id"]: by_id[early_tree["transaction_id"]][-1]}
+    )
+    assert set(by_id) == {early_tree["transaction_id"], early_interventional["transaction_id"]}, (
+        "a verdict nobody asked for was explained despite sampling 0"
+    )

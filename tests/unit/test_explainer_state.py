@@ -20,6 +20,7 @@ from app.explain.state import (
     finished,
     new_row,
     on_demand_wanted,
+    requested_row,
     route_action,
     update_message,
     work_action,
@@ -142,3 +143,13 @@ def test_memo_is_bounded() -> None:
     for key in "abc":
         memo.put(key, object())  # type: ignore[arg-type]
     assert len(memo) == 2 and memo.get("a") is None and memo.get("c") is not None
+
+
+def test_a_request_before_its_verdict_leaves_a_placeholder_the_verdict_routes(
+    verdicts: list[dict[str, Any]],
+) -> None:
+    placeholder = requested_row(verdicts[0]["transaction_id"], "interventional", "explain.requests/0@3", T0)
+    assert placeholder["status"] == "requested" and placeholder["model_version"] is None
+    assert route_action(placeholder, verdicts[0]["model_version"], "verdicts/0@9") is RouteAction.NEW
+    request = explain_request(verdicts[0], "high", T1, on_demand=True, method="interventional")
+    assert work_action(placeholder, request, 3) is WorkAction.COMPUTE
