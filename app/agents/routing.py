@@ -19,10 +19,12 @@ never comes costs one row until then.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -157,31 +159,92 @@ class Router:
         ]
 
 
-@app.agent(routing_topic, concurrency=1)
-async def route(stream: StreamT) -> AsyncIterator[Any]:
-    sink = named_sink(settings, "explainer-router")
-    writer = TableWriter(sink, (explanations,))
-    router = Router(writer, PriorityRules.from_settings(settings), settings.explain_method)
-    logged_at = time.monotonic()
-    async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
-        now = utc_now()
-        routed = [(event, router.route(stream, event, now)) for event in events]
-        if writer.pending:
+@dataclass
+class _Batch:
+    events: Sequence[EventT]
+    routed: list[tuple[EventT, list[Send]]]
+    rows: int
+    routed_at: float  # monotonic, once routed (table rows written locally, sends prepared)
+
+
+@dataclass
+class _RouterStats:
+    """Batch sizes and where a routed batch's time goes, for the router's periodic log line:
+    route (parse, dedup, rows written locally), queue (waiting for the previous batch to be
+    published), rows (row changelog acked), sends (requests and updates acked)."""
+
+    batches: int = 0
+    events: int = 0
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, events: int, **seconds: float) -> None:
+        self.batches += 1
+        self.events += events
+        for stage, spent in seconds.items():
+            self.seconds[stage] += spent
+
+    def line(self) -> str:
+        if not self.batches:
+            return "no batches"
+        per_batch = ", ".join(f"{k} {1e3 * v / self.batches:.1f}" for k, v in sorted(self.seconds.items()))
+        mean = self.events / self.batches
+        return f"{self.events} events in {self.batches} batches (mean {mean:.1f}); ms/batch: {per_batch}"
+
+
+async def _publish(
+    batches: asyncio.Queue[_Batch], stream: StreamT, writer: TableWriter, router: Router, stats: _RouterStats
+) -> None:
+    """Second stage: makes each routed batch durable and visible, in routing order, while the
+    next batch is already being routed (the router does not sit idle through two round trips).
+    Per batch: rows acked, then requests and updates sent and acked, then the events acked."""
+    sink = writer.sink
+    while True:
+        batch = await batches.get()
+        began = time.monotonic()
+        if batch.rows:
             await writer.flush()  # rows first: a sent request always has its row
-        for _, sends in routed:
+        rows_done = time.monotonic()
+        for _, sends in batch.routed:
             for topic, key, value, partition in sends:
                 sink.produce(topic, key, value, partition)
         try:
             await sink.flush()
         except DeliveryFailed as exc:
             give_up(exc)
-        for event, sends in routed:  # published and acked: the worker may start on them now
+        for event, sends in batch.routed:  # published and acked: the worker may start on them now
             for topic, _, value, _ in sends:
                 if topic == topics.EXPLAIN_TOPICS["high"] and fast_track(stream, event, value):
                     router.counts["fast_tracked"] += 1
-        for event in events:
+        for event in batch.events:
             await stream.ack(event)
-        if time.monotonic() - logged_at >= settings.explain_stats_every_s:
-            logged_at = time.monotonic()
-            log.info("router totals: %s", dict(sorted(router.counts.items())))
-        yield len(events)
+        done = time.monotonic()
+        stats.add(
+            len(batch.events), queue=began - batch.routed_at, rows=rows_done - began, sends=done - rows_done
+        )
+
+
+@app.agent(routing_topic, concurrency=1)
+async def route(stream: StreamT) -> AsyncIterator[Any]:
+    sink = named_sink(settings, "explainer-router")
+    writer = TableWriter(sink, (explanations,))
+    router = Router(writer, PriorityRules.from_settings(settings), settings.explain_method)
+    stats = _RouterStats()
+    batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
+    publisher = asyncio.ensure_future(_publish(batches, stream, writer, router, stats))
+    logged_at = time.monotonic()
+    try:
+        async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
+            if publisher.done():
+                publisher.result()  # the publishing stage failed: fail the worker with it
+            began, now, rows_before = time.monotonic(), utc_now(), writer.pending
+            routed = [(event, router.route(stream, event, now)) for event in events]
+            routed_at = time.monotonic()
+            stats.seconds["route"] += routed_at - began
+            await batches.put(_Batch(events, routed, writer.pending - rows_before, routed_at))
+            if time.monotonic() - logged_at >= settings.explain_stats_every_s:
+                logged_at = time.monotonic()
+                log.info("router totals: %s; %s", dict(sorted(router.counts.items())), stats.line())
+                stats.__init__()  # type: ignore[misc]
+            yield len(events)
+    finally:
+        publisher.cancel()

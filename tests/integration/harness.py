@@ -223,6 +223,23 @@ class TopicReader:
         wait_until(lambda: condition(self.poll()), timeout, what, interval=0)
         return self.messages
 
+    def read_to_end(self, timeout: float = 60) -> list[Any]:
+        """Everything written to the topic before this call: reads until every partition's
+        position reaches the end offset the broker reported at the start (a timed poll can
+        come back short on a loaded machine)."""
+        if not self.assigned:
+            self._assign()
+        partitions = [TopicPartition(self.topic, p) for p in range(self.assigned)]
+        ends = [self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+
+        def caught_up() -> bool:
+            self.poll(0.05)
+            positions = self.consumer.position(partitions)
+            return all(end == 0 or tp.offset >= end for tp, end in zip(positions, ends, strict=True))
+
+        wait_until(caught_up, timeout, f"{self.topic} read to its end offsets {ends}", interval=0)
+        return self.messages
+
     def values(self) -> list[dict[str, Any]]:
         return [orjson.loads(m.value()) for m in self.messages]
 

@@ -171,9 +171,9 @@ def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack,
     stack.produce_transactions(transactions[:100])
     verdicts.read_until(lambda m: len(m) >= 600, 60, "100 re-sent verdicts")
     wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
-    requests = sum(len(stack.reader(f"explain.{p}").poll(1.0)) for p in ("high", "normal", "low"))
+    requests = sum(len(stack.reader(f"explain.{p}").read_to_end()) for p in ("high", "normal", "low"))
     assert requests == 500, "a re-sent verdict was queued again"
-    updates.poll(1.0)
+    updates.read_to_end()
     assert len(updates.messages) == 1500, "a re-sent verdict was explained again"
 
 
@@ -327,7 +327,7 @@ def test_cache_sampling_and_on_demand(stack: Stack, models_dir: Path) -> None:
     )
     wait_complete(updates, {asked}, 60)
     wait_until(lambda: group_caught_up(stack, "explain.requests"), 60, "the router to take both requests")
-    updates.poll(1.0)
+    updates.read_to_end()
     on_demand = updates_by_id(updates)[asked]
     assert [u["status"] for u in on_demand] == ["pending", "calculating", "complete"]
     assert {u["priority"] for u in on_demand} == {"high"}
@@ -357,7 +357,7 @@ def test_on_demand_request_before_its_verdict_is_remembered(stack: Stack, models
     send(stack, "verdicts", low)
     wait_complete(updates, {early_tree["transaction_id"], early_interventional["transaction_id"]}, 120)
     wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
-    updates.poll(1.0)
+    updates.read_to_end()
     by_id = updates_by_id(updates)
     for verdict, method in ((early_tree, "tree"), (early_interventional, "interventional")):
         seen = by_id[verdict["transaction_id"]]
