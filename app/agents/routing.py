@@ -34,7 +34,7 @@ from app import topics
 from app.agents.batching import micro_batches
 from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
 from app.agents.explaining import fast_track
-from app.agents.sink import DeliveryFailed
+from app.agents.sink import DeliveryFailed, Sink
 from app.app import app, routing_topic
 from app.explain.core import METHODS
 from app.explain.messages import explain_request
@@ -192,29 +192,48 @@ class _RouterStats:
 
 
 async def _publish(
-    batches: asyncio.Queue[_Batch], stream: StreamT, writer: TableWriter, router: Router, stats: _RouterStats
+    batches: asyncio.Queue[_Batch],
+    stream: StreamT,
+    writer: TableWriter,
+    urgent: Sink,
+    router: Router,
+    stats: _RouterStats,
 ) -> None:
     """Second stage: makes each routed batch durable and visible, in routing order, while the
     next batch is already being routed (the router does not sit idle through two round trips).
-    Per batch: rows acked, then requests and updates sent and acked, then the events acked."""
+    Per batch: rows acked, then requests and updates sent and acked, then the events acked.
+
+    High requests and their updates go through their own producer (``urgent``), so the fast
+    path hands them to the worker once *they* are acked, not after every low request of the
+    batch is (a few records instead of up to two per verdict; a transaction's request and
+    updates still share one producer, so they stay in order)."""
     sink = writer.sink
+    high = topics.EXPLAIN_TOPICS["high"]
     while True:
         batch = await batches.get()
         began = time.monotonic()
         if batch.rows:
             await writer.flush()  # rows first: a sent request always has its row
         rows_done = time.monotonic()
-        for _, sends in batch.routed:
+        fast: list[tuple[EventT, bytes]] = []
+        for event, sends in batch.routed:
+            to = urgent if any(topic == high for topic, *_ in sends) else sink
             for topic, key, value, partition in sends:
-                sink.produce(topic, key, value, partition)
+                to.produce(topic, key, value, partition)
+                if topic == high:
+                    fast.append((event, value))
+        # Through the writer: rows of the next batch, routed meanwhile, may be acked by this
+        # flush too, and their stores must learn those persisted offsets.
+        others = asyncio.ensure_future(writer.flush())
         try:
-            await sink.flush()
+            if fast:
+                await urgent.flush()
+                for event, value in fast:  # published and acked: the worker may start on them now
+                    if fast_track(stream, event, value):
+                        router.counts["fast_tracked"] += 1
+            await others
         except DeliveryFailed as exc:
             give_up(exc)
-        for event, sends in batch.routed:  # published and acked: the worker may start on them now
-            for topic, _, value, _ in sends:
-                if topic == topics.EXPLAIN_TOPICS["high"] and fast_track(stream, event, value):
-                    router.counts["fast_tracked"] += 1
         for event in batch.events:
             await stream.ack(event)
         done = time.monotonic()
@@ -226,11 +245,12 @@ async def _publish(
 @app.agent(routing_topic, concurrency=1)
 async def route(stream: StreamT) -> AsyncIterator[Any]:
     sink = named_sink(settings, "explainer-router")
+    urgent = named_sink(settings, "explainer-router-high")
     writer = TableWriter(sink, (explanations,))
     router = Router(writer, PriorityRules.from_settings(settings), settings.explain_method)
     stats = _RouterStats()
     batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
-    publisher = asyncio.ensure_future(_publish(batches, stream, writer, router, stats))
+    publisher = asyncio.ensure_future(_publish(batches, stream, writer, urgent, router, stats))
     logged_at = time.monotonic()
     try:
         async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
