@@ -141,6 +141,9 @@ class Settings(BaseSettings):
         description="Refused (rate_limited) frames a client may accumulate, refilled at the frame rate; "
         "one more closes the connection with code 4029.",
     )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' TLS certificates [the system's]."
+    )
 
     @field_validator("broker")
     @classmethod

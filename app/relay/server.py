@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 LAGGING_CLOSE_CODE = 4008
 TOKEN_EXPIRED_CLOSE_CODE = 4401
 HOUSEKEEPING_S = 0.25
+FLOOD_DRAIN_S = 5.0  # longest a flooding client's queued answers delay its close
 
 
 def utc_text(seconds: float) -> str:
@@ -321,6 +322,8 @@ class Relay:
         self.counters["dropped_flooding"] += 1
         metrics.RELAY_DROPPED_FLOODING.inc()
         log.info("relay: closing a flooding client (%d frames refused)", client.guard.refused)
+        with contextlib.suppress(TimeoutError):  # its rate_limited answers go out first
+            await asyncio.wait_for(client.outbox.drained(), FLOOD_DRAIN_S)
         await client.ws.close(FLOOD_CLOSE_CODE, "rate limited: too many frames")
 
     def _subscribe(self, client: Client, message: dict[str, Any]) -> None:
