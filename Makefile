@@ -40,8 +40,11 @@ test: lint
 # Not in CI. The broker-only 10-minute conformance run: `pytest -m slow tests`.
 SOAK_MINUTES ?= 30
 SOAK_RATE ?= 500
+SOAK_EXPLAINERS ?= 1
+SOAK_LOW_SAMPLE_RATE ?= 0.1
 soak: $(STAMP) models/CURRENT
-	$(BIN)/python -m tests.integration.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
+	$(BIN)/python -m tests.integration.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) \
+		--explainers $(SOAK_EXPLAINERS) --low-sample-rate $(SOAK_LOW_SAMPLE_RATE)
 
 bench-relay: $(STAMP)
 	$(BIN)/python -m bench.relay --clients 20 200 --rate 100 500

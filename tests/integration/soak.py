@@ -264,18 +264,19 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tests.integration.soak", description=main.__doc__)
     positive = _positive_float
-    parser.add_argument("--minutes", type=positive, default=positive(os.environ.get("SOAK_MINUTES", "30")))
-    parser.add_argument("--rate", type=positive, default=positive(os.environ.get("SOAK_RATE", "500")))
+    # string defaults go through ``type`` too, so a bad SOAK_MINUTES is reported like a bad option
+    parser.add_argument("--minutes", type=positive, default=os.environ.get("SOAK_MINUTES", "30"))
+    parser.add_argument("--rate", type=positive, default=os.environ.get("SOAK_RATE", "500"))
     parser.add_argument("--sample-s", type=positive, default=None, help="sampling period [run/180, ≥ 5 s]")
-    parser.add_argument("--explainers", type=int, default=1)
-    parser.add_argument("--low-sample-rate", default="0.1", help="FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE")
+    parser.add_argument("--explainers", type=int, choices=range(1, 9), default=1, metavar="1..8")
+    parser.add_argument("--low-sample-rate", type=_share, default="0.1", help="explainers' low sampling")
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results-soak"), help="writes OUT.json and OUT.png"
     )
     args = parser.parse_args(argv)
     sample_s = args.sample_s or max(5.0, args.minutes * 60 / 180)
-    explain_env = {"FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE": args.low_sample_rate}
+    explain_env = {"FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE": str(args.low_sample_rate)}
     stack = Stack(root=Path(tempfile.mkdtemp(prefix="fraudlens-soak-")), models_dir=args.models.resolve())
     try:
         stack.start_broker()
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_full_soak(stack, url, args.rate, args.minutes, sample_s)
     finally:
         stack.stop_all()
-    report |= {"explainers": args.explainers, "low_sample_rate": float(args.low_sample_rate)}
+    report |= {"explainers": args.explainers, "low_sample_rate": args.low_sample_rate}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out.with_suffix(".json"), args.out.with_suffix(".png")
     json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
@@ -309,6 +310,18 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
     return value
 
 
