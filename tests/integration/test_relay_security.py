@@ -82,6 +82,10 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
 def _status(url: str) -> int | None:
     try:
         return _get(url)[0]
@@ -304,13 +308,15 @@ def test_hostile_frames_and_requests_get_errors_and_the_relay_keeps_serving(secu
     for data in (b'{"type":"ping","id":"\xff\xfe"}', '{"type":"ping"}'.encode("utf-16")):
         assert asyncio.run(invalid_utf8(data)) == 1007  # invalid frame payload data
 
-    for request in RAW_REQUESTS:
-        answer = _raw(relay.port, request)
-        status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/1.1 ") else b""
-        assert not answer or status.startswith(b"4"), (request[:60], answer)
-        assert RELAY_TOKEN_SECRET.encode() not in answer
+    ports = {"relay": relay.port} | {role: _port(url) for role, url in secured.metrics.items()}
+    for role, port in ports.items():  # the relay's HTTP side and every role's /metrics server
+        for request in RAW_REQUESTS:
+            answer = _raw(port, request)
+            status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/1.1 ") else b""
+            assert not answer or status.startswith(b"4"), (role, request[:60], answer)
+            assert RELAY_TOKEN_SECRET.encode() not in answer
 
-    assert relay.process.alive(), relay.process.tail()
+    assert all(p.alive() for p in secured.stack.processes), [p.tail() for p in secured.stack.processes]
     sent = _send(secured, 30, seed=302)
 
     async def normal_client() -> set[str]:
