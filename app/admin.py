@@ -14,6 +14,8 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.kafka_security_protocol,
     }
+    if settings.kafka_ssl_ca_file:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_ca_file)
     if settings.kafka_sasl_mechanism:
         config["sasl.mechanism"] = settings.kafka_sasl_mechanism
         config["sasl.username"] = settings.kafka_sasl_username or ""

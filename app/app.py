@@ -16,7 +16,8 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     """The Kafka security settings every librdkafka client gets (``app.admin.client_config``),
     for Faust's aiokafka clients: SASL (PLAIN / SCRAM) with or without TLS, or TLS alone."""
     protocol = settings.kafka_security_protocol
-    context = ssl.create_default_context() if protocol in ("SSL", "SASL_SSL") else None
+    cafile = str(settings.kafka_ssl_ca_file) if settings.kafka_ssl_ca_file else None
+    context = ssl.create_default_context(cafile=cafile) if protocol in ("SSL", "SASL_SSL") else None
     if protocol.startswith("SASL"):
         password = settings.kafka_sasl_password
         return faust.SASLCredentials(

@@ -21,6 +21,8 @@ series                                              meaning
 ``fraudlens_relay_clients``                         websocket clients connected to this relay
 ``fraudlens_relay_dropped_clients_total``           clients disconnected for lagging
 ``fraudlens_relay_records_total``                   verdicts and updates the relay read
+``fraudlens_relay_rate_limited_frames_total``       client frames refused over the rate limit
+``fraudlens_relay_flooding_clients_total``          clients closed (4029) for flooding
 =================================================  ==========================================
 """
 
@@ -71,6 +73,12 @@ EXPLAIN_QUEUE_DEPTH = Gauge(
 RELAY_CLIENTS = Gauge("fraudlens_relay_clients", "Websocket clients connected to this relay.")
 RELAY_DROPPED = Counter("fraudlens_relay_dropped_clients", "Clients disconnected because they lagged.")
 RELAY_RECORDS = Counter("fraudlens_relay_records", "Verdicts and explanation updates this relay read.")
+RELAY_RATE_LIMITED = Counter(
+    "fraudlens_relay_rate_limited_frames", "Client frames refused as over the client's rate limit."
+)
+RELAY_DROPPED_FLOODING = Counter(
+    "fraudlens_relay_flooding_clients", "Clients disconnected (4029) for flooding the relay with frames."
+)
 
 
 def set_model(version: str) -> None:

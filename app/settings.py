@@ -130,6 +130,21 @@ class Settings(BaseSettings):
     )
     token_ttl_s: float = Field(8 * 3600.0, gt=0, description="Lifetime of `fraudlens token create` tokens.")
 
+    # relay flood control (per websocket client, token buckets on incoming frames)
+    relay_frame_rate: float = Field(20.0, gt=0, description="Client frames per second a client may send.")
+    relay_frame_burst: int = Field(40, ge=1, description="Client frames a client may send at once.")
+    relay_explain_rate: float = Field(2.0, gt=0, description="explain_now requests per second per client.")
+    relay_explain_burst: int = Field(10, ge=1, description="explain_now requests a client may send at once.")
+    relay_flood_strikes: int = Field(
+        100,
+        ge=1,
+        description="Refused (rate_limited) frames a client may accumulate, refilled at the frame rate; "
+        "one more closes the connection with code 4029.",
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' TLS certificates [the system's]."
+    )
+
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:

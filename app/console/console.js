@@ -21,6 +21,14 @@ function el(tag, cls, text) {
   return node;
 }
 
+// The relay already masks card ids (app/masking.py); mask again so a full id never reaches the
+// page even from an older relay: "•••• " and the last four characters.
+function maskCard(cardId) {
+  const text = String(cardId || "");
+  if (text.startsWith("••••")) return text;
+  return text.length > 4 ? `•••• ${text.slice(-4)}` : "••••";
+}
+
 function setConnection(state, detail) {
   const node = $("conn-state");
   node.dataset.state = state;
@@ -136,12 +144,12 @@ function addRow(tx) {
   const v = tx.verdict;
   const row = el("tr", `row ${v.decision}`);
   row.dataset.txid = v.transaction_id;
-  row.dataset.card = v.card_id;
+  row.dataset.card = maskCard(v.card_id);
   row.dataset.decision = v.decision;
   row.append(
     el("td", "time", (v.scored_at || "").slice(11, 23)),
     el("td", "txid", v.transaction_id),
-    el("td", "card", v.card_id),
+    el("td", "card", maskCard(v.card_id)),
     el("td", "num", `${v.amount.toFixed(2)} ${v.currency}`),
     el("td", "decision", v.decision),
     el("td", "num", v.score.toFixed(3)),
@@ -265,7 +273,7 @@ function showDetail(tx) {
   chart.replaceChildren();
   const u = tx.update;
   if (!u || tx.status !== "complete") {
-    $("detail-summary").textContent = `card ${v.card_id}, ${v.amount.toFixed(2)} ${v.currency}; explanation: ${tx.status}`;
+    $("detail-summary").textContent = `card ${maskCard(v.card_id)}, ${v.amount.toFixed(2)} ${v.currency}; explanation: ${tx.status}`;
     return;
   }
   $("detail-summary").textContent =

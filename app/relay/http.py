@@ -1,10 +1,18 @@
-"""The relay's HTTP side, answered in websockets' ``process_request`` hook: the console's static
-files, the Origin allow-list, and the token check every websocket upgrade must pass."""
+"""The relay's HTTP side, answered in websockets' ``process_request`` hook: the route table, the
+console's static files, the Origin allow-list, and the token check.
+
+Every path the relay answers is in ``ROUTES``; anything else is 404. A route needs a token unless
+it is marked public, and only two kinds are: the console's own code and style (no data: the page
+asks for ``?token=`` before it connects) and ``/healthz`` (liveness for orchestrators' health
+checks, which carry no credentials; it tells only ready and the relay id). The token test walks
+this table, so a new route cannot be added without it being checked.
+"""
 
 from __future__ import annotations
 
 import mimetypes
 from collections.abc import Collection
+from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -23,9 +31,38 @@ CSP = (
 )
 
 
+@dataclass(frozen=True)
+class Route:
+    """One path the relay answers: ``kind`` names the handler; ``public``: no token needed."""
+
+    path: str
+    kind: str  # websocket | healthz | stats | token | static
+    public: bool = False
+
+
+STATIC_FILES = ("index.html", "console.js", "console.css")
+ROUTES: dict[str, Route] = {
+    route.path: route
+    for route in (
+        Route("/ws", "websocket"),
+        Route("/api/stats", "stats"),
+        Route("/api/token", "token"),
+        Route("/healthz", "healthz", public=True),
+        Route("/", "static", public=True),
+        *(Route(f"/{name}", "static", public=True) for name in STATIC_FILES),
+    )
+}
+
+
+def request_path(request: Request) -> str:
+    """The path of a request without its query; never raises (``urlsplit`` does on ``//[x``)."""
+    return request.path.partition("?")[0].partition("#")[0]
+
+
 def request_token(request: Request) -> str | None:
     """The token of a request: ``?token=`` (browsers cannot set websocket headers) or Bearer."""
-    values = parse_qs(urlsplit(request.path).query).get("token")
+    query = request.path.partition("?")[2].partition("#")[0]
+    values = parse_qs(query).get("token") if query else None  # the request line is ≤ 8 KB
     return presented_token(values[0] if values else None, request.headers.get("Authorization"))
 
 
@@ -66,7 +103,7 @@ def refusal(status: HTTPStatus, code: str, message: str) -> Response:
 def static_file(path: str) -> Response | None:
     """A console file (``/`` is ``index.html``), or None when there is no such file."""
     name = "index.html" if path == "/" else path.lstrip("/")
-    if "/" in name or name.startswith(".") or not name:
+    if name not in STATIC_FILES:
         return None
     resource = resources.files("app.console").joinpath(name)
     if not resource.is_file():

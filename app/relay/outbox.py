@@ -21,6 +21,7 @@ class Outbox:
         self.lagging = False
         self.closed = False
         self._ready = asyncio.Event()
+        self._taken = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -41,12 +42,19 @@ class Outbox:
         self.closed = True
         self._ready.set()
 
+    async def drained(self) -> None:
+        """Until the writer has taken every queued entry (or stopped taking them)."""
+        while self.entries and not (self.lagging or self.closed):
+            self._taken.clear()
+            await self._taken.wait()
+
     async def next(self) -> Entry | None:
         """The next entry; None once the client is lagging or the outbox is closed."""
         while True:
             if self.lagging or self.closed:
                 return None
             if self.entries:
+                self._taken.set()
                 return self.entries.popleft()
             self._ready.clear()
             await self._ready.wait()

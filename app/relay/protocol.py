@@ -3,6 +3,7 @@ server's messages (``schemas/ws_client.schema.json``, ``schemas/ws_server.schema
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from app.contracts import validator
 
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
 DEFAULT_SUBSCRIPTION = "default"
+MAX_ERROR_TEXT = 300  # an error echoes little of what it refuses (a 60 KB key stays out of it)
 
 
 class ProtocolError(ValueError):
@@ -25,13 +27,18 @@ class ProtocolError(ValueError):
 
 
 def parse_client_message(frame: str | bytes) -> dict[str, Any]:
-    """The validated client message of one text frame, or ``ProtocolError``."""
+    """The validated client message of one text frame, or ``ProtocolError``.
+
+    orjson refuses nesting deeper than 1024, numbers beyond the double range (``1e400``) and lone
+    surrogates; duplicate keys (which orjson would resolve "last wins") are refused here, as in the
+    transaction validator: what a client meant by two ``type`` keys is not ours to guess."""
     if isinstance(frame, bytes):
         raise ProtocolError("binary_not_supported", "send JSON in text frames; binary frames are refused")
     try:
         message = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError("malformed_json", f"frame is not JSON: {exc}") from None
+        raise ProtocolError("malformed_json", _capped(f"frame is not JSON: {exc}")) from None
+    _refuse_duplicate_keys(frame)
     request_id = message.get("id") if isinstance(message, dict) else None
     request_id = request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
     try:
@@ -39,8 +46,35 @@ def parse_client_message(frame: str | bytes) -> dict[str, Any]:
     except fastjsonschema.JsonSchemaValueException as exc:
         where = "/".join(str(p) for p in exc.path[1:])
         detail = f"{exc.message} (at /{where})" if where else exc.message
-        raise ProtocolError("invalid_message", f"not a valid client message: {detail}", request_id) from None
+        text = _capped(f"not a valid client message: {detail}")
+        raise ProtocolError("invalid_message", text, request_id) from None
     return dict(message)
+
+
+def _capped(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ProtocolError("duplicate_key", _capped(f"key {key!r} appears twice in one object"))
+        seen[key] = value
+    return seen
+
+
+def _refuse_duplicate_keys(frame: str) -> None:
+    """Raise ``duplicate_key`` if any object of the (already parsed) frame repeats a key.
+
+    A second parse with the stdlib, whose ``object_pairs_hook`` sees every pair; client frames are
+    small and rate limited, so its cost does not matter."""
+    if frame.count('"') < 4:  # fewer than two keys anywhere
+        return
+    try:
+        json.loads(frame, object_pairs_hook=_no_duplicates)
+    except RecursionError:  # nesting orjson accepts (≤ 1024) can be deeper than Python's stack
+        raise ProtocolError("malformed_json", "frame is nested too deeply") from None
 
 
 # -- event ids --------------------------------------------------------------------------

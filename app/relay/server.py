@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
@@ -41,6 +40,13 @@ from app.relay.protocol import (
     lagging_message,
     parse_client_message,
 )
+from app.relay.ratelimit import (
+    FLOOD_CLOSE_CODE,
+    RATE_LIMITED,
+    FloodGuard,
+    FrameAction,
+    rate_limited_text,
+)
 from app.relay.state import Event, RelayState
 from app.relay.tokens import Claims, TokenError, load_or_create_secret, verify_token
 from app.settings import Settings
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 LAGGING_CLOSE_CODE = 4008
 TOKEN_EXPIRED_CLOSE_CODE = 4401
 HOUSEKEEPING_S = 0.25
+FLOOD_DRAIN_S = 5.0  # longest a flooding client's queued answers delay its close
 
 
 def utc_text(seconds: float) -> str:
@@ -58,8 +65,8 @@ def utc_text(seconds: float) -> str:
 class Client:
     """One websocket connection: its subscriptions, its outbox and its writer task."""
 
-    def __init__(self, ws: ServerConnection, claims: Claims, limit: int) -> None:
-        self.ws, self.claims = ws, claims
+    def __init__(self, ws: ServerConnection, claims: Claims, limit: int, guard: FloodGuard) -> None:
+        self.ws, self.claims, self.guard = ws, claims, guard
         self.outbox = Outbox(limit)
         self.subscriptions: dict[str, Filter] = {}
         self.match_all = False  # a subscription without conditions: skip filtering
@@ -99,7 +106,14 @@ class Relay:
             orphan_wait_s=settings.relay_orphan_wait_s,
         )
         self.clients: set[Client] = set()
-        self.counters = {"connections": 0, "dropped_lagging": 0, "records": 0, "bad_records": 0}
+        self.counters = {
+            "connections": 0,
+            "dropped_lagging": 0,
+            "records": 0,
+            "bad_records": 0,
+            "rate_limited": 0,
+            "dropped_flooding": 0,
+        }
         self.ready = False
         self.requester: ExplainRequester | None = None
 
@@ -174,28 +188,32 @@ class Relay:
     # -- HTTP ------------------------------------------------------------------------------------
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path == "/ws":
-            return self._check_upgrade(request)
-        if path == "/healthz":
-            return http.json_response(
-                HTTPStatus.OK, {"ok": True, "ready": self.ready, "relay_id": self.epoch}
-            )
-        if path in ("/api/stats", "/api/token"):
+        """Every HTTP request, the websocket upgrade included: by the route table (``http.ROUTES``)."""
+        path = http.request_path(request)
+        route = http.ROUTES.get(path)
+        if route is None:
+            return http.refusal(HTTPStatus.NOT_FOUND, "not_found", f"no such page: {path[:100]}")
+        claims = None
+        if not route.public:
             try:
                 claims = http.authorise(request, self.secret, time.time())
             except TokenError as exc:
                 return http.refusal(HTTPStatus.UNAUTHORIZED, exc.code, str(exc))
-            if path == "/api/token":
-                return http.json_response(
-                    HTTPStatus.OK, {"subject": claims.subject, "expires_at": utc_text(claims.expires_at)}
-                )
+        if route.kind == "websocket":
+            return self._check_origin(request)
+        if route.kind == "healthz":
+            return http.json_response(
+                HTTPStatus.OK, {"ok": True, "ready": self.ready, "relay_id": self.epoch}
+            )
+        if route.kind == "token" and claims is not None:
+            return http.json_response(
+                HTTPStatus.OK, {"subject": claims.subject, "expires_at": utc_text(claims.expires_at)}
+            )
+        if route.kind == "stats":
             return http.json_response(HTTPStatus.OK, self.operator_stats())
-        return http.static_file(path) or http.refusal(
-            HTTPStatus.NOT_FOUND, "not_found", f"no such page: {path}"
-        )
+        return http.static_file(path) or http.refusal(HTTPStatus.NOT_FOUND, "not_found", "no such page")
 
-    def _check_upgrade(self, request: Request) -> Response | None:
+    def _check_origin(self, request: Request) -> Response | None:
         origin, host = request.headers.get("Origin"), request.headers.get("Host")
         if not http.origin_allowed(
             origin, host, self.settings.relay_allowed_origins, self.settings.relay_allow_localhost
@@ -203,12 +221,8 @@ class Relay:
             return http.refusal(
                 HTTPStatus.FORBIDDEN,
                 "origin_refused",
-                f"origin {origin!r} is not allowed (FRAUDLENS_RELAY_ALLOWED_ORIGINS)",
+                f"origin {origin!r:.200} is not allowed (FRAUDLENS_RELAY_ALLOWED_ORIGINS)",
             )
-        try:
-            http.authorise(request, self.secret, time.time())
-        except TokenError as exc:
-            return http.refusal(HTTPStatus.UNAUTHORIZED, exc.code, str(exc))
         return None
 
     def operator_stats(self) -> dict[str, Any]:
@@ -231,7 +245,8 @@ class Relay:
         except TokenError as exc:
             await ws.close(TOKEN_EXPIRED_CLOSE_CODE, exc.code)
             return
-        client = Client(ws, claims, self.settings.relay_client_queue_max)
+        guard = FloodGuard(self.settings, time.monotonic())
+        client = Client(ws, claims, self.settings.relay_client_queue_max, guard)
         self.counters["connections"] += 1
         client.send(self._hello(claims))
         self.clients.add(client)
@@ -242,7 +257,9 @@ class Relay:
         )
         try:
             async for frame in ws:
-                self._on_frame(client, frame)
+                if not self._on_frame(client, frame):
+                    await self._close_flooding(client)
+                    break
         except ConnectionClosed:
             pass
         finally:
@@ -266,7 +283,12 @@ class Relay:
             },
         }
 
-    def _on_frame(self, client: Client, frame: str | bytes) -> None:
+    def _on_frame(self, client: Client, frame: str | bytes) -> bool:
+        """Carry out one client frame; False when the client floods and must be closed."""
+        now = time.monotonic()
+        action = client.guard.check(now)
+        if action is not FrameAction.ALLOW:
+            return self._refuse(client, action, None, "frames")
         try:
             message = parse_client_message(frame)
             kind, request_id = message["type"], message.get("id")
@@ -275,12 +297,34 @@ class Relay:
             elif kind == "unsubscribe":
                 self._unsubscribe(client, message)
             elif kind == "explain_now":
+                action = client.guard.check_explain(now)
+                if action is not FrameAction.ALLOW:
+                    return self._refuse(client, action, request_id, "explain_now")
                 asyncio.get_running_loop().create_task(self._explain_now(client, message))
             else:
                 pong = {"type": "pong", "server_time": utc_text(time.time())}
                 client.send({**pong, "id": request_id} if request_id else pong)
         except ProtocolError as exc:
             client.send(error_message(exc.code, exc.message, exc.request_id))
+        return True
+
+    def _refuse(self, client: Client, action: FrameAction, request_id: str | None, what: str) -> bool:
+        """Answer an over-limit frame ``rate_limited``; False when the client must be closed."""
+        self.counters["rate_limited"] += 1
+        metrics.RELAY_RATE_LIMITED.inc()
+        if action is FrameAction.CLOSE:
+            return False
+        text = rate_limited_text(self.settings, what)
+        client.send(error_message(RATE_LIMITED, text, request_id))
+        return True
+
+    async def _close_flooding(self, client: Client) -> None:
+        self.counters["dropped_flooding"] += 1
+        metrics.RELAY_DROPPED_FLOODING.inc()
+        log.info("relay: closing a flooding client (%d frames refused)", client.guard.refused)
+        with contextlib.suppress(TimeoutError):  # its rate_limited answers go out first
+            await asyncio.wait_for(client.outbox.drained(), FLOOD_DRAIN_S)
+        await client.ws.close(FLOOD_CLOSE_CODE, "rate limited: too many frames")
 
     def _subscribe(self, client: Client, message: dict[str, Any]) -> None:
         """Replay or snapshot, then live: all in one step of the loop, so nothing falls between."""

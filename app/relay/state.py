@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from app.explain.routing import PriorityRules
+from app.masking import with_masked_card
 from app.relay.protocol import (
     Filter,
     explanation_message,
@@ -143,6 +144,8 @@ class RelayState:
     # -- ingest ---------------------------------------------------------------------------
 
     def ingest_verdict(self, verdict: dict[str, Any]) -> list[Event]:
+        """Events of one verdict; its card id is masked here, so no frame or snapshot has it."""
+        verdict = with_masked_card(verdict)
         txid = str(verdict["transaction_id"])
         tx = self.txs.get(txid)
         if tx is not None and tx.verdict == verdict:

@@ -1,4 +1,7 @@
-"""A paced load against a running stack, measured per window (used by the conformance soak)."""
+"""Soak runs. ``run_soak``: a paced load against the broker and a scorer, measured per window (the
+10-minute conformance test). ``main`` (`make soak`, `python -m tests.integration.soak`): the whole
+stack (scorer, explainers, relay and a console) at a steady rate, sampled over time; the verdict
+and the plots come from ``soak_report``."""
 
 from __future__ import annotations
 
@@ -121,3 +124,206 @@ def _cpu(process: psutil.Process) -> float:
     except psutil.NoSuchProcess:
         return 0.0
     return float(times.user + times.system)
+
+
+# -- the full-stack soak (`make soak`): scorer + explainer(s) + relay + one console ----------------
+
+
+class _Console(threading.Thread):
+    """One console on the relay for the whole run: subscribed to everything, counting frames
+    (reconnecting, and counting it, if the relay drops it)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.frames = self.reconnects = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        while not self.stop.is_set():
+            try:
+                with connect(self.url, max_size=None) as ws:
+                    ws.send('{"type":"subscribe"}')
+                    while not self.stop.is_set():
+                        try:
+                            ws.recv(timeout=1)
+                        except TimeoutError:
+                            continue
+                        self.frames += 1
+            except (ConnectionClosed, OSError):
+                self.reconnects += 1
+                self.stop.wait(1)  # back-off before reconnecting, not a synchronisation
+
+
+def _role_processes(stack: Stack) -> dict[str, psutil.Process]:
+    names = [p.name for p in stack.processes]
+    return {
+        (p.name if names.count(p.name) == 1 else f"{p.name}-{i}"): psutil.Process(p.pid)
+        for i, p in enumerate(stack.processes)
+        if p.alive()
+    }
+
+
+def _tree_rss_mb(process: psutil.Process) -> float | None:
+    try:
+        tree = [process, *process.children(recursive=True)]
+        return round(sum(p.memory_info().rss for p in tree) / 2**20, 1)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _sample(
+    t: float, roles: dict[str, psutil.Process], monitor: Any, load: _Load, window: float, console: _Console
+) -> dict[str, Any]:
+    try:
+        lag = monitor.snapshot()
+    except Exception as exc:  # a slow broker answer: record the gap in the data, keep soaking
+        lag = {"queue_depth": {}, "backlog": None, "gap_ms": {}, "error": str(exc)}
+    now = time.time()
+    recent = [lat for at, lat in load.latencies if at >= now - window]
+    rss = {role: _tree_rss_mb(p) for role, p in roles.items()}
+    gaps = lag["gap_ms"]
+    return {
+        "t": round(t, 1),
+        "rss_mb": {role: mb for role, mb in rss.items() if mb is not None},
+        "queue_depth": lag["queue_depth"],
+        "backlog": lag["backlog"],
+        "gap_p50_ms": {p: g.get("p50") for p, g in gaps.items()},
+        "gap_p95_ms": {p: g.get("p95") for p, g in gaps.items()},
+        "verdicts": len(recent),
+        "latency_p50_ms": round(statistics.median(recent), 1) if recent else None,
+        "latency_p99_ms": round(_percentile(recent, 0.99), 1) if recent else None,
+        "console_frames": console.frames,
+        "console_reconnects": console.reconnects,
+        **({"lag_error": lag["error"]} if "error" in lag else {}),
+    }
+
+
+def run_full_soak(
+    stack: Stack, relay_ws: str, rate: float, minutes: float, sample_s: float
+) -> dict[str, Any]:
+    """Load the running stack at ``rate`` for ``minutes``, sampling every ``sample_s``."""
+    from app.ops.lag import LagMonitor
+    from app.settings import Settings
+    from tests.integration import soak_report
+
+    load = _Load(stack, rate, minutes * 60)
+    console = _Console(relay_ws)
+    settings = Settings(broker=f"kafka://{stack.bootstrap}", app_id=stack.app_id)
+    monitor = LagMonitor(settings, window_s=max(30.0, 3 * sample_s), target_s=60)
+    threads = [threading.Thread(target=load.produce), threading.Thread(target=load.consume), console]
+    roles = _role_processes(stack)
+    start = time.time()
+    for thread in threads:
+        thread.start()
+    samples = []
+    try:
+        while not load.done_producing.wait(sample_s):  # the sampling period, not a synchronisation
+            samples.append(_sample(time.time() - start, roles, monitor, load, sample_s, console))
+            print("soak sample", samples[-1], flush=True)
+        deadline = time.monotonic() + 60
+        while len(load.received) < len(load.sent_at) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        load.stop.set()
+        console.stop.set()
+        for thread in threads:
+            thread.join(30)
+        monitor.close()
+    lost = len(load.sent_at) - len(load.received)
+    results = soak_report.checks(samples, lost)
+    return {
+        "rate": rate,
+        "minutes": minutes,
+        "sample_s": sample_s,
+        "sent": len(load.sent_at),
+        "lost": lost,
+        "console_frames": console.frames,
+        "console_reconnects": console.reconnects,
+        "passed": all(c["ok"] for c in results),
+        "checks": results,
+        "criterion": (soak_report.__doc__ or "").strip(),
+        "samples": samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make soak``: the real stack at a steady rate; JSON + PNG report; exit 1 if anything grows."""
+    import argparse
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import orjson
+
+    from tests.integration import soak_report
+    from tests.integration.harness import start_relay
+
+    parser = argparse.ArgumentParser(prog="python -m tests.integration.soak", description=main.__doc__)
+    positive = _positive_float
+    # string defaults go through ``type`` too, so a bad SOAK_MINUTES is reported like a bad option
+    parser.add_argument("--minutes", type=positive, default=os.environ.get("SOAK_MINUTES", "30"))
+    parser.add_argument("--rate", type=positive, default=os.environ.get("SOAK_RATE", "500"))
+    parser.add_argument("--sample-s", type=positive, default=None, help="sampling period [run/180, ≥ 5 s]")
+    parser.add_argument("--explainers", type=int, choices=range(1, 9), default=1, metavar="1..8")
+    parser.add_argument("--low-sample-rate", type=_share, default="0.1", help="explainers' low sampling")
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results-soak"), help="writes OUT.json and OUT.png"
+    )
+    args = parser.parse_args(argv)
+    sample_s = args.sample_s or max(5.0, args.minutes * 60 / 180)
+    explain_env = {"FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE": str(args.low_sample_rate)}
+    stack = Stack(root=Path(tempfile.mkdtemp(prefix="fraudlens-soak-")), models_dir=args.models.resolve())
+    try:
+        stack.start_broker()
+        stack.start_worker("scorer")
+        for _ in range(args.explainers):
+            stack.start_worker("explainer", **explain_env)
+        relay = start_relay(stack, **explain_env)
+        url = f"{relay.ws}?token={relay.token(ttl=args.minutes * 60 + 3600)}"
+        report = run_full_soak(stack, url, args.rate, args.minutes, sample_s)
+    finally:
+        stack.stop_all()
+    report |= {"explainers": args.explainers, "low_sample_rate": args.low_sample_rate}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out.with_suffix(".json"), args.out.with_suffix(".png")
+    json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    soak_report.plot(report, png_path)
+    for check in report["checks"]:
+        mark = "ok  " if check["ok"] else "FAIL"
+        print(f"{mark} {check['series']:<28} growth {check['growth']!s:>8} (limit {check['limit']})")
+    print(f"sent {report['sent']}, lost {report['lost']}; {'PASSED' if report['passed'] else 'FAILED'}; "
+          f"report {json_path}, plots {png_path}")  # fmt: skip
+    return 0 if report["passed"] else 1
+
+
+def _positive_float(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

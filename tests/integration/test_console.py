@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from app.masking import mask_card_id
 from app.model.generator import generate_transactions
 from app.model.scorer import ModelScorer
 from app.scoring import BatchScorer, Incoming
@@ -138,6 +139,17 @@ def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess]
             button.click()
             page.wait_for_selector(f'tr.row[data-txid="{asked}"] .expl[data-state="done"] .feature')
             assert page.locator(f'tr.row[data-txid="{asked}"] .feature').count() == 3
+
+            # Card ids are masked: the last four only, in the rows, the detail and the whole page;
+            # the search box finds a row by those four.
+            card = next(tx["card_id"] for tx in transactions if tx["transaction_id"] == deny)
+            assert row.locator("td.card").inner_text() == mask_card_id(card) == f"•••• {card[-4:]}"
+            page_text = page.content() + page.inner_text("body")
+            shown_full = sorted({tx["card_id"] for tx in transactions if tx["card_id"] in page_text})
+            assert not shown_full, shown_full[:5]
+            page.fill("#filter-search", card[-4:])
+            assert row.is_visible()
+            page.fill("#filter-search", "")
 
             # The header shows what the stream tells.
             page.wait_for_function("document.getElementById('queue').textContent.includes('/')")

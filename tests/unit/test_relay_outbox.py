@@ -40,3 +40,23 @@ def test_the_writer_wakes_on_new_entries_and_stops_on_lagging_or_close() -> None
         return first, lagging, await asyncio.wait_for(closed.next(), 1)
 
     assert asyncio.run(run()) == (b"a", None, None)
+
+
+def test_drained_returns_once_the_writer_took_everything() -> None:
+    async def run() -> list[bytes | list[bytes] | None]:
+        outbox = Outbox(10)
+        outbox.offer(b"a")
+        outbox.offer(b"b")
+        taken: list[bytes | list[bytes] | None] = []
+
+        async def writer() -> None:
+            while (entry := await outbox.next()) is not None:
+                taken.append(entry)
+
+        task = asyncio.create_task(writer())
+        await asyncio.wait_for(outbox.drained(), 5)
+        outbox.close()
+        await task
+        return taken
+
+    assert asyncio.run(run()) == [b"a", b"b"]
