@@ -92,7 +92,7 @@ class Scenario:
         self.verdicts_resume(180, "first verdicts")
         self.note(f"load running at {RATE:.0f} msg/s ({BAD_SHARE:.0%} malformed)")
 
-    def random_traffic(self, low_s: float = 3.0, high_s: float = 8.0) -> None:
+    def random_traffic(self, low_s: float = 2.0, high_s: float = 6.0) -> None:
         """Let a random amount of traffic (``low_s``..``high_s`` seconds' worth) be acked: the
         fault then lands at a random moment of the stream."""
         target = self.load.acked_count() + int(RATE * self.rng.uniform(low_s, high_s))

@@ -46,7 +46,9 @@ class ChaosLoad(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        producer = Producer({"bootstrap.servers": self.stack.bootstrap, "linger.ms": 5, "acks": "all"})
+        producer = Producer({  # log_level 2: the broker scenario's reconnect errors are expected
+            "bootstrap.servers": self.stack.bootstrap, "linger.ms": 5, "acks": "all", "log_level": 2,
+        })  # fmt: skip
         rng = random.Random(self.seed)
         # Every kind, several times over (each message keeps its own key); built once, reused.
         bad_cases = itertools.cycle(malformed_cases(10 * len(MALFORMED_KINDS), seed=self.seed))
@@ -153,6 +155,22 @@ class Tap:
             self.consumer.close()
 
 
+class _Progress:
+    """Done when nothing is pending, or when the pending count has not fallen for ``stall_s``."""
+
+    def __init__(self, pending: Callable[[], set[str]], stall_s: float) -> None:
+        self.pending, self.stall_s = pending, stall_s
+        self.left = len(pending())
+        self.moved_at = time.monotonic()
+
+    def settled(self) -> bool:
+        left = len(self.pending())
+        if left < self.left:
+            self.moved_at = time.monotonic()
+        self.left = left
+        return left == 0 or time.monotonic() - self.moved_at > self.stall_s
+
+
 @dataclass
 class Figures:
     """One scenario's ledger; ``lost`` must be 0 and every ``problems`` entry empty."""
@@ -197,19 +215,25 @@ class Ledger:
         finals = [u["status"] for u in updates if u["status"] in FINAL]
         return finals[-1] if finals else None
 
-    def settle(self, verdict_timeout: float = 240, explain_timeout: float = 420) -> None:
+    def settle(
+        self, verdict_timeout: float = 240, explain_timeout: float = 420, stall_s: float = 120
+    ) -> None:
         """Wait (bounded) until every accepted input has its verdict or DLQ record and every
-        auto-explained verdict a final explanation; a timeout leaves the shortfall to ``check``."""
+        auto-explained verdict a final explanation, or until the shortfall has not shrunk for
+        ``stall_s``; what is left is for ``figures`` to report."""
         for what, pending, timeout in (
             ("a verdict for every accepted transaction", self.missing_verdicts, verdict_timeout),
             ("a DLQ record for every accepted malformed input", self.missing_dlq, 60),
             ("a final explanation for every auto-explained verdict", self.unfinished_explanations,
              explain_timeout),
         ):  # fmt: skip
+            progress = _Progress(pending, stall_s)
             try:
-                wait_until(lambda p=pending: not p(), timeout, what, interval=1.0)  # type: ignore[misc]
+                wait_until(progress.settled, timeout, what, interval=1.0)
             except AssertionError as exc:
                 print(f"  ledger: {exc}", flush=True)
+            if progress.left:
+                print(f"  ledger: {progress.left} still without {what} (no progress for {stall_s:.0f} s)")
 
     # -- the figures -------------------------------------------------------------------------
 
