@@ -181,10 +181,10 @@ class _Stats:
         computed = c["computed"] + c["cache_hits"]
         log.info(
             "explainer pid %d: explained %d (complete %d, failed %d, cache hits %d, hit rate %.1f%%), "
-            "skipped %d, aged %d, batches %d (mean %.1f, size now %d); by priority high %d normal %d low %d; "
-            "queued %s",
+            "skipped %d, announced again %d, aged %d, batches %d (mean %.1f, size now %d); "
+            "by priority high %d normal %d low %d; queued %s",
             os.getpid(), computed, c["complete"], c["failed"], c["cache_hits"],
-            100.0 * c["cache_hits"] / computed if computed else 0.0, c["skipped"], c["aged"],
+            100.0 * c["cache_hits"] / computed if computed else 0.0, c["skipped"], c["announced"], c["aged"],
             self.batches, computed / self.batches if self.batches else 0.0, batch_size,
             c["high"], c["normal"], c["low"], {p: queue.size(p) for p in ("high", "normal", "low")},
         )  # fmt: skip
