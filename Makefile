@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RATE ?= 50
 
-.PHONY: demo test lint unit integration conformance soak bench-relay bench-scorer bench-explainer model clean
+.PHONY: demo test lint unit integration conformance soak bench-relay bench-scorer bench-explainer model clean chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,7 +32,7 @@ unit: $(STAMP)
 
 test: lint
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # browser test
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow and not chaos" tests
 
 # The whole stack (scorer, explainer, relay, a console) at SOAK_RATE tx/s for SOAK_MINUTES;
 # samples RSS per role, explanation gap, queue depth and verdict latency; writes
@@ -57,3 +57,8 @@ bench-explainer: $(STAMP) models/CURRENT
 
 clean:
 	rm -rf $(VENV) data models bench/results* bench/*.png
+
+# The fault suite (tests/chaos, ~15 min): scorer, explainer, relay and broker faults under
+# 500 msg/s; each scenario prints its ledger. CHAOS_SEED=N replays a run's fault moments.
+chaos: $(STAMP)
+	CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest -q -s -m chaos tests/chaos

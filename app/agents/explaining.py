@@ -8,7 +8,9 @@ time budget (``BatchSizer``): the batch in flight is what new high work waits fo
 acked by the finishing task, never by the agents.
 
 Per batch, each request under its own event (its partition's table store):
-  1. dedup against the ``explanations`` row (finished for this model version and method: skip);
+  1. dedup against the ``explanations`` row (finished for this model version and method: no
+     computation, its final update published again: a replay after a stop between the final
+     rows' ack and the updates' ack would otherwise leave it unannounced);
      a request started ``explain_max_attempts`` times already fails (``attempts_exhausted``);
   2. rows → ``calculating`` (attempts + 1) and their updates sent;
   3. SHAP on a thread: explainer per model version (``ExplainerCache``), cache lookups
@@ -179,10 +181,10 @@ class _Stats:
         computed = c["computed"] + c["cache_hits"]
         log.info(
             "explainer pid %d: explained %d (complete %d, failed %d, cache hits %d, hit rate %.1f%%), "
-            "skipped %d, aged %d, batches %d (mean %.1f, size now %d); by priority high %d normal %d low %d; "
-            "queued %s",
+            "skipped %d, announced again %d, aged %d, batches %d (mean %.1f, size now %d); "
+            "by priority high %d normal %d low %d; queued %s",
             os.getpid(), computed, c["complete"], c["failed"], c["cache_hits"],
-            100.0 * c["cache_hits"] / computed if computed else 0.0, c["skipped"], c["aged"],
+            100.0 * c["cache_hits"] / computed if computed else 0.0, c["skipped"], c["announced"], c["aged"],
             self.batches, computed / self.batches if self.batches else 0.0, batch_size,
             c["high"], c["normal"], c["low"], {p: queue.size(p) for p in ("high", "normal", "low")},
         )  # fmt: skip
@@ -295,8 +297,12 @@ class Explaining:
                 fast_taken.discard(key)  # computed by the fast path, whose batch finishes first
                 self.stats.counts["skipped"] += 1
                 continue
-            if key in seen or action is WorkAction.SKIP:
+            if key in seen:
                 self.stats.counts["skipped"] += 1
+                continue
+            if action is WorkAction.ANNOUNCE and row is not None:  # finished before a stop: announce
+                finals.append(self._update(event, key, row))
+                self.stats.counts["announced"] += 1
                 continue
             seen.add(key)
             row = calculating(row, request, started_at)

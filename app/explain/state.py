@@ -37,7 +37,13 @@ class RouteAction(StrEnum):
 
 class WorkAction(StrEnum):
     COMPUTE = "compute"
-    SKIP = "skip"  # already finished for this model version and method
+    # Already finished for this model version and method: compute nothing, but publish the final
+    # update again. Only a replay gets here (the router drops re-sent verdicts and on-demand
+    # requests for finished rows): a worker stopped after its final rows were acked but before
+    # their updates were may have announced nothing, and the row alone would leave the
+    # transaction "calculating" for every reader of explanation.updates. The re-sent update is
+    # byte-identical (its time is the row's completed_at).
+    ANNOUNCE = "announce"
     EXHAUSTED = "exhausted"  # started max_attempts times without finishing (crashes each time?)
 
 
@@ -103,7 +109,7 @@ def work_action(row: Mapping[str, Any] | None, request: Mapping[str, Any], max_a
     if row is None or row["model_version"] != request["model_version"]:
         return WorkAction.COMPUTE
     if row["status"] in TERMINAL and row["method"] == request["method"]:
-        return WorkAction.SKIP
+        return WorkAction.ANNOUNCE
     if row["status"] == "calculating" and row["attempts"] >= max_attempts:
         return WorkAction.EXHAUSTED
     return WorkAction.COMPUTE

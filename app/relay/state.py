@@ -170,6 +170,8 @@ class RelayState:
         txid = str(update["transaction_id"])
         tx = self.txs.get(txid)
         if tx is not None and tx.verdict is not None:
+            if tx.explanation == update:
+                return []  # re-sent (a worker re-announces a finished row on replay): nothing new
             return [self._apply_update(tx, update)]
         self.held.setdefault(txid, _Held(now)).updates.append(update)
         if len(self.held) > self.held_max:

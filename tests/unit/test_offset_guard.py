@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
@@ -101,3 +102,51 @@ def test_replaying_fetches_with_stale_records_delivers_each_offset_once_in_order
             queue = []  # the seek discards the rest of the stale batch
             position = target
     assert delivered == list(range(start, end))
+
+
+def test_a_gap_on_a_partition_revoked_while_asking_the_broker_is_dropped() -> None:
+    """getmany awaits the broker's earliest offset for a gap; a rebalance revoking the partition
+    in that await used to raise KeyError and crash faust's fetcher (found by make chaos)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.structs import TopicPartition
+
+    from app.offset_guard import install
+
+    tp = TopicPartition("verdicts", 4)
+
+    class FakeConsumer:
+        app = SimpleNamespace(
+            tables=SimpleNamespace(changelog_topics=set()),
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+        )
+        seeks: ClassVar[list[int]] = []
+
+        async def getmany(self, timeout: float) -> Any:
+            for offset in (10, 15, 16):  # 11..14 missing: a gap
+                yield tp, SimpleNamespace(offset=offset)
+
+        async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+            await self.on_partitions_revoked({tp})  # the rebalance lands in this await
+            return {tp: 0}
+
+        async def seek(self, partition: Any, offset: int) -> None:
+            self.seeks.append(offset)
+
+        async def perform_seek(self) -> None:
+            pass
+
+        async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+            pass
+
+    install(FakeConsumer)
+    consumer = FakeConsumer()
+
+    async def drain() -> list[int]:
+        consumer._offset_guard = OffsetGuard()  # type: ignore[attr-defined]
+        consumer._offset_guard.reset({tp: 10})  # type: ignore[attr-defined]
+        return [message.offset async for _, message in consumer.getmany(1.0)]
+
+    assert asyncio.run(drain()) == [10]  # 15 and the rest of the batch are the new owner's
+    assert consumer.seeks == []

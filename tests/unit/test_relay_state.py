@@ -73,6 +73,13 @@ def test_a_resent_identical_verdict_is_not_a_new_event() -> None:
     assert relay.ingest_verdict(verdict("tx-1")) == []
 
 
+def test_a_resent_identical_update_is_not_a_new_event() -> None:
+    relay = state()
+    relay.ingest_verdict(verdict("tx-1", "deny"))
+    assert kinds(relay.ingest_update(update("tx-1", "complete"), 0)) == ["explanation:complete"]
+    assert relay.ingest_update(update("tx-1", "complete"), 0) == []
+
+
 def test_snapshot_statuses() -> None:
     relay = state(rate=0.0)  # every low verdict sampled out
     relay.ingest_verdict(verdict("tx-low", "approve", 5.0))

@@ -1,0 +1,124 @@
+"""The fault suite (`make chaos`): each scenario runs the real stack under 500 msg/s (2% malformed),
+injects its faults at seeded random moments and ends with the ledger: every accepted transaction
+has one verdict value (duplicates identical), every malformed input is in the DLQ with its reason,
+every auto-explained verdict ends with a complete explanation; lost = 0."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tests.chaos.faults import Scenario, start_broker, wipe
+from tests.chaos.relay_client import run_relay_scenario
+from tests.integration.harness import Stack
+
+
+@pytest.fixture
+def scenario(request: pytest.FixtureRequest, stack: Stack, chaos_seed: int) -> Iterator[Scenario]:
+    run = Scenario(request.node.name.removeprefix("test_"), stack, chaos_seed)
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+def test_scorer_sigkill(scenario: Scenario) -> None:
+    """a) SIGKILL the scorer at random moments, three times; restart it at once each time."""
+    scorer = scenario.worker("scorer")
+    scenario.worker("explainer", "x1")
+    scenario.worker("explainer", "x2")
+    scenario.start_load()
+    for _ in range(3):
+        scenario.random_traffic()
+        scenario.kill(scorer)
+        scorer = scenario.worker("scorer")
+        scenario.verdicts_resume(180, "the restarted scorer to score new transactions")
+        scenario.note(f"scorer pid {scorer.pid} scoring again")
+    scenario.random_traffic()
+    scenario.finish()
+
+
+def test_explainer_sigkill(scenario: Scenario) -> None:
+    """b) SIGKILL one of two explainers at random moments, three times; restart it each time."""
+    scenario.worker("scorer")
+    explainers = {name: scenario.worker("explainer", name) for name in ("x1", "x2")}
+    scenario.start_load()
+    for _ in range(3):
+        scenario.random_traffic()
+        name = scenario.rng.choice(sorted(explainers))
+        scenario.kill(explainers[name])
+        explainers[name] = scenario.worker("explainer", name)
+        scenario.explains_again(explainers[name])
+        scenario.note(f"explainer {name} pid {explainers[name].pid} explaining again")
+    scenario.random_traffic()
+    scenario.finish()
+
+
+def test_relay_sigkill(scenario: Scenario) -> None:
+    """c) SIGKILL the relay at random moments, three times; a websocket client reconnects each
+    time and ends with every verdict and every final explanation (see relay_client)."""
+    scenario.worker("scorer")
+    scenario.worker("explainer", "x1")
+    scenario.worker("explainer", "x2")
+    asyncio.run(run_relay_scenario(scenario, kills=3))
+
+
+def test_broker_restart(scenario: Scenario, stack: Stack) -> None:
+    """d) Stop the broker (SIGTERM: it keeps its data) and start it again on the same port, twice,
+    while the workers run: they reconnect by themselves (none is restarted) and nothing is lost."""
+    broker = next(p for p in stack.processes if p.name == "broker")
+    scenario.worker("scorer")
+    scenario.worker("explainer", "x1")
+    scenario.worker("explainer", "x2")
+    scenario.start_load()
+    for _ in range(2):
+        scenario.random_traffic()
+        scenario.stop(broker)
+        broker = start_broker(stack)
+        scenario.note(f"broker pid {broker.pid} answering again")
+        scenario.verdicts_resume(240, "verdicts for transactions sent after the broker restart")
+        scenario.note("workers reconnected: new transactions scored")
+    scenario.random_traffic()
+    scenario.finish()
+
+
+def test_explainer_rebalance(scenario: Scenario) -> None:
+    """e) Explainers join and leave the group under load: two run, a third joins, then one of the
+    first two leaves (SIGTERM), then another joins."""
+    scenario.worker("scorer")
+    first = scenario.worker("explainer", "x1")
+    scenario.worker("explainer", "x2")
+    scenario.start_load()
+    scenario.random_traffic()
+    joined = scenario.worker("explainer", "x3")
+    scenario.note(f"added explainer x3 pid {joined.pid}")
+    scenario.explains_again(joined)
+    scenario.random_traffic()
+    scenario.stop(first)
+    scenario.random_traffic()
+    joined = scenario.worker("explainer", "x4")
+    scenario.note(f"added explainer x4 pid {joined.pid}")
+    scenario.explains_again(joined)
+    scenario.random_traffic()
+    scenario.finish()
+
+
+def test_explainer_disk_loss(scenario: Scenario, stack: Stack) -> None:
+    """f) SIGKILL an explainer, wipe its data dir (its RocksDB tables), restart it: it recovers
+    its tables from the changelogs; twice, each time the explainer picked at random."""
+    scenario.worker("scorer")
+    explainers = {name: scenario.worker("explainer", name) for name in ("x1", "x2")}
+    scenario.start_load()
+    for _ in range(2):
+        scenario.random_traffic()
+        name = scenario.rng.choice(sorted(explainers))
+        scenario.kill(explainers[name])
+        wipe(stack.root / "data" / f"explainer-{name}")
+        scenario.note(f"wiped data/explainer-{name}")
+        explainers[name] = scenario.worker("explainer", name)
+        scenario.explains_again(explainers[name])
+        scenario.note(f"explainer {name} pid {explainers[name].pid} explaining again")
+    scenario.random_traffic()
+    scenario.finish()
