@@ -24,6 +24,9 @@ from app.settings import DEFAULT_BROKER_PORT
 def cli(log_level: str) -> None:
     """fraudlens: streaming fraud scoring that answers at once and explains itself later."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app import logredact
+
+    logredact.install()  # no token or password in any log line, whoever logs it
 
 
 @cli.command()
