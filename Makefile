@@ -49,3 +49,9 @@ bench-explainer: $(STAMP) models/CURRENT
 
 clean:
 	rm -rf $(VENV) data models bench/results* bench/*.png
+
+# Every benchmark on the real stack (≤ 20 minutes): bench/results.json, bench/*.png, and README's
+# performance block regenerated from them. QUICK=1: the short forms (CI), into results-quick.json.
+.PHONY: bench
+bench: $(STAMP) models/CURRENT
+	$(BIN)/python -m bench --models models $(if $(QUICK),--quick)
