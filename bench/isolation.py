@@ -16,12 +16,13 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.common import cdf_points, cpu_seconds, percentiles, plot_cdfs, start_scorer, target
+from bench.common import cdf_points, cpu_seconds, load_average, percentiles, plot_cdfs, start_scorer, target
 from bench.explainer import _explained_by, _verdicts
 from bench.scorer import _paced
 from tests.integration.harness import Stack, wait_until
 
 RATIO_TARGET = 1.2
+WINDOW_KEYS = ("explainers", "explainers_cpu_cores", "broker_cpu_cores", "scorer_cpu_cores", "load_average")
 
 
 def _low_backlog(models: Path, count: int) -> list[dict[str, Any]]:
@@ -44,7 +45,7 @@ def _send(stack: Stack, verdicts: list[dict[str, Any]]) -> None:
 
 
 def measure(stack: Stack, quick: bool, models: Path) -> dict[str, Any]:
-    rate, seconds = (200.0, 4.0) if quick else (1000.0, 20.0)
+    rate, seconds = (200.0, 3.0) if quick else (1000.0, 20.0)
     start_scorer(stack)
     explainer_env = {
         "FRAUDLENS_EXPLAIN_METHOD": "interventional",
@@ -54,19 +55,24 @@ def measure(stack: Stack, quick: bool, models: Path) -> dict[str, Any]:
     explainers = [
         stack.start_worker("explainer", FRAUDLENS_INSTANCE_ID=f"iso-{i}", **explainer_env) for i in range(2)
     ]
-    backlog = _low_backlog(models, 1000 if quick else 20_000)
+    backlog = _low_backlog(models, 500 if quick else 20_000)
     _send(stack, backlog)
     wait_until(lambda: len(_explained_by(stack)) >= 1, 120, "an explainer to start on the backlog", 0.5)
     pids = [p.pid for p in explainers]
+    roles = {"explainers": pids, "broker": [stack.processes[0].pid], "scorer": [stack.processes[1].pid]}
     windows = []
     for index, state in enumerate(("off", "on", "off", "on")):
         _set_running(pids, state == "on")
-        cpu_before, began = cpu_seconds(pids), time.monotonic()
+        cpu_before = {role: cpu_seconds(members) for role, members in roles.items()}
+        began = time.monotonic()
         run = _paced(stack, rate, seconds, "transactions", 700 + index, "verdicts")
-        busy = (cpu_seconds(pids) - cpu_before) / (time.monotonic() - began)
+        elapsed = time.monotonic() - began
+        busy = {
+            f"{r}_cpu_cores": round((cpu_seconds(m) - cpu_before[r]) / elapsed, 2) for r, m in roles.items()
+        }
         windows.append({
             "explainers": state, "rate": rate, "seconds": seconds, "latency_ms": run["latency_ms"],
-            "explainer_cpu_cores": round(busy, 2), "samples": run["samples"],
+            **busy, "load_average": load_average(), "samples": run["samples"],
         })  # fmt: skip
     _set_running(pids, True)
     return {"windows": windows, "backlog": len(backlog), "explained_by_process": _explained_by(stack)}
@@ -99,7 +105,7 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
         "p99_ms_off": stats["off"].get("p99"), "p99_ms_on": stats["on"].get("p99"), "p99_ratio": ratio,
         "p50_ms_off": stats["off"].get("p50"), "p50_ms_on": stats["on"].get("p50"),
         "windows": [
-            {k: w[k] for k in ("explainers", "explainer_cpu_cores")} | {
+            {k: w[k] for k in WINDOW_KEYS} | {
                 "p50_ms": w["latency_ms"]["p50"], "p99_ms": w["latency_ms"]["p99"]}
             for w in raw["windows"]
         ],

@@ -74,7 +74,7 @@ def _plot(samples: list[list[Any]], path: Path, rate: float) -> None:
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
-    rate, seconds = (200.0, 20.0) if quick else (1000.0, 300.0)
+    rate, seconds = (200.0, 15.0) if quick else (1000.0, 300.0)
     with tempfile.TemporaryDirectory(prefix="fraudlens-bench-mem-") as tmp:
         stack = Stack(root=Path(tmp), models_dir=models)
         try:

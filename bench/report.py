@@ -28,7 +28,7 @@ def _ms(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
-    if isinstance(value, float) and not value.is_integer():
+    if isinstance(value, float) and not value.is_integer() and abs(value) < 100:
         return f"{value:,.2f}"
     return f"{value:,.0f}" if isinstance(value, int | float) else "—"
 
@@ -59,15 +59,20 @@ def _scorer(b: Mapping[str, Any]) -> list[str]:
 def _isolation(b: Mapping[str, Any]) -> list[str]:
     s = b["summary"]
     rows = [
-        [w["explainers"], _ms(w["p50_ms"]), _ms(w["p99_ms"]), w["explainer_cpu_cores"]] for w in s["windows"]
-    ]
+        [w["explainers"], _ms(w["p50_ms"]), _ms(w["p99_ms"]), w.get("explainers_cpu_cores", "—"),
+         w.get("broker_cpu_cores", "—"), w.get("scorer_cpu_cores", "—"), w.get("load_average", "—")]
+        for w in s["windows"]
+    ]  # fmt: skip
     return [
         f"{_num(s['rate'])} tx/s, {_num(s['window_s'])} s windows, two explainers on interventional "
         "SHAP with a low-priority backlog, stopped (SIGSTOP) in the off windows. Pooled p99: off "
         f"{_ms(s['p99_ms_off'])}, on {_ms(s['p99_ms_on'])}, **ratio {s['p99_ratio']}** "
         f"(p50 {_ms(s['p50_ms_off'])} → {_ms(s['p50_ms_on'])}).",
         "",
-        *_table(["explainers", "verdict p50", "verdict p99", "explainer CPU (cores)"], rows),
+        *_table(
+            ["explainers", "verdict p50", "verdict p99", "CPU cores: explainers", "broker", "scorer", "load"],
+            rows,
+        ),
     ]
 
 
@@ -84,7 +89,8 @@ def _sync(b: Mapping[str, Any]) -> list[str]:
         ),
         "",
         f"sync-interventional p99 / async p99: **{factors}**. The paced rate is one the synchronous "
-        "designs sustain; the last column is each design's drain rate of a preloaded backlog.",
+        "designs sustain; the last column is each synchronous design's drain rate of a preloaded "
+        "backlog (for async, the verdict path alone: the scorer's drain rate above).",
     ]
 
 

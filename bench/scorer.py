@@ -107,21 +107,25 @@ def _throughput(stack: Stack, count: int) -> dict[str, Any]:
     return {"count": count, "seconds": round(elapsed, 2), "tx_per_s": round(count / elapsed)}
 
 
-def measure_all(quick: bool, models: Path | None, seconds: float | None = None) -> dict[str, Any]:
+def measure_all(
+    quick: bool, models: Path | None, seconds: float | None = None, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fraudlens-bench-") as tmp:
         root = Path(tmp)
         models_dir = models or _train(root)
         stack = Stack(root=root, models_dir=models_dir)
         try:
             stack.start_broker()
-            return _measure(stack, quick, seconds)
+            return _measure(stack, quick, seconds, plan)
         finally:
             stack.stop_all()
 
 
-def _measure(stack: Stack, quick: bool, window_s: float | None = None) -> dict[str, Any]:
+def _measure(
+    stack: Stack, quick: bool, window_s: float | None = None, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
     seconds = window_s or (5 if quick else 30)
-    rates = [200, 1000] if quick else [200, 1000, 2000]
+    rates = (plan or {}).get("rates") or ([200, 1000] if quick else [200, 1000, 2000])
     floor_topic = "bench.floor"
     from app.admin import ensure_topics
     from app.settings import Settings
@@ -135,7 +139,7 @@ def _measure(stack: Stack, quick: bool, window_s: float | None = None) -> dict[s
         results["floor"].append(_paced(stack, rate, seconds, floor_topic, rate, floor_topic))
         results["verdict"].append(_paced(stack, rate, seconds, "transactions", rate + 1, "verdicts"))
     scorer.stop()
-    results["throughput"] = _throughput(stack, 20_000 if quick else 100_000)
+    results["throughput"] = _throughput(stack, (plan or {}).get("drain") or (20_000 if quick else 100_000))
     return results
 
 
@@ -194,7 +198,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
     """For ``python -m bench``: 20 s windows per rate (the full budget is 20 minutes)."""
-    results = measure_all(quick, models, None if quick else 20)
+    plan = {"rates": [1000], "drain": 3000} if quick else None
+    results = measure_all(quick, models, 3 if quick else 20, plan)
     summary = summarize(results)
     name = "scorer-quick.png" if quick else "scorer.png"
     _plot(results, out / name)
