@@ -389,14 +389,14 @@ def _plot_gap_over_time(results: dict[str, Any], path: Path) -> None:
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
-    """For ``python -m bench``: gap per priority (20 s runs) and drain; the compute rates and
+    """For ``python -m bench``: gap per priority (15 s runs) and drain; the compute rates and
     the cache hit rate are measured by ``bench.explainer_cost``."""
-    backlog = _verdicts(models, 300 if quick else 4000, seed=5)
+    backlog = _verdicts(models, 300 if quick else 3000, seed=5)
     warm = _verdicts(models, 30 * 45, seed=6)
     results: dict[str, Any] = {
         "drain": [drain(models, backlog, warm, n) for n in (1, 2)],
         "end_to_end": [
-            end_to_end(models, 500.0, 4.0 if quick else 20.0, n) for n in ((1,) if quick else (1, 2))
+            end_to_end(models, 500.0, 4.0 if quick else 15.0, n) for n in ((1,) if quick else (1, 2))
         ],
     }
     summary = summarize(results)

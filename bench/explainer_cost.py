@@ -46,9 +46,9 @@ def rates(models: Path, rows: int, method: str) -> dict[str, Any]:
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
-    rows = 32 if quick else 512
+    rows = 32 if quick else 256
     by_method = {method: rates(models, rows, method) for method in ("tree", "interventional")}
-    cache = cache_hit_rate(models, 300 if quick else 20_000)
+    cache = cache_hit_rate(models, 300 if quick else 10_000)
     summary = {
         "rows_per_s": {
             method: {str(b): figures[f"batch_{b}"]["path_rows_per_s"] for b in BATCHES}

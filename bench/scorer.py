@@ -197,9 +197,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
-    """For ``python -m bench``: 20 s windows per rate (the full budget is 20 minutes)."""
-    plan = {"rates": [1000], "drain": 3000} if quick else None
-    results = measure_all(quick, models, 3 if quick else 20, plan)
+    """For ``python -m bench``: 15 s windows per rate, 50,000 drained (the budget is 20 minutes)."""
+    plan = {"rates": [1000], "drain": 3000} if quick else {"drain": 50_000}
+    results = measure_all(quick, models, 3 if quick else 15, plan)
     summary = summarize(results)
     name = "scorer-quick.png" if quick else "scorer.png"
     _plot(results, out / name)
