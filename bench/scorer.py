@@ -54,8 +54,9 @@ class _Consumer(threading.Thread):
                 continue
             now = time.time()
             for message in [first, *self.consumer.consume(1000, timeout=0)]:
-                if message.error() is None:
-                    self.received.setdefault(message.key(), now)
+                key = message.key()
+                if message.error() is None and key is not None:
+                    self.received.setdefault(key, now)
         self.consumer.close()
 
 
