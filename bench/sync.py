@@ -11,8 +11,11 @@ lower than sync-interventional p99.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,21 @@ def _warm_up(stack: Stack, design: str) -> None:
         wait_until(lambda: sum(_explained_by(stack).values()) >= 20, 180, "the explainer to catch up", 0.5)
 
 
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables for the processes started inside (restored after)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _preload(stack: Stack, count: int) -> _Consumer:
     """``count`` transactions waiting before any scorer runs; a reader of their verdicts."""
     producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 20})
@@ -65,7 +83,7 @@ def _drained(consumer: _Consumer, count: int) -> dict[str, Any]:
     """First → last verdict of the preloaded backlog."""
     wait_until(lambda: consumer.received, 180, "the first verdict")
     first = time.time()
-    wait_until(lambda: len(consumer.received) >= count, 900, "every preloaded verdict", interval=0.2)
+    wait_until(lambda: len(consumer.received) >= count, 400, "every preloaded verdict", interval=0.2)
     consumer.stop.set()
     consumer.join(10)
     seconds = max(consumer.received.values()) - first
@@ -79,7 +97,10 @@ def measure(models: Path, design: str, rates: list[float], seconds: float, prelo
     with tempfile.TemporaryDirectory(prefix="fraudlens-bench-sync-") as tmp:
         stack = Stack(root=Path(tmp), models_dir=models)
         try:
-            stack.start_broker()
+            # The preload must outlive a slow scorer start on a loaded machine: the embedded
+            # broker's default retention (60 s) deleted it once (the scorer took 75 s to join).
+            with _environment(FRAUDLENS_BROKER_MAX_RETENTION_S="900"):
+                stack.start_broker()
             backlog = _preload(stack, preload) if design != "async" else None
             _start(stack, design)
             sustained = _drained(backlog, preload) if backlog is not None else None
