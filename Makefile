@@ -24,7 +24,8 @@ demo: $(STAMP) models/CURRENT
 	$(BIN)/fraudlens up --rate $(RATE)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -56,9 +57,15 @@ bench-explainer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.explainer --models models $(if $(QUICK),--quick)
 
 clean:
-	rm -rf $(VENV) data models bench/results* bench/*.png
+	rm -rf $(VENV) data models bench/results-*quick* bench/results-soak*  # bench/results.json and its plots are tracked
 
 # The fault suite (tests/chaos, ~15 min): scorer, explainer, relay and broker faults under
 # 500 msg/s; each scenario prints its ledger. CHAOS_SEED=N replays a run's fault moments.
 chaos: $(STAMP)
 	CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest -q -s -m chaos tests/chaos
+
+# Every benchmark on the real stack (≤ 20 minutes): bench/results.json, bench/*.png, and README's
+# performance block regenerated from them. QUICK=1: the short forms (CI), into results-quick.json.
+.PHONY: bench
+bench: $(STAMP) models/CURRENT
+	$(BIN)/python -m bench --models models $(if $(QUICK),--quick)

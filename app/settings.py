@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     model_check_interval_s: float = Field(
         1.0, gt=0, description="How often an unpinned scorer looks for a newly promoted model."
     )
+    scorer_inline_explain: Literal["off", "tree", "interventional"] = Field(
+        "off",
+        description="Benchmarks only (bench.sync): explain each verdict inline before sending it, "
+        "the synchronous design the async pipeline replaces. Never set it in production.",
+    )
 
     # explainer (routing rules, scheduling, batching, method, OS priority)
     explainer_app_id: str | None = Field(

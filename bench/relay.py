@@ -25,6 +25,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from app.contracts import SCHEMA_DIR, format_utc
+from bench.common import target
 from tests.integration.harness import RelayProcess, Stack, start_relay
 
 OUT = Path(__file__).resolve().parent
@@ -110,6 +111,28 @@ def _wait_connected(relay: RelayProcess, clients: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("clients did not connect")
         time.sleep(0.2)
+
+
+def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
+    """For ``python -m bench``: 200 clients at 100 and 500 verdicts/s (quick: 20 clients, 100/s)."""
+    clients, rates, seconds = ([20], [100.0], 3.0) if quick else ([200], [100.0, 500.0], 15.0)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as root:
+        stack = Stack(root=Path(root), models_dir=Path(root) / "models")
+        stack.start_broker()
+        try:
+            relay = start_relay(stack, FRAUDLENS_RELAY_CLIENT_QUEUE_MAX="5000")
+            results = [measure(stack, relay, n, rate, seconds) for n in clients for rate in rates]
+        finally:
+            stack.stop_all()
+    targets = {
+        f"relay_p99_{r['clients']}_clients_at_{r['rate']:.0f}": target(
+            f"delivery p99 ≤ 50 ms, {r['clients']} clients, {r['rate']:.0f} verdicts/s", r["p99_ms"], 50
+        )
+        for r in results
+        if r["clients"] >= 200 or quick
+    }
+    return {"summary": {"runs": results}, "targets": targets, "raw": results, "plots": []}
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.model.generator import generate_transactions
+from bench.common import cdf_points, target
 from tests.integration.harness import Stack, wait_until
 
 OUT = Path(__file__).resolve().parent
@@ -53,8 +54,9 @@ class _Consumer(threading.Thread):
                 continue
             now = time.time()
             for message in [first, *self.consumer.consume(1000, timeout=0)]:
-                if message.error() is None:
-                    self.received.setdefault(message.key(), now)
+                key = message.key()
+                if message.error() is None and key is not None:
+                    self.received.setdefault(key, now)
         self.consumer.close()
 
 
@@ -106,21 +108,25 @@ def _throughput(stack: Stack, count: int) -> dict[str, Any]:
     return {"count": count, "seconds": round(elapsed, 2), "tx_per_s": round(count / elapsed)}
 
 
-def run(quick: bool, models: Path | None) -> dict[str, Any]:
+def measure_all(
+    quick: bool, models: Path | None, seconds: float | None = None, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fraudlens-bench-") as tmp:
         root = Path(tmp)
         models_dir = models or _train(root)
         stack = Stack(root=root, models_dir=models_dir)
         try:
             stack.start_broker()
-            return _measure(stack, quick)
+            return _measure(stack, quick, seconds, plan)
         finally:
             stack.stop_all()
 
 
-def _measure(stack: Stack, quick: bool) -> dict[str, Any]:
-    seconds = 5 if quick else 30
-    rates = [200, 1000] if quick else [200, 1000, 2000]
+def _measure(
+    stack: Stack, quick: bool, window_s: float | None = None, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    seconds = window_s or (5 if quick else 30)
+    rates = (plan or {}).get("rates") or ([200, 1000] if quick else [200, 1000, 2000])
     floor_topic = "bench.floor"
     from app.admin import ensure_topics
     from app.settings import Settings
@@ -134,7 +140,7 @@ def _measure(stack: Stack, quick: bool) -> dict[str, Any]:
         results["floor"].append(_paced(stack, rate, seconds, floor_topic, rate, floor_topic))
         results["verdict"].append(_paced(stack, rate, seconds, "transactions", rate + 1, "verdicts"))
     scorer.stop()
-    results["throughput"] = _throughput(stack, 20_000 if quick else 100_000)
+    results["throughput"] = _throughput(stack, (plan or {}).get("drain") or (20_000 if quick else 100_000))
     return results
 
 
@@ -163,6 +169,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -174,11 +181,34 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         })  # fmt: skip
     at_1000 = next(r for r in rows if r["rate"] == 1000)
     targets = {
-        "verdict_p99_le_25ms_at_1000": at_1000["verdict"]["p99"] <= 25,
-        "verdict_p99_within_2x_floor_at_1000": at_1000["p99_ratio"] <= 2,
-        "throughput_ge_5000": results["throughput"]["tx_per_s"] >= 5000,
+        "verdict_p99_le_25ms_at_1000": target(
+            "verdict p99 ≤ 25 ms at 1,000 tx/s", at_1000["verdict"]["p99"], 25
+        ),
+        "verdict_p99_within_2x_floor_at_1000": target(
+            "verdict p99 ≤ 2× broker floor p99 at 1,000 tx/s", at_1000["p99_ratio"], 2
+        ),
+        "throughput_ge_5000": target(
+            "one scorer ≥ 5,000 tx/s sustained",
+            results["throughput"]["tx_per_s"],
+            5000,
+            higher_is_better=True,
+        ),
     }
     return {"latency": rows, "throughput": results["throughput"], "targets": targets}
+
+
+def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
+    """For ``python -m bench``: 15 s windows per rate, 50,000 drained (the budget is 20 minutes)."""
+    plan = {"rates": [1000], "drain": 3000} if quick else {"drain": 50_000}
+    results = measure_all(quick, models, 3 if quick else 15, plan)
+    summary = summarize(results)
+    name = "scorer-quick.png" if quick else "scorer.png"
+    _plot(results, out / name)
+    for kind in ("floor", "verdict"):
+        for paced in results[kind]:
+            paced["cdf_ms"] = cdf_points(paced.pop("samples"))
+    targets = summary.pop("targets")
+    return {"summary": summary, "targets": targets, "raw": results, "plots": [name]}
 
 
 def main() -> None:
@@ -186,7 +216,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (CI); asserts nothing")
     parser.add_argument("--models", type=Path, default=None, help="model registry (default: train one)")
     args = parser.parse_args()
-    results = run(args.quick, args.models)
+    results = measure_all(args.quick, args.models)
     summary = summarize(results)
     name = "results-scorer-quick" if args.quick else "results-scorer"
     (OUT / f"{name}.json").write_text(json.dumps({"summary": summary, "raw": results}, indent=1))

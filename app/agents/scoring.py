@@ -25,6 +25,7 @@ from app import metrics, topics
 from app.agents.batching import micro_batches
 from app.agents.sink import DeliveryFailed, Sink
 from app.app import app, transactions_topic
+from app.explain.inline import InlineExplainer
 from app.model.registry import Registry
 from app.model.scorer import ModelScorer
 from app.scoring import BatchResult, BatchScorer, Incoming
@@ -153,6 +154,7 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
     sink = Sink(settings)
     _TABLES.update({cast(Any, t).changelog_topic_name: t for t in (predictions, card_activity)})
     acking: asyncio.Task[None] | None = None
+    inline = _inline_explainer()
     try:
         async for events in micro_batches(
             stream, settings.scorer_batch_max, settings.scorer_batch_within_s, ack=False
@@ -166,6 +168,8 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
                 [_incoming(event) for event in events],
                 focus=lambda index: focus(stream, events[index]),  # noqa: B023
             )
+            if inline is not None:  # benchmarks only: the synchronous design (bench.sync)
+                inline.explain(result.verdicts)
             scored = time.perf_counter()
             try:
                 await apply(stream, events, result, sink)
@@ -182,6 +186,16 @@ async def score(stream: StreamT) -> AsyncIterator[Any]:
             acking.cancel()
         if metrics_server is not None:
             await metrics_server.cleanup()
+
+
+def _inline_explainer() -> InlineExplainer | None:
+    if settings.scorer_inline_explain == "off":
+        return None
+    method = settings.scorer_inline_explain
+    log.warning("explaining inline (%s) before each verdict: a benchmark setting", method)
+    inline = InlineExplainer(settings.models_dir, method)
+    inline.explainers.get(settings.model_version).warm(method)
+    return inline
 
 
 class _BatchStats:

@@ -1,0 +1,246 @@
+"""Regenerate README's performance figures from a results file (``python -m bench`` writes it).
+
+    python -m bench.report [--results bench/results.json] [--readme README.md]
+
+Only the text between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` is replaced; the
+hand-written analysis (where the time goes) lives outside the markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+REPO = Path(__file__).resolve().parents[1]
+Section = Callable[[Mapping[str, Any]], list[str]]
+
+
+def _ms(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "—"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float) and not value.is_integer() and abs(value) < 100:
+        return f"{value:,.2f}"
+    return f"{value:,.0f}" if isinstance(value, int | float) else "—"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _scorer(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = [
+        [_num(r["rate"]), _ms(r["verdict"].get("p50")), _ms(r["verdict"].get("p99")),
+         _ms(r["verdict"].get("p99.9")), _ms(r["floor"].get("p50")), _ms(r["floor"].get("p99")),
+         f"{r['p99_ratio']:.1f}×"]
+        for r in s["latency"]
+    ]  # fmt: skip
+    header = ["tx/s", "verdict p50", "verdict p99", "verdict p99.9", "floor p50", "floor p99", "p99 ratio"]
+    throughput = s["throughput"]
+    return [
+        *_table(header, rows),
+        "",
+        f"One scorer drained {_num(throughput['count'])} preloaded transactions at "
+        f"**{_num(throughput['tx_per_s'])} tx/s**.",
+    ]
+
+
+def _isolation(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = [
+        [w["explainers"], _ms(w["p50_ms"]), _ms(w["p99_ms"]), w.get("explainers_cpu_cores", "—"),
+         w.get("broker_cpu_cores", "—"), w.get("scorer_cpu_cores", "—"), w.get("load_average", "—")]
+        for w in s["windows"]
+    ]  # fmt: skip
+    return [
+        f"{_num(s['rate'])} tx/s, {_num(s['window_s'])} s windows, two explainers on interventional "
+        "SHAP with a low-priority backlog, stopped (SIGSTOP) in the off windows. Pooled p99: off "
+        f"{_ms(s['p99_ms_off'])}, on {_ms(s['p99_ms_on'])}, **ratio {s['p99_ratio']}** "
+        f"(p50 {_ms(s['p50_ms_off'])} → {_ms(s['p50_ms_on'])}).",
+        "",
+        *_table(
+            ["explainers", "verdict p50", "verdict p99", "CPU cores: explainers", "broker", "scorer", "load"],
+            rows,
+        ),
+    ]
+
+
+def _sync(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = [
+        [r["design"], _num(r["rate"]), _ms(r["p50_ms"]), _ms(r["p99_ms"]), _num(r["sustained_tx_per_s"])]
+        for r in s["rows"]
+    ]
+    factors = ", ".join(f"{f}× at {rate} tx/s" for rate, f in s["sync_interventional_over_async_p99"].items())
+    return [
+        *_table(
+            ["design", "paced tx/s", "verdict p50", "verdict p99", "sustained tx/s (breaks above)"], rows
+        ),
+        "",
+        f"sync-interventional p99 / async p99: **{factors}**. The paced rate is one the synchronous "
+        "designs sustain; the last column is each synchronous design's drain rate of a preloaded "
+        "backlog (for async, the verdict path alone: the scorer's drain rate above).",
+    ]
+
+
+def _explainer(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = []
+    for run, priorities in s["gap_ms_p50_p95_published_p95"].items():
+        for priority, (p50, p95, published, done) in priorities.items():
+            rows.append([run, priority, _ms(p50), _ms(p95), _ms(published), done])
+    drain = s["drain_s"]
+    return [
+        *_table(["explainers", "priority", "gap p50", "gap p95", "published p95", "complete/routed"], rows),
+        "",
+        f"Drain of a fixed backlog: one explainer {drain['one']} s, two {drain['two']} s "
+        f"(**{drain['ratio']}×**).",
+    ]
+
+
+def _explainer_cost(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = []
+    for method, by_batch in s["rows_per_s"].items():
+        shap_only = s["shap_only_rows_per_s"][method]
+        rows += [[method, batch, _num(rate), _num(shap_only[batch])] for batch, rate in by_batch.items()]
+    return [
+        *_table(["method", "batch", "rows/s (compute path)", "rows/s (SHAP alone)"], rows),
+        "",
+        f"Cache hit rate on generator traffic: {s['cache_hit_rate']:.1%} "
+        f"of {_num(s['cache_requests'])} requests.",
+    ]
+
+
+def _relay(b: Mapping[str, Any]) -> list[str]:
+    rows = [
+        [r["clients"], _num(r["rate"]), _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+         f"{r['delivered']:,}/{r['expected']:,}", r["dropped_clients"]]
+        for r in b["summary"]["runs"]
+    ]  # fmt: skip
+    return _table(["clients", "verdicts/s", "p50", "p99", "delivered", "dropped clients"], rows)
+
+
+def _memory(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = [
+        [role, f"{f['peak_mb']:.0f}", f"{f['end_mb']:.0f}", f"{f['slope_mb_per_min']:+.1f}"]
+        for role, f in s["roles"].items()
+    ]
+    return [
+        f"{_num(s['rate'])} tx/s offered ({s['offered_tx_per_s']} achieved by the producer) for "
+        f"{_num(s['seconds'])} s; RSS incl. children sampled every second.",
+        "",
+        *_table(["role", "peak MB", "end MB", "slope, last 60% (MB/min)"], rows),
+    ]
+
+
+def _validator(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    return [
+        f"`validate_transaction`: {s['valid_us_per_message']} µs per valid message, "
+        f"{s['malformed_us_per_message']} µs per malformed one (best of three passes)."
+    ]
+
+
+SECTIONS: dict[str, tuple[str, Section]] = {
+    "scorer": ("Verdict latency beside the broker floor", _scorer),
+    "isolation": ("Isolation: verdict latency with the explainers stopped vs saturated", _isolation),
+    "sync": ("Synchronous baseline: explanation inline vs async", _sync),
+    "explainer": ("Explanation gap per priority at 500 tx/s, and drain", _explainer),
+    "explainer_cost": ("Explainer cost", _explainer_cost),
+    "relay": ("Relay fan-out", _relay),
+    "memory": ("Memory per role", _memory),
+    "validator": ("Validator", _validator),
+}
+
+
+def _targets(benchmarks: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for name, bench in benchmarks.items():
+        if "error" in bench:
+            rows.append([name, "—", "—", "**broke** (see results file)"])
+        for t in bench.get("targets", {}).values():
+            value = t["value"]
+            shown = f"{value:,.2f}" if isinstance(value, int | float) else "—"
+            rows.append([name, t["target"], shown, "pass" if t["pass"] else "**miss**"])
+    return _table(["benchmark", "target", "measured", "result"], rows)
+
+
+def render(results: Mapping[str, Any], results_path: str = "bench/results.json") -> str:
+    """The generated block (markers included) for one results file."""
+    machine = results["machine"]
+    benchmarks = results["benchmarks"]
+    lines = [
+        BEGIN,
+        f"<!-- generated by `python -m bench.report` from {results_path}; edit outside the markers -->",
+        f"Generated from `{results_path}`, produced by `{results['command']}` on {results['date']} at commit "
+        f"`{results['git_commit'][:12]}`, on {machine['cpus']} cores "
+        f"({machine['cpu_model'] or 'unknown CPU'}, {machine['memory_gb']} GB) shared with other work: "
+        "the load average before and after each benchmark is listed at the end; read every figure "
+        "with it in mind.",
+        "",
+        "**Targets** (a miss is reported, not hidden):",
+        "",
+        *_targets(benchmarks),
+    ]
+    for name, (title, section) in SECTIONS.items():
+        bench = benchmarks.get(name)
+        if bench is None:
+            continue
+        lines += ["", f"**{title}** (`bench/{name}.py`)", ""]
+        if "error" in bench:
+            last = bench["error"].strip().splitlines()[-1] if bench["error"].strip() else "error"
+            lines.append(f"Broke in this run: `{last}`.")
+        else:
+            lines += section(bench)
+    plots = [p for bench in benchmarks.values() for p in bench.get("plots", [])]
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"[{p}](bench/{p})" for p in plots) + "."]
+    load_rows = [
+        [name, f"{b['duration_s']} s", b["load_average_before"], b["load_average_after"]]
+        for name, b in benchmarks.items()
+        if "duration_s" in b
+    ]
+    lines += ["", *_table(["benchmark", "took", "load avg before (1/5/15 min)", "after"], load_rows), END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the block between the markers replaced by ``block``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {BEGIN} … {END} block to regenerate")
+    return text[:start] + block + text[end + len(END) :]
+
+
+def update_readme(results: Mapping[str, Any], results_path: Path, readme: Path = REPO / "README.md") -> None:
+    try:
+        shown = results_path.resolve().relative_to(REPO)
+    except ValueError:
+        shown = results_path
+    readme.write_text(replace_block(readme.read_text(), render(results, str(shown))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    args = parser.parse_args()
+    update_readme(json.loads(args.results.read_text()), args.results, args.readme)
+    print(f"{args.readme}: performance section regenerated from {args.results}")
+
+
+if __name__ == "__main__":
+    main()
