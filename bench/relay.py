@@ -113,18 +113,27 @@ def _wait_connected(relay: RelayProcess, clients: int) -> None:
         time.sleep(0.2)
 
 
-def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
-    """For ``python -m bench``: 200 clients at 100 and 500 verdicts/s (quick: 20 clients, 100/s)."""
-    clients, rates, seconds = ([20], [100.0], 3.0) if quick else ([200], [100.0, 500.0], 15.0)
+def measure_all(clients: list[int], rates: list[float], seconds: float) -> list[dict[str, Any]]:
+    """One broker and relay; every (clients, rate) pair measured in turn, each printed."""
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as root:
         stack = Stack(root=Path(root), models_dir=Path(root) / "models")
         stack.start_broker()
         try:
             relay = start_relay(stack, FRAUDLENS_RELAY_CLIENT_QUEUE_MAX="5000")
-            results = [measure(stack, relay, n, rate, seconds) for n in clients for rate in rates]
+            for n in clients:
+                for rate in rates:
+                    results.append(measure(stack, relay, n, rate, seconds))
+                    print(json.dumps(results[-1]), flush=True)
         finally:
             stack.stop_all()
+    return results
+
+
+def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
+    """For ``python -m bench``: 200 clients at 100 and 500 verdicts/s (quick: 20 clients, 100/s)."""
+    clients, rates, seconds = ([20], [100.0], 3.0) if quick else ([200], [100.0, 500.0], 15.0)
+    results = measure_all(clients, rates, seconds)
     targets = {
         f"relay_p99_{r['clients']}_clients_at_{r['rate']:.0f}": target(
             f"delivery p99 ≤ 50 ms, {r['clients']} clients, {r['rate']:.0f} verdicts/s", r["p99_ms"], 50
@@ -141,19 +150,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, nargs="+", default=[100, 500])
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-relay-") as root:
-        stack = Stack(root=Path(root), models_dir=Path(root) / "models")
-        stack.start_broker()
-        try:
-            relay = start_relay(stack, FRAUDLENS_RELAY_CLIENT_QUEUE_MAX="5000")
-            for clients in args.clients:
-                for rate in args.rate:
-                    result = measure(stack, relay, clients, rate, args.seconds)
-                    print(json.dumps(result), flush=True)
-                    results.append(result)
-        finally:
-            stack.stop_all()
+    results = measure_all(args.clients, args.rate, args.seconds)
     (OUT / "results-relay.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

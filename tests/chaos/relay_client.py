@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from app.broker.embedded import free_port
 from app.masking import with_masked_card
 from tests.chaos.faults import LOW_SAMPLE_RATE, Scenario
-from tests.integration.harness import RELAY_TOKEN_SECRET, RelayProcess, Stack, wait_until
+from tests.integration.harness import RelayProcess, Stack, start_relay, wait_until
 
 SNAPSHOT_CHUNK = 500  # ids per snapshot request (the protocol allows 1,000)
 FINAL_STATES = frozenset({"complete", "failed", "sampled_out"})
@@ -34,23 +34,11 @@ FINAL_STATES = frozenset({"complete", "failed", "sampled_out"})
 
 def start_relay_on(stack: Stack, port: int) -> RelayProcess:
     """A relay on ``port`` (the same URL across restarts), ready to serve."""
-    process = stack.spawn(
-        "relay", ["relay"], FRAUDLENS_RELAY_PORT=str(port), FRAUDLENS_TOKEN_SECRET=RELAY_TOKEN_SECRET,
-        FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE=LOW_SAMPLE_RATE,
+    return start_relay(
+        stack, "relay", port, timeout=120, FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE=LOW_SAMPLE_RATE,
         # this test's client shares a loaded machine with the stack: it must not be dropped as lagging
         FRAUDLENS_RELAY_CLIENT_QUEUE_MAX="200000",
     )  # fmt: skip
-    relay = RelayProcess(process, port)
-
-    def ready() -> bool:
-        assert process.alive(), process.tail()
-        try:
-            return relay.get("/healthz")[1].get("ready") is True
-        except OSError:
-            return False
-
-    wait_until(ready, 120, "the relay to serve")
-    return relay
 
 
 @dataclass

@@ -370,9 +370,12 @@ class RelayProcess:
         return body
 
 
-def start_relay(stack: Stack, name: str = "relay", **env: str) -> RelayProcess:
-    """Start a relay of ``stack`` on a free port and wait until it reads its topics."""
-    port = free_port()
+def start_relay(
+    stack: Stack, name: str = "relay", port: int | None = None, timeout: float = 60, **env: str
+) -> RelayProcess:
+    """Start a relay of ``stack`` on ``port`` (default: a free one; pass the old one to keep the
+    URL across restarts) and wait until it reads its topics."""
+    port = port or free_port()
     process = stack.spawn(
         name, ["relay"], FRAUDLENS_RELAY_PORT=str(port), FRAUDLENS_TOKEN_SECRET=RELAY_TOKEN_SECRET, **env
     )
@@ -385,5 +388,5 @@ def start_relay(stack: Stack, name: str = "relay", **env: str) -> RelayProcess:
         except OSError:
             return False
 
-    wait_until(ready, 60, "the relay to serve")
+    wait_until(ready, timeout, "the relay to serve")
     return relay
