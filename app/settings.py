@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch long-poll bound.")
     producer_linger_ms: float = Field(2.0, ge=0, description="Producer batching delay.")
     stream_buffer_maxsize: int = Field(32768, ge=1, description="Faust per-stream buffer.")
+    # Table stores: one RocksDB per table partition; each holds up to 2 write buffers and its
+    # own block cache, so a worker's store memory is at most
+    # partitions held × tables × (2 × write buffer + block cache). Faust's defaults (64 MB × 3
+    # and a 2 GiB cache per partition) let it grow for hours.
+    rocksdb_write_buffer_mb: int = Field(
+        8, ge=1, le=1024, description="RocksDB memtable size per table partition (two at most)."
+    )
+    rocksdb_block_cache_mb: int = Field(
+        16, ge=1, le=4096, description="RocksDB block cache per table partition."
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None

@@ -17,6 +17,7 @@ Writes bench/results-explainer.json and .png (``--quick``: results-explainer-qui
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -181,7 +182,11 @@ class PacedProducer(threading.Thread):
 
     def run(self) -> None:
         producer = self.stack.producer()
-        transactions = generate_transactions(1_000_000, seed=self.seed)
+        # Endless: a run longer than 1,000,000 transactions (16 min at 1,000 tx/s) goes on with
+        # the next seed's (ids carry a random part, so they do not repeat).
+        transactions = itertools.chain.from_iterable(
+            generate_transactions(1_000_000, seed=self.seed + n) for n in itertools.count()
+        )
         began = time.monotonic()
         while not self.stop.wait(0.002):
             due = int((time.monotonic() - began) * self.rate)

@@ -11,21 +11,14 @@ lower than sync-interventional p99.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import orjson
-from confluent_kafka import Producer
 
 from app.model.generator import generate_transactions
 from bench.common import cdf_points, plot_cdfs, target
 from bench.explainer import _explained_by
-from bench.scorer import _Consumer, _paced
+from bench.scorer import _paced, drain_rate, long_retention, preload_backlog
 from tests.integration.harness import Process, Stack, wait_until
 
 DESIGNS = ("async", "sync-tree", "sync-interventional")
@@ -52,44 +45,6 @@ def _warm_up(stack: Stack, design: str) -> None:
         wait_until(lambda: sum(_explained_by(stack).values()) >= 20, 180, "the explainer to catch up", 0.5)
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Environment variables for the processes started inside (restored after)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _preload(stack: Stack, count: int) -> _Consumer:
-    """``count`` transactions waiting before any scorer runs; a reader of their verdicts."""
-    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 20})
-    for tx in generate_transactions(count, seed=811):
-        producer.produce("transactions", key=tx["card_id"].encode(), value=orjson.dumps(tx))
-        producer.poll(0)
-    producer.flush(60)
-    consumer = _Consumer(stack.bootstrap, "verdicts")
-    consumer.start()
-    return consumer
-
-
-def _drained(consumer: _Consumer, count: int) -> dict[str, Any]:
-    """First → last verdict of the preloaded backlog."""
-    wait_until(lambda: consumer.received, 180, "the first verdict")
-    first = time.time()
-    wait_until(lambda: len(consumer.received) >= count, 400, "every preloaded verdict", interval=0.2)
-    consumer.stop.set()
-    consumer.join(10)
-    seconds = max(consumer.received.values()) - first
-    return {"count": count, "seconds": round(seconds, 2), "tx_per_s": round(count / max(seconds, 1e-3), 1)}
-
-
 def measure(models: Path, design: str, rates: list[float], seconds: float, preload: int) -> dict[str, Any]:
     """A sync design first drains a preloaded backlog (its sustained rate), then is paced. The
     async design is only paced: its verdict path's sustained rate is the scorer benchmark's
@@ -97,13 +52,11 @@ def measure(models: Path, design: str, rates: list[float], seconds: float, prelo
     with tempfile.TemporaryDirectory(prefix="fraudlens-bench-sync-") as tmp:
         stack = Stack(root=Path(tmp), models_dir=models)
         try:
-            # The preload must outlive a slow scorer start on a loaded machine: the embedded
-            # broker's default retention (60 s) deleted it once (the scorer took 75 s to join).
-            with _environment(FRAUDLENS_BROKER_MAX_RETENTION_S="900"):
+            with long_retention():
                 stack.start_broker()
-            backlog = _preload(stack, preload) if design != "async" else None
+            backlog = preload_backlog(stack, preload, seed=811) if design != "async" else None
             _start(stack, design)
-            sustained = _drained(backlog, preload) if backlog is not None else None
+            sustained = drain_rate(backlog, preload) if backlog is not None else None
             _warm_up(stack, design)
             paced = [
                 _paced(stack, rate, seconds, "transactions", 900 + int(rate), "verdicts") for rate in rates

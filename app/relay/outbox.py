@@ -1,9 +1,11 @@
 """One client's bounded outgoing queue: a client that stops reading never slows the others.
 
-The fan-out only ever calls ``offer`` (never waits). When ``limit`` messages are waiting the
-client is marked lagging: further offers are refused, and its writer sends the ``lagging``
-notice and closes the connection. A snapshot or a replay is one entry (a list of frames), so
-catching up a reconnecting client is bounded by the replay buffer, not by the live limit.
+The fan-out only ever calls ``offer``/``offer_many`` (never waits). When ``limit`` messages are
+waiting the client is marked lagging: further offers are refused, and its writer sends the
+``lagging`` notice and closes the connection. A snapshot or a replay is one entry (a list of
+frames), so catching up a reconnecting client is bounded by the replay buffer, not by the live
+limit. The writer takes everything queued at once (``take``), so a client that fell behind by
+twenty events gets them in one socket write, not twenty.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ class Outbox:
         self._ready.set()
         return True
 
+    def offer_many(self, frames: list[bytes]) -> bool:
+        """Queue each of ``frames`` (one fan-out step); False (lagging) when they do not all fit."""
+        if self.lagging or self.closed:
+            return False
+        if len(self.entries) + len(frames) > self.limit:
+            self.lagging = True
+            self._ready.set()
+            return False
+        self.entries.extend(frames)
+        self._ready.set()
+        return True
+
     def close(self) -> None:
         self.closed = True
         self._ready.set()
@@ -48,13 +62,15 @@ class Outbox:
             self._taken.clear()
             await self._taken.wait()
 
-    async def next(self) -> Entry | None:
-        """The next entry; None once the client is lagging or the outbox is closed."""
+    async def take(self) -> list[Entry] | None:
+        """Every queued entry, in order, once there is one; None once lagging or closed."""
         while True:
             if self.lagging or self.closed:
                 return None
             if self.entries:
+                taken = list(self.entries)
+                self.entries.clear()
                 self._taken.set()
-                return self.entries.popleft()
+                return taken
             self._ready.clear()
             await self._ready.wait()

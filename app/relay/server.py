@@ -89,9 +89,28 @@ class Client:
         return self.outbox.offer(entry)
 
     async def write_loop(self) -> None:
-        while (entry := await self.outbox.next()) is not None:
-            for frame in entry if isinstance(entry, list) else (entry,):
-                await self.ws.send(frame, text=True)
+        while (entries := await self.outbox.take()) is not None:
+            frames = [f for entry in entries for f in (entry if isinstance(entry, list) else (entry,))]
+            await send_frames(self.ws, frames)
+
+
+async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
+    """Send ``frames`` as text messages in order: one socket write and one drain for all of them.
+
+    ``ws.send`` per frame costs a context manager, a ``write`` system call and a drain each; at
+    200 clients × 500 events/s that was most of the relay's CPU. This is what websockets'
+    ``broadcast`` does (``protocol.send_text``), inside ``send_context`` so that closing and
+    errors behave as in ``send``, with the frames' bytes joined into one write.
+    """
+    if len(frames) == 1:
+        await ws.send(frames[0], text=True)
+        return
+    async with ws.send_context():
+        for frame in frames:
+            ws.protocol.send_text(frame)
+        pending = ws.protocol.writes
+        if len(pending) > 1 and all(pending):  # an empty chunk would be an end-of-stream marker
+            pending[:] = [b"".join(pending)]
 
 
 class Relay:
@@ -140,13 +159,13 @@ class Relay:
         events = list(events)
         if not events:
             return
+        every = [event.frame for event in events]
         for client in list(self.clients):
             if not client.subscriptions or client.dropping:
                 continue
-            for event in events:
-                if client.wants(event) and not client.outbox.offer(event.frame):
-                    self._drop_lagging(client)
-                    break
+            frames = every if client.match_all else [e.frame for e in events if client.wants(e)]
+            if frames and not client.outbox.offer_many(frames):
+                self._drop_lagging(client)
 
     def _drop_lagging(self, client: Client) -> None:
         if client.dropping:

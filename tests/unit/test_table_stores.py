@@ -1,0 +1,42 @@
+"""Every table's RocksDB store is opened with bounded memory (write buffers, block cache), not
+Faust's defaults (3 × 64 MB memtables and a 2 GiB cache per table partition)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faust.stores.rocksdb import DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_SIZE, RocksDBOptions
+
+from app.settings import Settings
+from app.tables import store_options
+from app.tables.card_activity import card_activity
+from app.tables.explanation_cache import explanation_cache
+from app.tables.explanations import explanations
+from app.tables.predictions import predictions
+
+MB = 1024 * 1024
+
+
+def test_every_table_passes_the_bounded_options_to_its_store() -> None:
+    for table in (card_activity, predictions, explanations, explanation_cache):
+        given = {k: v for k, v in table.options.items() if k not in ("driver", "read_only")}
+        options = RocksDBOptions(**given)
+        assert options.write_buffer_size == 8 * MB < DEFAULT_WRITE_BUFFER_SIZE, table.name
+        assert options.max_write_buffer_number == 2, table.name
+        assert options.block_cache_size == 16 * MB < DEFAULT_BLOCK_CACHE_SIZE, table.name
+        assert not options.extra_options, table.name  # every key is one RocksDBOptions knows
+
+
+def test_windowed_tables_keep_their_ttl() -> None:
+    assert predictions.options["ttl"] > 0
+    assert "ttl" not in card_activity.options
+
+
+def test_the_sizes_come_from_settings_and_reach_rocksdb(tmp_path: Path) -> None:
+    settings = Settings(rocksdb_write_buffer_mb=2, rocksdb_block_cache_mb=4)
+    options = RocksDBOptions(**store_options(settings))
+    assert (options.write_buffer_size, options.block_cache_size) == (2 * MB, 4 * MB)
+    db = options.open(tmp_path / "db")  # rocksdict accepts them
+    db[b"k"] = b"v"
+    assert db[b"k"] == b"v"
+    db.close()
