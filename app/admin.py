@@ -25,6 +25,11 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return config
 
 
+def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """``client_config`` for a producer: every fraudlens producer compresses its batches."""
+    return client_config(settings, **{"compression.type": settings.compression, **extra})
+
+
 def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.APP_TOPICS) -> list[str]:
     """Create the app's topics with the configured partition count; returns those created.
 

@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_linger=settings.producer_linger_ms / 1000,
         producer_acks=-1,
+        producer_compression_type=None if settings.compression == "none" else settings.compression,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         stream_wait_empty=False,
         table_standby_replicas=0,

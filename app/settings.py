@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch long-poll bound.")
     producer_linger_ms: float = Field(2.0, ge=0, description="Producer batching delay.")
     stream_buffer_maxsize: int = Field(32768, ge=1, description="Faust per-stream buffer.")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4",
+        description="Compression of every batch fraudlens produces (JSON shrinks ~4x; the embedded "
+        "broker's store, and so its CPU, with it). Consumers read any codec.",
+    )
     # Table stores: one RocksDB per table partition; each holds up to 2 write buffers and its
     # own block cache, so a worker's store memory is at most
     # partitions held × tables × (2 × write buffer + block cache). Faust's defaults (64 MB × 3

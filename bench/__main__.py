@@ -25,7 +25,17 @@ from bench.common import git_commit, load_average, machine_facts
 
 OUT = Path(__file__).resolve().parent
 # Cheapest first; memory (5 minutes at 1,000 tx/s) last.
-BENCHES = ("validator", "explainer_cost", "scorer", "isolation", "sync", "explainer", "relay", "memory")
+BENCHES = (
+    "validator",
+    "explainer_cost",
+    "scorer",
+    "broker_store",
+    "isolation",
+    "sync",
+    "explainer",
+    "relay",
+    "memory",
+)
 
 
 def results_name(quick: bool, only: list[str] | None = None) -> str:

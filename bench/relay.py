@@ -25,7 +25,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from app.contracts import SCHEMA_DIR, format_utc
-from bench.common import target
+from bench.common import cpu_seconds, target
 from tests.integration.harness import RelayProcess, Stack, start_relay
 
 OUT = Path(__file__).resolve().parent
@@ -83,6 +83,7 @@ def measure(stack: Stack, relay: RelayProcess, clients: int, rate: float, second
         done, latencies = asyncio.Event(), list[float]()
         runner = asyncio.create_task(_run_clients(relay, clients, done, latencies))
         await asyncio.to_thread(lambda: _wait_connected(relay, clients))
+        cpu[0], cpu[1], began = cpu_seconds([relay.process.pid]), time.process_time(), time.monotonic()
         producer = multiprocessing.Process(target=_produce, args=(stack.bootstrap, rate, seconds))
         producer.start()
         await asyncio.to_thread(producer.join)
@@ -90,9 +91,12 @@ def measure(stack: Stack, relay: RelayProcess, clients: int, rate: float, second
         while len(latencies) != before:  # until the clients have gone quiet for 2 s
             before = len(latencies)
             await asyncio.sleep(2.0)
+        cpu[0] = cpu_seconds([relay.process.pid]) - cpu[0]
+        cpu[1] = (time.process_time() - cpu[1]) / (time.monotonic() - began)  # this process: the clients
         done.set()
         return await runner
 
+    cpu = [0.0, 0.0]
     latencies, closed = asyncio.run(run())
     values = np.asarray(latencies or [float("nan")])
     expected = int(rate * seconds) * clients
@@ -100,6 +104,10 @@ def measure(stack: Stack, relay: RelayProcess, clients: int, rate: float, second
         "clients": clients, "rate": rate, "seconds": seconds,
         "delivered": len(latencies), "expected": expected,
         "dropped_clients": len(closed),
+        # the relay's own CPU per delivered frame: its cost, whatever the load client can take
+        "relay_cpu_s": round(cpu[0], 2),
+        "relay_cpu_us_per_frame": round(cpu[0] * 1e6 / max(len(latencies), 1), 1),
+        "client_cpu_cores": round(cpu[1], 2),  # 1.0: the load client itself is the bottleneck
         **{f"p{q}_ms": round(float(np.percentile(values, q)), 1) for q in (50, 90, 99)},
         "max_ms": round(float(values.max()), 1),
     }  # fmt: skip

@@ -126,10 +126,13 @@ def _explainer_cost(b: Mapping[str, Any]) -> list[str]:
 def _relay(b: Mapping[str, Any]) -> list[str]:
     rows = [
         [r["clients"], _num(r["rate"]), _ms(r["p50_ms"]), _ms(r["p99_ms"]),
-         f"{r['delivered']:,}/{r['expected']:,}", r["dropped_clients"]]
+         f"{r['delivered']:,}/{r['expected']:,}", r["dropped_clients"], r.get("relay_cpu_us_per_frame", "—"),
+         r.get("client_cpu_cores", "—")]
         for r in b["summary"]["runs"]
     ]  # fmt: skip
-    return _table(["clients", "verdicts/s", "p50", "p99", "delivered", "dropped clients"], rows)
+    header = ["clients", "verdicts/s", "p50", "p99", "delivered", "dropped clients", "relay CPU µs/frame",
+              "load client CPU cores"]  # fmt: skip
+    return _table(header, rows)
 
 
 def _memory(b: Mapping[str, Any]) -> list[str]:
@@ -146,6 +149,24 @@ def _memory(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _broker_store(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = [
+        [f"{r['fill_mb']:.0f}", _num(r.get("background_msg_per_s", 0)), f"{r['store_file_mb']:.0f}",
+         _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+         f"{r['noida_cpu_cores']:.2f}"]
+        for r in s["levels"]
+    ]  # fmt: skip
+    return [
+        f"One broker, no workers: a filler topic (never read) at each level, then the floor "
+        f"(produce → consume, no Faust) paced at {_num(s['rate'])} msg/s.",
+        "",
+        *_table(
+            ["filler MB", "noida-db store file MB", "floor p50", "floor p99", "noida-db CPU cores"], rows
+        ),
+    ]
+
+
 def _validator(b: Mapping[str, Any]) -> list[str]:
     s = b["summary"]
     return [
@@ -156,6 +177,7 @@ def _validator(b: Mapping[str, Any]) -> list[str]:
 
 SECTIONS: dict[str, tuple[str, Section]] = {
     "scorer": ("Verdict latency beside the broker floor", _scorer),
+    "broker_store": ("The embedded broker's floor against the data it holds", _broker_store),
     "isolation": ("Isolation: verdict latency with the explainers stopped vs saturated", _isolation),
     "sync": ("Synchronous baseline: explanation inline vs async", _sync),
     "explainer": ("Explanation gap per priority at 500 tx/s, and drain", _explainer),

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.admin import client_config
+from app.admin import producer_config
 from app.settings import Settings
 
 
@@ -43,7 +43,7 @@ class Sink:
             from confluent_kafka import Producer
 
             producer_factory = Producer
-        config = client_config(
+        config = producer_config(
             settings,
             **{
                 "acks": "all",

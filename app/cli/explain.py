@@ -24,9 +24,9 @@ FINISHED = ("complete", "failed")
 def _producer(settings: Any) -> Any:
     from confluent_kafka import Producer
 
-    from app.admin import client_config
+    from app.admin import producer_config
 
-    return Producer(client_config(settings, **{"acks": "all", "partitioner": "murmur2_random"}))
+    return Producer(producer_config(settings, **{"acks": "all", "partitioner": "murmur2_random"}))
 
 
 def _request(producer: Any, settings: Any, txid: str) -> int:

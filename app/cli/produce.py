@@ -14,12 +14,12 @@ import orjson
 from tqdm import tqdm
 
 from app import topics
-from app.admin import client_config, ensure_topics
+from app.admin import ensure_topics, producer_config
 from app.settings import Settings, get_settings
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
-    return client_config(settings, **{"linger.ms": 5, "acks": "all"})
+def cli_producer_config(settings: Settings) -> dict[str, Any]:
+    return producer_config(settings, **{"linger.ms": 5, "acks": "all"})
 
 
 def _messages(
@@ -55,7 +55,7 @@ def run_producer(
 
     settings = get_settings()
     ensure_topics(settings)
-    producer = Producer(producer_config(settings))
+    producer = Producer(cli_producer_config(settings))
     acks = {"ok": 0, "failed": 0}
 
     def delivered(err: Any, _msg: Any) -> None:

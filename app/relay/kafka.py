@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from app import topics
-from app.admin import client_config
+from app.admin import client_config, producer_config
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class ExplainRequester:
     explainer owns that transaction's row."""
 
     def __init__(self, settings: Settings) -> None:
-        self.producer = Producer(client_config(settings, **{
+        self.producer = Producer(producer_config(settings, **{
             "partitioner": "murmur2_random", "linger.ms": 0, "acks": "all",
         }))  # fmt: skip
         self.stopping = threading.Event()

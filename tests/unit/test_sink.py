@@ -99,3 +99,18 @@ def test_a_full_local_queue_is_served_then_the_record_is_queued() -> None:
     producer.full_once = True
     sink.produce("verdicts", b"a", b"v")
     assert producer.polled == 1 and len(producer.queued) == 1
+
+
+def test_the_sink_compresses_with_the_configured_codec() -> None:
+    configs: list[dict[str, Any]] = []
+
+    def factory(config: dict[str, Any]) -> FakeProducer:
+        configs.append(config)
+        return FakeProducer(config)
+
+    Sink(Settings(), producer_factory=factory)
+    Sink(Settings(compression="zstd"), producer_factory=factory)
+    Sink(Settings(compression="none"), producer_factory=factory)
+    assert [c["compression.type"] for c in configs] == ["lz4", "zstd", "none"]
+    with pytest.raises(ValueError):
+        Settings(compression="brotli")  # type: ignore[arg-type]
