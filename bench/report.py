@@ -157,13 +157,13 @@ def _broker_store(b: Mapping[str, Any]) -> list[str]:
          f"{r['noida_cpu_cores']:.2f}"]
         for r in s["levels"]
     ]  # fmt: skip
+    header = ["filler MB", "other writes msg/s", "noida-db store file MB", "floor p50", "floor p99",
+              "noida-db CPU cores"]  # fmt: skip
     return [
         f"One broker, no workers: a filler topic (never read) at each level, then the floor "
         f"(produce → consume, no Faust) paced at {_num(s['rate'])} msg/s.",
         "",
-        *_table(
-            ["filler MB", "noida-db store file MB", "floor p50", "floor p99", "noida-db CPU cores"], rows
-        ),
+        *_table(header, rows),
     ]
 
 

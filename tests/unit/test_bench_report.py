@@ -87,3 +87,18 @@ def test_target_verdicts() -> None:
     assert target("≥ 5,000 tx/s", 4999, 5000, higher_is_better=True)["pass"] is False
     assert target("ratio ≤ 1.2", None, 1.2)["pass"] is False  # not measured is a miss
     assert target("ratio ≤ 1.2", float("nan"), 1.2)["pass"] is False
+
+
+def test_every_table_row_has_as_many_cells_as_its_header() -> None:
+    """On the tracked full results (every benchmark present): a row with a missing or extra
+    cell renders as a broken table."""
+    results = json.loads((Path(__file__).parents[2] / "bench" / "results.json").read_text())
+    columns = None
+    for line in render(results).splitlines():
+        if not line.startswith("|"):
+            columns = None
+            continue
+        cells = line.count("|") - 1
+        if columns is None:
+            columns = cells
+        assert cells == columns, line
