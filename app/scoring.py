@@ -82,13 +82,14 @@ class BatchScorer:
             if txid in seen_in_batch:  # sent again after the first copy is scored
                 in_batch_copies.append(txid)
                 continue
+            source = (item.partition, item.offset)
             stored = self.predictions.get(txid)
             if stored is not None:
-                self._resend(index, txid, card, tx, state, stored, states, touched, result)
+                self._resend(index, txid, card, tx, source, state, stored, states, touched, result)
                 continue
             seen_in_batch.add(txid)
             fresh.append((index, tx, feature_fns.features_for(tx, state)))
-            states[card] = feature_fns.apply_transaction(tx, state)
+            states[card] = feature_fns.apply_transaction(tx, state, source)
             touched[card] = index
         self._predict(fresh, now, result)
         if in_batch_copies:
@@ -139,6 +140,7 @@ class BatchScorer:
         txid: bytes,
         card: bytes,
         tx: dict[str, Any],
+        source: tuple[int, int],
         state: dict[str, Any] | None,
         stored: bytes,
         states: dict[bytes, dict[str, Any]],
@@ -154,9 +156,9 @@ class BatchScorer:
         result.verdicts.append((txid, stored))
         result.decisions[str(orjson.loads(stored).get("decision"))] += 1
         result.resent += 1
-        if not feature_fns.contains(state, tx["transaction_id"]):
+        if not feature_fns.applied(state, tx["transaction_id"], source):
             # A crash lost the state write but not the prediction: bring the state up to date.
-            state = feature_fns.apply_transaction(tx, state)
+            state = feature_fns.apply_transaction(tx, state, source)
         if state is not None:
             states[card] = state
             touched[card] = index

@@ -170,6 +170,23 @@ def contains(state: Mapping[str, Any] | None, transaction_id: str) -> bool:
     return state is not None and transaction_id in state["ids"]
 
 
+def applied(state: Mapping[str, Any] | None, transaction_id: str, source: tuple[int, int] | None) -> bool:
+    """True when a transaction already scored was also applied to ``state``.
+
+    ``ids`` remembers only the last ``ID_CAP`` ids, so a replay after a crash that covers more
+    of one card's transactions than that would apply the oldest again, and each re-applied id
+    pushes the next one out of the window: the whole replay counted twice. A card's
+    transactions all arrive on one partition (keyed by card), so the state also remembers the
+    highest (partition, offset) applied: a record at or below it is a replay.
+    """
+    if state is None:
+        return False
+    if transaction_id in state["ids"]:
+        return True
+    highest = state.get("src")
+    return source is not None and highest is not None and highest[0] == source[0] and source[1] <= highest[1]
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -289,8 +306,15 @@ def _bump_country(counts: Mapping[str, int], country: str) -> dict[str, int]:
     return out
 
 
-def apply_transaction(tx: Mapping[str, Any], state: CardState | None) -> CardState:
-    """New card state after ``tx``; returns ``state`` itself if already applied."""
+def apply_transaction(
+    tx: Mapping[str, Any], state: CardState | None, source: tuple[int, int] | None = None
+) -> CardState:
+    """New card state after ``tx``; returns ``state`` itself if already applied.
+
+    ``source`` is the record's (partition, offset) in ``transactions``: the state keeps the
+    highest one (``src``) so that ``applied`` recognises a long replay (the scorer passes it;
+    training, which has no offsets, does not).
+    """
     if state is None:
         state = empty_state()
     tx_id = tx["transaction_id"]
@@ -318,7 +342,16 @@ def apply_transaction(tx: Mapping[str, Any], state: CardState | None) -> CardSta
         "dv": _remember(state["dv"], device, DEVICE_CAP) if device else state["dv"],
         "mr": _remember(state["mr"], tx["merchant_id"], MERCHANT_CAP),
         "ids": (state["ids"] + [tx_id])[-ID_CAP:],
+        **_source_after(state.get("src"), source),
     }
+
+
+def _source_after(highest: list[int] | None, source: tuple[int, int] | None) -> dict[str, list[int]]:
+    if source is None:
+        return {} if highest is None else {"src": highest}
+    if highest is not None and highest[0] == source[0] and highest[1] >= source[1]:
+        return {"src": highest}
+    return {"src": [source[0], source[1]]}
 
 
 def build_matrix(
