@@ -179,11 +179,11 @@ def applied(state: Mapping[str, Any] | None, transaction_id: str, source: tuple[
     transactions all arrive on one partition (keyed by card), so the state also remembers the
     highest (partition, offset) applied: a record at or below it is a replay.
     """
-    if state is None:
-        return False
-    if transaction_id in state["ids"]:
-        return True
-    highest = state.get("src")
+    return contains(state, transaction_id) or (state is not None and _covers(state.get("src"), source))
+
+
+def _covers(highest: list[int] | None, source: tuple[int, int] | None) -> bool:
+    """``source`` is at or below ``highest`` on the same partition."""
     return source is not None and highest is not None and highest[0] == source[0] and source[1] <= highest[1]
 
 
@@ -347,10 +347,9 @@ def apply_transaction(
 
 
 def _source_after(highest: list[int] | None, source: tuple[int, int] | None) -> dict[str, list[int]]:
-    if source is None:
+    """The ``src`` entry after applying the record at ``source`` (absent while unknown)."""
+    if source is None or _covers(highest, source):
         return {} if highest is None else {"src": highest}
-    if highest is not None and highest[0] == source[0] and highest[1] >= source[1]:
-        return {"src": highest}
     return {"src": [source[0], source[1]]}
 
 

@@ -388,6 +388,20 @@ def test_replay_after_a_lost_first_state_write_creates_the_card_state(
     assert written_state(replay, tx["card_id"]) == F.apply_transaction(tx, None, (0, 0))
 
 
+def card_history(
+    stream: list[dict[str, Any]], count: int, tag: str, partition: int, first_offset: int
+) -> tuple[str, list[Incoming]]:
+    """``count`` transactions of one card, as records of one partition from ``first_offset``."""
+    card = stream[0]["card_id"]
+    txs = [
+        {**tx, "card_id": card, "transaction_id": f"tx-{n:06d}-{tag}"} for n, tx in enumerate(stream[:count])
+    ]
+    return card, [
+        Incoming(card.encode(), orjson.dumps(tx), TOPIC, partition, first_offset + n)
+        for n, tx in enumerate(txs)
+    ]
+
+
 def test_a_replay_longer_than_the_remembered_ids_counts_nothing_twice(
     scorer: BatchScorer,
     predictions: dict[bytes, bytes],
@@ -397,22 +411,17 @@ def test_a_replay_longer_than_the_remembered_ids_counts_nothing_twice(
     """A crash before the first offset commit replays a card's whole history: more of its
     transactions than ``ids`` remembers (ID_CAP). Seen in the wiped-data-dir SIGKILL test as a
     card counted 72 times for 36 transactions."""
-    card = stream[0]["card_id"]
-    history = [
-        {**tx, "card_id": card, "transaction_id": f"tx-{n:06d}-replay"}
-        for n, tx in enumerate(stream[: F.ID_CAP + 8])
-    ]
-    records = [Incoming(card.encode(), orjson.dumps(tx), TOPIC, 1, n) for n, tx in enumerate(history)]
+    card, records = card_history(stream, F.ID_CAP + 8, "replay", partition=1, first_offset=0)
     for start in range(0, len(records), 10):  # scored and stored in batches, as live
         apply(scorer.score(records[start : start + 10]), predictions, cards)
-    assert stored_state(cards, card)["n"] == len(history)
+    assert stored_state(cards, card)["n"] == len(records)
 
     for start in range(0, len(records), 10):  # the replay: same records, same offsets
         replay = scorer.score(records[start : start + 10])
         assert replay.resent == len(records[start : start + 10])
         apply(replay, predictions, cards)
 
-    assert stored_state(cards, card)["n"] == len(history)
+    assert stored_state(cards, card)["n"] == len(records)
 
 
 def test_a_lost_state_write_is_still_repaired_after_a_long_history(
@@ -423,11 +432,7 @@ def test_a_lost_state_write_is_still_repaired_after_a_long_history(
 ) -> None:
     """The offset rule must not hide the case the re-apply exists for: the last record's
     prediction persisted, its state write lost (the state is the one before it)."""
-    card = stream[0]["card_id"]
-    history = [
-        {**tx, "card_id": card, "transaction_id": f"tx-{n:06d}-lost"} for n, tx in enumerate(stream[:40])
-    ]
-    records = [Incoming(card.encode(), orjson.dumps(tx), TOPIC, 2, 100 + n) for n, tx in enumerate(history)]
+    card, records = card_history(stream, 40, "lost", partition=2, first_offset=100)
     apply(scorer.score(records[:39]), predictions, cards)
     last = scorer.score(records[39:])
     predictions.update({txid: verdict for _, txid, verdict in last.predictions})  # state lost
