@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 from confluent_kafka import Producer
 
 from app.model.generator import generate_transactions
@@ -29,11 +28,6 @@ from bench.scorer import _paced, long_retention
 from tests.integration.harness import Stack
 
 FLOOR, FILL = "bench.floor", "bench.fill"
-
-
-def _noida(stack: Stack) -> psutil.Process:
-    broker = psutil.Process(stack.processes[0].pid)
-    return next(c for c in broker.children(recursive=True) if "noida" in c.name())
 
 
 def _store_mb(stack: Stack) -> float:
@@ -82,7 +76,7 @@ def measure(levels: list[tuple[float, float]], rate: float, seconds: float) -> l
             with long_retention():  # the filler must stay for the whole run
                 stack.start_broker()
             ensure_topics(Settings(broker=f"kafka://{stack.bootstrap}"), (FLOOR, FILL))
-            noida, held = _noida(stack), 0.0
+            noida, held = stack.noida(), 0.0
             for n, (level, background) in enumerate(levels):
                 held += _fill(stack, level - held, seed=300 + n) if level > held else 0.0
                 time.sleep(2.0)  # let the store's rewrite catch up before measuring (not a sync)

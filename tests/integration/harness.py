@@ -141,6 +141,11 @@ class Stack:
         assert process.alive(), process.tail()
         return process
 
+    def noida(self) -> psutil.Process:
+        """The noida-db process under the first ``fraudlens broker`` started."""
+        broker = psutil.Process(next(p for p in self.processes if p.name == "broker").pid)
+        return next(c for c in broker.children(recursive=True) if "noida" in c.name())
+
     def start_worker(self, role: str = "scorer", **env: str) -> Process:
         return self.spawn(role, ["worker", "--role", role], **env)
 

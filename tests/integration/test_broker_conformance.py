@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -183,6 +184,16 @@ def _verdict_values(messages: list[Any]) -> dict[str, set[bytes]]:
     for message in messages:
         values.setdefault(message.key().decode(), set()).add(message.value())
     return values
+
+
+def test_broker_shares_our_session_but_not_our_process_group(stack: Stack) -> None:
+    """noida-db in its own session would be its own scheduler autogroup on Linux, where the
+    explainers' nice does not yield to it (verdicts 15-30x slower under explainer load,
+    README → Performance); in its own process group a terminal's Ctrl-C still reaches only us."""
+    noida, broker = stack.noida(), stack.processes[0]
+    assert broker.name == "broker"
+    assert os.getsid(noida.pid) == os.getsid(broker.pid) == os.getsid(0)
+    assert os.getpgid(noida.pid) == noida.pid != os.getpgid(broker.pid)
 
 
 def test_idle_worker_uses_little_cpu(stack: Stack) -> None:

@@ -105,3 +105,9 @@ def test_dockerfile_is_small_and_non_root() -> None:
     users = re.findall(r"^USER (\S+)", text, flags=re.M)
     assert users and not users[-1].startswith(("0", "root"))
     assert 'ENTRYPOINT ["fraudlens"]' in text and "FRAUDLENS_MODELS_DIR=/models" in text
+
+
+def test_explainers_yield_the_cpu_to_the_other_containers() -> None:
+    """nice works only within a CPU group; a container is one, so the weight must say it."""
+    weights = {name: SERVICES[name].get("cpu_shares", 1024) for name in APP_SERVICES}
+    assert weights["explainer"] < min(w for name, w in weights.items() if name != "explainer") / 4
