@@ -114,7 +114,11 @@ class Settings(BaseSettings):
     explain_method: Literal["tree", "interventional"] = Field("tree", description="SHAP method.")
     explain_max_attempts: int = Field(3, ge=1, description="Starts before a request is failed for good.")
     explain_queue_max: int = Field(10_000, ge=1, description="Requests held in memory per priority.")
-    explain_cache_max: int = Field(100_000, ge=0, description="Explanations kept in the in-memory cache.")
+    explain_cache_max: int = Field(
+        10_000,
+        ge=0,
+        description="Explanations kept in the in-memory cache (~3 KB each; the table keeps them all).",
+    )
     explain_stats_every_s: float = Field(10.0, gt=0, description="How often an explainer logs its counts.")
     explainer_nice: int = Field(10, ge=0, le=19, description="os.nice increment of explainer processes.")
     explanation_retention_s: float = Field(
