@@ -62,7 +62,7 @@ def start_noida(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     # Not its own session: with Linux's scheduler autogroups (one per session, on by default)
     # the broker would compete with all of our processes as an equal group, and the explainers'
     # nice would no longer yield to it (measured: verdict p50 with explainers busy 0.5-0.8 s in
-    # a session of its own, 30 ms in ours; README → Performance).
+    # a session of its own, 30-43 ms in ours; README → Performance).
     return subprocess.Popen(command, stdout=log_file, stderr=log_file, process_group=0)
 
 

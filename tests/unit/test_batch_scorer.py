@@ -77,8 +77,8 @@ def scorer(model: ModelScorer, predictions: dict[bytes, bytes], cards: dict[byte
     return BatchScorer(model, predictions, cards, DEFAULT_MAX_BYTES, FakeClock())
 
 
-def message(tx: dict[str, Any], offset: int, key: bytes | None) -> Incoming:
-    return Incoming(key, orjson.dumps(tx), TOPIC, offset % 3, offset)
+def message(tx: dict[str, Any], offset: int, key: bytes | None, partition: int | None = None) -> Incoming:
+    return Incoming(key, orjson.dumps(tx), TOPIC, offset % 3 if partition is None else partition, offset)
 
 
 def incoming(tx: dict[str, Any], offset: int) -> Incoming:
@@ -396,10 +396,7 @@ def card_history(
     txs = [
         {**tx, "card_id": card, "transaction_id": f"tx-{n:06d}-{tag}"} for n, tx in enumerate(stream[:count])
     ]
-    return card, [
-        Incoming(card.encode(), orjson.dumps(tx), TOPIC, partition, first_offset + n)
-        for n, tx in enumerate(txs)
-    ]
+    return card, [message(tx, first_offset + n, card.encode(), partition) for n, tx in enumerate(txs)]
 
 
 def test_a_replay_longer_than_the_remembered_ids_counts_nothing_twice(
