@@ -30,8 +30,13 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return client_config(settings, **{"compression.type": settings.compression, **extra})
 
 
-def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.APP_TOPICS) -> list[str]:
-    """Create the app's topics with the configured partition count; returns those created.
+def ensure_topics(
+    settings: Settings,
+    names: tuple[str, ...] = topics.APP_TOPICS,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> list[str]:
+    """Create the app's topics with the configured partition count (and ``configs[name]``);
+    returns those created. An existing topic is left as it is.
 
     Pre-creating matters: a topic auto-created by a producer's first write gets one partition.
     """
@@ -40,7 +45,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.APP_TOPICS
     admin = AdminClient(client_config(settings))
     existing = admin.list_topics(timeout=15).topics
     wanted = [
-        NewTopic(name, settings.partitions, settings.replication_factor)
+        NewTopic(name, settings.partitions, settings.replication_factor, config=(configs or {}).get(name, {}))
         for name in names
         if name not in existing
     ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -124,3 +125,36 @@ async def start_metrics_server(settings: Any) -> Any | None:
     await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
     log.info("metrics on http://%s:%d/metrics (token required)", settings.metrics_host, settings.metrics_port)
     return runner
+
+
+def serve_in_thread(settings: Any, timeout_s: float = 15.0) -> Callable[[], None]:
+    """``start_metrics_server`` on an event loop of its own, for a process without one (the
+    scorer). Returns a function that stops it; raises what the start raised (a taken port)."""
+    import asyncio
+    import threading
+    from concurrent.futures import Future
+
+    if not settings.metrics_port:
+        return lambda: None
+    loop = asyncio.new_event_loop()
+    started: Future[Any] = Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started.set_result(loop.run_until_complete(start_metrics_server(settings)))
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="metrics", daemon=True)
+    thread.start()
+    runner = started.result(timeout_s)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout_s)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout_s)
+
+    return stop

@@ -8,10 +8,10 @@ No Kafka here: the scoring agent feeds batches of :class:`Incoming` and applies 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -20,6 +20,12 @@ from app.contracts import format_utc
 from app.model import features as feature_fns
 from app.model.scorer import ModelScorer
 from app.validation import InvalidInput, build_dlq_record, validate_transaction
+
+
+class Readable(Protocol):
+    """What the scorer reads of a table: a plain dict in unit tests, a store view in the worker."""
+
+    def get(self, key: bytes, /) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,13 @@ class BatchResult:
 
 
 class BatchScorer:
-    """Scores batches against two table-like mappings (plain dicts in unit tests)."""
+    """Scores batches against two readable tables; the caller writes what the result asks."""
 
     def __init__(
         self,
         model: ModelScorer,
-        predictions: MutableMapping[bytes, bytes],
-        card_activity: MutableMapping[bytes, bytes],
+        predictions: Readable,
+        card_activity: Readable,
         max_message_bytes: int,
         clock: Callable[[], float],
     ) -> None:
@@ -62,8 +68,8 @@ class BatchScorer:
         self.clock = clock
 
     def score(self, batch: Sequence[Incoming], focus: Callable[[int], None] | None = None) -> BatchResult:
-        """Score a batch; ``focus(i)`` is called before item i touches the tables (Faust reads a
-        partitioned table from the store of the current event's partition)."""
+        """Score a batch; ``focus(i)`` is called before item i touches the tables (a partitioned
+        table is read from the store of item i's partition)."""
         now = self.clock()
         result = BatchResult()
         states: dict[bytes, dict[str, Any]] = {}

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     # scorer
     scorer_batch_max: int = Field(1000, ge=1, description="Most transactions scored in one batch.")
     scorer_batch_within_s: float = Field(0.002, gt=0, description="Longest wait to fill a batch.")
+    scorer_linger_ms: float = Field(
+        0.0,
+        ge=0,
+        description="The scorer's producer batching delay: its micro-batch already batches, so a "
+        "linger only delays the verdicts.",
+    )
+    scorer_commit_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the scorer commits processed offsets (a crash replays at most this).",
+    )
     max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
     dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")

@@ -1,44 +1,53 @@
-"""The scoring agent: transactions → verdicts, micro-batched. The critical path.
+"""The scorer: transactions → verdicts, micro-batched. The critical path.
 
-Order of effects per batch: predictions rows and card states are written and flushed (acked by
-the broker) before any verdict of the batch is sent. A worker killed mid-batch can therefore
-have persisted a prediction without its verdict (the replay re-sends the stored verdict) but
-never a verdict without its prediction (the replay would score again, with new timestamps). The
-producer batches per partition with a linger, so without the flush a verdict's batch could
-leave before its prediction's. A batch's events are acked (and so may be committed) only after
-its verdicts and DLQ records were acked by the broker, so a verdict is never skipped on replay.
-All writes go through :mod:`app.agents.sink` (librdkafka), not Faust's producer: see there why.
+One loop per process over a librdkafka consumer (a group member of ``<app_id>``): take a batch,
+score it (:class:`app.scoring.BatchScorer`), write the tables, send the verdicts. Faust's
+per-record path (its consumer thread, the hand-off of every fetch, stream and event objects)
+cost ~0.45 ms of CPU per transaction on top of scoring; this loop does the same work with the
+records decoded in C (DESIGN-NOTES: the scorer without Faust).
+
+Order of effects per batch: predictions rows and card states are written to the local stores
+and their changelog records acked by the broker before any verdict of the batch is sent. A
+worker killed mid-batch can therefore have persisted a prediction without its verdict (the
+replay re-sends the stored verdict) but never a verdict without its prediction (the replay would
+score again, with new timestamps). A batch's offsets count as processed only once its verdicts
+and DLQ records were acked (the next batch's flush or an idle flush covers them), and only
+processed offsets are committed, so a verdict is never skipped on replay.
+
+Partitions: the group's eager rebalance calls ``_assigned`` and ``_revoked`` from inside
+``poll``/``consume``, between batches. A newly assigned partition's stores are recovered from
+their changelogs before any of its transactions is read; a revoked one has its acks awaited and
+its offsets committed before it goes to another worker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn, cast
-
-from faust.types import TP, EventT, StreamT
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from app import metrics, topics
-from app.agents.batching import micro_batches
+from app.admin import client_config
+from app.agents.recovery import recover
 from app.agents.sink import DeliveryFailed, Sink
-from app.app import app, transactions_topic
 from app.explain.inline import InlineExplainer
 from app.model.registry import Registry
 from app.model.scorer import ModelScorer
 from app.scoring import BatchResult, BatchScorer, Incoming
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from app.tables.card_activity import card_activity
+from app.tables.local import LocalTable, PartitionView
 from app.tables.predictions import predictions
 
 log = logging.getLogger(__name__)
-_TABLES: dict[str, Any] = {}  # changelog topic -> table
-settings = get_settings()
+TABLES: tuple[LocalTable, ...] = (predictions, card_activity)
 
 
-def load_model() -> ModelScorer:
+def load_model(settings: Settings) -> ModelScorer:
     version = settings.model_version or Registry(settings.models_dir).current()
     if version is None:
         raise SystemExit(f"no model registered in {settings.models_dir}: run `fraudlens train` first")
@@ -75,120 +84,249 @@ class ModelWatcher:
         return model
 
 
-def _incoming(event: EventT) -> Incoming:
-    message = event.message
-    return Incoming(message.key, message.value, message.topic, message.partition, message.offset)
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    config = client_config(
+        settings,
+        **{
+            "group.id": settings.app_id,
+            "client.id": f"{settings.app_id}-scorer",
+            "enable.auto.commit": False,  # only processed offsets are committed (ScorerLoop.commit)
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            "max.poll.interval.ms": 600_000,  # a long table recovery runs inside poll()
+            "fetch.message.max.bytes": max(1_048_576, 2 * settings.max_message_bytes),
+        },
+    )
+    if settings.instance_id:
+        config["group.instance.id"] = settings.instance_id
+    return config
 
 
-def focus(stream: StreamT, event: EventT) -> None:
-    """Make ``event`` the current one: Faust picks a table's partition store from it."""
-    cast(Any, stream)._set_current_event(event)
+class ScorerLoop:
+    """Consume → score → write tables → send verdicts, one batch at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: BatchScorer,
+        sink: Sink,
+        views: Sequence[PartitionView],
+        consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
+        inline: InlineExplainer | None = None,
+        watcher: ModelWatcher | None = None,
+    ) -> None:
+        if consumer_factory is None:
+            from confluent_kafka import Consumer
+
+            consumer_factory = Consumer
+        self.settings, self.scorer, self.sink, self.views = settings, scorer, sink, views
+        self.inline, self.watcher = inline, watcher
+        self.consumer: Any = consumer_factory(consumer_config(settings))
+        self.owned: set[int] = set()
+        self.unacked: dict[int, int] = {}  # partition → next offset, sent but not yet acked
+        self.processed: dict[int, int] = {}  # partition → next offset, acked, not yet committed
+        self.committed_at = time.monotonic()
+        self.stats = _BatchStats()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe(
+            [topics.TRANSACTIONS], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+        )
+        try:
+            while not stop.is_set():
+                batch = self.next_batch(0.5)
+                if batch:
+                    self.process(batch)
+                if time.monotonic() - self.committed_at >= self.settings.scorer_commit_interval_s:
+                    if self.unacked:
+                        self.settle()
+                    self.commit(asynchronous=True)
+        finally:
+            self.close()
+
+    def next_batch(self, timeout: float) -> list[Any]:
+        """The next batch: waits ``timeout`` for a first record, then at most the batch window
+        for more (up to the batch size); records of partitions this worker no longer owns (a
+        rebalance inside ``consume``) are dropped: their new owner reads them."""
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        messages = [first]
+        if self.settings.scorer_batch_max > 1:
+            messages += self.consumer.consume(
+                self.settings.scorer_batch_max - 1, timeout=self.settings.scorer_batch_within_s
+            )
+        batch = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                _log_consumer_error(error)
+            elif message.partition() in self.owned:
+                batch.append(message)
+        return batch
+
+    def process(self, messages: Sequence[Any]) -> None:
+        if self.watcher is not None:
+            newer = self.watcher.newer(self.scorer.model)
+            if newer is not None:
+                self.scorer.model = newer
+                metrics.set_model(newer.version)
+        started = time.perf_counter()
+        batch = [Incoming(m.key(), m.value(), m.topic(), m.partition(), m.offset()) for m in messages]
+        result = self.scorer.score(batch, focus=lambda index: self._focus(batch[index].partition))
+        if self.inline is not None:  # benchmarks only: the synchronous design (bench.sync)
+            self.inline.explain(result.verdicts)
+        scored = time.perf_counter()
+        self.apply(batch, result)
+        for item in batch:
+            self.unacked[item.partition] = item.offset + 1
+        _count(result, started, len(batch))
+        self.stats.add(len(batch), scored - started, time.perf_counter() - scored)
+
+    def apply(self, batch: Sequence[Incoming], result: BatchResult) -> None:
+        """Rows to the stores and changelogs, acked, then the verdicts and DLQ records queued.
+        The flush also acks everything earlier batches sent: their offsets become processed. A
+        batch's own verdicts are confirmed by the next flush (the next batch's, or the one before
+        a commit), so the loop never waits for them: they are already on their way."""
+        app_id = self.settings.app_id
+        for index, txid, verdict in result.predictions:
+            self._write(predictions, batch[index].partition, txid, verdict, app_id)
+        for card, (index, state) in result.card_states.items():
+            self._write(card_activity, batch[index].partition, card, state, app_id)
+        if result.predictions or result.card_states:
+            self.settle()
+        for txid, verdict in result.verdicts:
+            self.sink.produce(topics.VERDICTS, txid, verdict)
+        for key, record in result.dlq:
+            self.sink.produce(topics.TRANSACTIONS_DLQ, key, record)
+
+    def settle(self) -> None:
+        """Wait for every queued record's ack; what was sent becomes processed."""
+        try:
+            highest = self.sink.flush_now()
+        except DeliveryFailed as exc:
+            _give_up(exc)
+        for (topic, partition), offset in highest.items():
+            for table in TABLES:
+                if topic == table.changelog_topic(self.settings.app_id) and partition in table.held():
+                    table.set_persisted_offset(partition, offset)
+        self.processed.update(self.unacked)
+        self.unacked.clear()
+
+    def commit(self, asynchronous: bool, partitions: set[int] | None = None) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = {p: o for p, o in self.processed.items() if partitions is None or p in partitions}
+        self.committed_at = time.monotonic()
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(topics.TRANSACTIONS, p, o) for p, o in sorted(offsets.items())],
+                asynchronous=asynchronous,
+            )
+        except KafkaException as exc:  # uncommitted offsets are replayed: re-sends, never losses
+            log.warning("offset commit failed (%s); those transactions are re-read after a restart", exc)
+            return
+        for partition in offsets:
+            if self.processed.get(partition) == offsets[partition]:
+                del self.processed[partition]
+
+    def close(self) -> None:
+        try:
+            if self.unacked:
+                self.settle()
+            self.commit(asynchronous=False)
+        finally:
+            self.consumer.close()  # leaves the group: the partitions move on at once
+            for table in TABLES:
+                table.close()
+            self.sink.close()
+
+    # -- table writes and partitions -----------------------------------------------------------
+
+    def _focus(self, partition: int) -> None:
+        for view in self.views:
+            view.partition = partition
+
+    def _write(self, table: LocalTable, partition: int, key: bytes, value: bytes, app_id: str) -> None:
+        table.put(partition, key, value)
+        self.sink.changelog(table.changelog_topic(app_id), partition, key, value)
+
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        wanted = sorted(tp.partition for tp in partitions)
+        report = recover(self.settings, TABLES, wanted)
+        for table in TABLES:
+            for partition in wanted:
+                table.open(partition)
+        self.owned |= set(wanted)
+        log.info(
+            "assigned transactions partitions %s; tables recovered (%d changelog records in %.2f s)",
+            wanted, report.total, report.seconds,
+        )  # fmt: skip
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        gone = {tp.partition for tp in partitions}
+        if self.unacked:
+            self.settle()
+        self.commit(asynchronous=False, partitions=gone)
+        self._release(gone)
+        log.info("revoked transactions partitions %s (offsets committed)", sorted(gone))
+
+    def _lost(self, consumer: Any, partitions: list[Any]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._release(gone)
+        log.warning(
+            "lost transactions partitions %s (session expired): their new owner replays them", sorted(gone)
+        )
+
+    def _release(self, gone: set[int]) -> None:
+        self.owned -= gone
+        for partition in gone:
+            self.unacked.pop(partition, None)
+            self.processed.pop(partition, None)
+        for table in TABLES:
+            table.close(gone)
 
 
-async def apply(stream: StreamT, events: Sequence[EventT], result: BatchResult, sink: Sink) -> None:
-    """Table rows (store + changelog, each under its own event: the partition is the event's),
-    acked by the broker before any verdict or DLQ record of the batch is queued. The verdicts'
-    own acks are awaited by ``acknowledge``, while the next batch is scored."""
-    for index, txid, verdict in result.predictions:
-        _write(stream, events[index], predictions, txid, verdict, sink)
-    for card, (index, state) in result.card_states.items():
-        _write(stream, events[index], card_activity, card, state, sink)
-    if result.predictions or result.card_states:
-        _persisted(await sink.flush())
-    for txid, verdict in result.verdicts:
-        sink.produce(topics.VERDICTS, txid, verdict)
-    for key, record in result.dlq:
-        sink.produce(topics.TRANSACTIONS_DLQ, key, record)
-
-
-async def acknowledge(
-    stream: StreamT, events: Sequence[EventT], sink: Sink, result: BatchResult, received: float
-) -> None:
-    """Ack the batch's events (so Faust may commit past them) once all its records are acked."""
-    try:
-        _persisted(await sink.flush())
-    except DeliveryFailed as exc:
-        _give_up(exc)
-    for event in events:
-        await stream.ack(event)
-    latency = time.perf_counter() - received
+def _count(result: BatchResult, started: float, size: int) -> None:
+    latency = time.perf_counter() - started
     for _ in result.verdicts:
         metrics.VERDICT_LATENCY.observe(latency)
     for decision, count in result.decisions.items():
         metrics.VERDICTS.labels(decision=decision).inc(count)
     for reason, count in result.rejected.items():
         metrics.DLQ_RECORDS.labels(reason=reason).inc(count)
+    metrics.BATCH_SIZE.observe(size)
 
 
-def _persisted(highest: dict[tuple[str, int], int]) -> None:
-    """What Faust's ``_on_changelog_sent`` records: the store holds the changelog up to here."""
-    for (topic, partition), offset in highest.items():
-        _TABLES[topic].data.set_persisted_offset(TP(topic, partition), offset)
+_last_error_log = [0.0]
+
+
+def _log_consumer_error(error: Any) -> None:
+    if error.fatal():
+        log.critical("the consumer failed for good (%s): stopping the worker", error)
+        logging.shutdown()
+        os._exit(70)
+    now = time.monotonic()
+    if now - _last_error_log[0] > 5:  # a broker restart reports every connection: once per 5 s
+        _last_error_log[0] = now
+        log.warning("consumer: %s", error)
 
 
 def _give_up(exc: Exception) -> NoReturn:
-    # The batch's events stay unacked; a restarted worker replays them from the last commit.
-    # Carrying on would ack events whose records the broker never took.
+    # The batch's offsets stay unprocessed; a restarted worker replays them from the last commit.
+    # Carrying on would count transactions whose records the broker never took.
     log.critical("the broker did not take this batch's records (%s): stopping the worker", exc)
     logging.shutdown()
     os._exit(75)
 
 
-def _write(stream: StreamT, event: EventT, table: Any, key: bytes, value: bytes, sink: Sink) -> None:
-    """What ``table[key] = value`` does, with the changelog record sent through the sink."""
-    focus(stream, event)
-    table.data[key] = value
-    sink.changelog(table.changelog_topic_name, event.message.partition, key, value)
-
-
-@app.agent(transactions_topic, concurrency=1)
-async def score(stream: StreamT) -> AsyncIterator[Any]:
-    scorer = BatchScorer(load_model(), predictions, card_activity, settings.max_message_bytes, time.time)
-    log.info("scoring with model %s", scorer.model.version)
-    metrics.set_model(scorer.model.version)
-    metrics_server = await metrics.start_metrics_server(settings)
-    watcher = ModelWatcher(
-        Registry(settings.models_dir), settings.model_version is not None, settings.model_check_interval_s
-    )
-    stats = _BatchStats()
-    sink = Sink(settings)
-    _TABLES.update({cast(Any, t).changelog_topic_name: t for t in (predictions, card_activity)})
-    acking: asyncio.Task[None] | None = None
-    inline = _inline_explainer()
-    try:
-        async for events in micro_batches(
-            stream, settings.scorer_batch_max, settings.scorer_batch_within_s, ack=False
-        ):
-            newer = watcher.newer(scorer.model)
-            if newer is not None:
-                scorer.model = newer
-                metrics.set_model(newer.version)
-            started = time.perf_counter()
-            result = scorer.score(
-                [_incoming(event) for event in events],
-                focus=lambda index: focus(stream, events[index]),  # noqa: B023
-            )
-            if inline is not None:  # benchmarks only: the synchronous design (bench.sync)
-                inline.explain(result.verdicts)
-            scored = time.perf_counter()
-            try:
-                await apply(stream, events, result, sink)
-            except DeliveryFailed as exc:
-                _give_up(exc)
-            if acking is not None:
-                await acking
-            acking = asyncio.create_task(acknowledge(stream, events, sink, result, started))
-            metrics.BATCH_SIZE.observe(len(events))
-            stats.add(len(events), scored - started, time.perf_counter() - scored)
-            yield len(events)
-    finally:
-        if acking is not None:
-            acking.cancel()
-        if metrics_server is not None:
-            await metrics_server.cleanup()
-
-
-def _inline_explainer() -> InlineExplainer | None:
+def _inline_explainer(settings: Settings) -> InlineExplainer | None:
     if settings.scorer_inline_explain == "off":
         return None
     method = settings.scorer_inline_explain
@@ -196,6 +334,53 @@ def _inline_explainer() -> InlineExplainer | None:
     inline = InlineExplainer(settings.models_dir, method)
     inline.explainers.get(settings.model_version).warm(method)
     return inline
+
+
+def ensure_changelogs(settings: Settings) -> None:
+    """The tables' changelog topics, partitioned like ``transactions``, with their configs."""
+    from app.admin import ensure_topics
+
+    ensure_topics(
+        settings,
+        tuple(t.changelog_topic(settings.app_id) for t in TABLES),
+        configs={t.changelog_topic(settings.app_id): t.changelog_config() for t in TABLES},
+    )
+
+
+def run_scorer() -> int:
+    """``fraudlens worker --role scorer``: score until SIGTERM/SIGINT, then leave the group."""
+    settings = get_settings()
+    ensure_changelogs(settings)
+    for table in TABLES:
+        table.bind(settings.worker_dir)
+    model = load_model(settings)
+    views = [PartitionView(predictions), PartitionView(card_activity)]
+    scorer = BatchScorer(model, views[0], views[1], settings.max_message_bytes, time.time)
+    metrics.set_model(model.version)
+    stop_metrics = metrics.serve_in_thread(settings)
+    watcher = ModelWatcher(
+        Registry(settings.models_dir), settings.model_version is not None, settings.model_check_interval_s
+    )
+    loop = ScorerLoop(
+        settings,
+        scorer,
+        Sink(settings, linger_ms=settings.scorer_linger_ms),
+        views,
+        inline=_inline_explainer(settings),
+        watcher=watcher,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info(
+        "scoring with model %s (group %s, state in %s)", model.version, settings.app_id, settings.worker_dir
+    )
+    try:
+        loop.run(stop)
+    finally:
+        stop_metrics()
+    log.info("scorer stopped")
+    return 0
 
 
 class _BatchStats:

@@ -1,23 +1,18 @@
-"""The scorer's writes, through librdkafka: changelog rows, verdicts and DLQ records.
+"""Table rows, verdicts and DLQ records through librdkafka, acked on demand.
 
 Measured (one scorer draining a backlog, batches of 1,000): through Faust's producer, each table
 write and each send is a ``FutureMessage`` that passes an asyncio queue and aiokafka's Python
 record accumulator, ~200 µs of CPU per message; flushing one batch's ~2,000 changelog rows took
 ~450 ms and held one scorer to ~1,300 tx/s. librdkafka does the same in C (a few µs per
-message), so the scorer keeps Faust for consuming, table stores, recovery and commits, and sends
-through this sink instead:
+message). The scorer (which has no Faust at all) and the explainer (whose Faust tables write
+their stores directly, ``app.agents.explain_io``) send through this sink:
 
-- ``Table.data[key] = value`` writes the local store (the partition store of the current event,
-  as Faust's own ``__setitem__`` does) and ``changelog`` queues the record that Faust's
-  ``send_changelog`` would have sent: same topic, same partition (the source event's), same raw
-  bytes, so recovery reads it exactly as before;
-- ``flush`` waits until the broker acked everything queued (acks=all), records each changelog
-  partition's highest offset as the store's persisted offset (what Faust's ``_on_changelog_sent``
-  does), and raises :class:`DeliveryFailed` if any record was refused: the agent must not ack
-  the batch's events then, so the records are sent again after a restart.
-
-Faust commits an offset only after its events are acked, and the agent acks a batch only after
-``flush`` returned, so nothing acked can be missing from the broker.
+- ``changelog`` queues a table's changelog record: the source record's partition, the raw
+  bytes stored, so recovery reads it exactly as Faust's ``send_changelog`` would have written it;
+- ``flush`` (or ``flush_now``, blocking, for a caller without an event loop) waits until the
+  broker acked everything queued (acks=all), returns each changelog partition's highest acked
+  offset (the store's persisted offset), and raises :class:`DeliveryFailed` if any record was
+  refused: the caller must not count the work done then, so it is redone after a restart.
 """
 
 from __future__ import annotations
@@ -38,7 +33,12 @@ class DeliveryFailed(RuntimeError):
 class Sink:
     """One librdkafka producer; ``produce`` queues, ``await flush()`` waits for the acks."""
 
-    def __init__(self, settings: Settings, producer_factory: Callable[[dict[str, Any]], Any] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        producer_factory: Callable[[dict[str, Any]], Any] | None = None,
+        linger_ms: float | None = None,
+    ):
         if producer_factory is None:
             from confluent_kafka import Producer
 
@@ -49,7 +49,7 @@ class Sink:
                 "acks": "all",
                 "enable.idempotence": True,  # retries neither duplicate nor reorder
                 "partitioner": "murmur2_random",  # the Java client's (and Faust's) key -> partition
-                "linger.ms": settings.producer_linger_ms,
+                "linger.ms": settings.producer_linger_ms if linger_ms is None else linger_ms,
                 "batch.num.messages": 10_000,
                 "queue.buffering.max.messages": 1_000_000,
                 "message.max.bytes": max(1_000_000, 2 * settings.max_message_bytes + 4096),
@@ -100,7 +100,8 @@ class Sink:
                 self._highest[tp] = offset
 
     def _flush(self, timeout_s: float) -> tuple[int, list[str], dict[tuple[str, int], int]]:
-        # Runs on the flusher thread, where the delivery reports run: no report lands in between.
+        # Delivery reports run on the flushing thread: no report lands in between. One sink is
+        # flushed from one thread only (the flusher for ``flush``, the caller for ``flush_now``).
         left = int(self._producer.flush(timeout_s))
         errors, self._errors = self._errors, []
         highest, self._highest = self._highest, {}
@@ -110,14 +111,23 @@ class Sink:
         """Wait for every queued record's ack; the highest changelog offset acked per partition
         since the last flush. Raises :class:`DeliveryFailed` if any record was refused."""
         loop = asyncio.get_running_loop()
-        left, errors, highest = await loop.run_in_executor(self._flusher, self._flush, timeout_s)
-        if left:
-            errors.append(f"{left} records not acked within {timeout_s:.0f} s")
-        if errors:
-            more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-            raise DeliveryFailed("; ".join(errors[:5]) + more)
-        return highest
+        return _checked(*await loop.run_in_executor(self._flusher, self._flush, timeout_s), timeout_s)
+
+    def flush_now(self, timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+        """``flush`` for a caller with no event loop (the scorer): blocks this thread."""
+        return _checked(*self._flush(timeout_s), timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)
         self._flusher.shutdown(wait=False)
+
+
+def _checked(
+    left: int, errors: list[str], highest: dict[tuple[str, int], int], timeout_s: float
+) -> dict[tuple[str, int], int]:
+    if left:
+        errors.append(f"{left} records not acked within {timeout_s:.0f} s")
+    if errors:
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise DeliveryFailed("; ".join(errors[:5]) + more)
+    return highest

@@ -1,4 +1,4 @@
-"""``fraudlens worker --role R``: one Faust worker process running the agents of one role."""
+"""``fraudlens worker --role R``: one worker process of a role (the explainer's is a Faust worker)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import os
 
 ROLE_MODULES = {
-    "scorer": ("app.agents.scoring",),
     "explainer": ("app.agents.routing", "app.agents.explaining"),
 }
 
@@ -32,13 +31,14 @@ def run_worker(role: str) -> None:
         from app.relay.cli import run_relay
 
         raise SystemExit(run_relay())
-    if role == "explainer":
-        _prepare_explainer()
-    else:  # the app's topics exist with the configured partitions and replication before any use
+    if role == "scorer":  # not a Faust worker: a librdkafka loop (app/agents/scoring.py)
         from app.admin import ensure_topics
+        from app.agents.scoring import run_scorer
         from app.settings import get_settings as settings_now
 
-        ensure_topics(settings_now())
+        ensure_topics(settings_now())  # the app's topics exist with the configured partitions
+        raise SystemExit(run_scorer())
+    _prepare_explainer()
     from faust.worker import Worker
 
     from app.app import app

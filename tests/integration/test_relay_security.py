@@ -349,7 +349,8 @@ def test_no_secret_or_full_card_id_in_any_log_metrics_page_or_frame(secured: Sec
     secured.card_ids |= {key.decode() for key, _ in bad if key and key.startswith(b"card-")}
     stack.produce(bad)
     # SASL/PLAIN through both client libraries (the embedded broker accepts any PLAIN login):
-    # a relay (librdkafka) serving, and a scorer (Faust's aiokafka) started up, then stopped.
+    # a relay and a scorer (librdkafka) serving, and an explainer (Faust's aiokafka) started up,
+    # then stopped.
     sasl_env = {
         "FRAUDLENS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "FRAUDLENS_KAFKA_SASL_MECHANISM": "PLAIN",
@@ -370,8 +371,15 @@ def test_no_secret_or_full_card_id_in_any_log_metrics_page_or_frame(secured: Sec
     assert sasl_relay.stats()["records"] > 0, "the SASL relay reads the topics"
     sasl = stack.start_worker("scorer", FRAUDLENS_APP_ID="fraudlens-sasl", FRAUDLENS_INSTANCE_ID="sasl",
                               FRAUDLENS_TOKEN_SECRET=RELAY_TOKEN_SECRET, **sasl_env)  # fmt: skip
-    started = (b"Authenticated as fraudlens via PLAIN", b"scoring with model")
+    started = (b"scoring with model", b"assigned transactions partitions")  # the group joined
     wait_until(lambda: all(line in sasl.log.read_bytes() for line in started), 120, "the SASL scorer")
+    sasl_env["FRAUDLENS_TOKEN_SECRET"] = RELAY_TOKEN_SECRET
+    sasl_explainer = stack.start_worker(
+        "explainer", FRAUDLENS_APP_ID="fraudlens-sasl", FRAUDLENS_INSTANCE_ID="sasl", **sasl_env
+    )
+    authenticated = b"Authenticated as fraudlens via PLAIN"  # aiokafka's line
+    wait_until(lambda: authenticated in sasl_explainer.log.read_bytes(), 120, "the SASL explainer")
+    sasl_explainer.stop()
     sasl.stop()
     token = relay.token()
     bearer = {"Authorization": f"Bearer {token}"}

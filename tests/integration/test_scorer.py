@@ -146,3 +146,51 @@ def test_scorer_keeps_running_on_bad_input_only(stack: Stack) -> None:
     stack.produce_transactions(generate_transactions(10, seed=99))
     stack.reader("verdicts").read_until(lambda m: len(m) >= 10, 60, "verdicts after garbage")
     wait_until(scorer.alive, 1, "scorer alive")
+
+
+def _assigned_partitions(process: Process) -> list[int] | None:
+    """The partitions in the scorer's last 'assigned transactions partitions [..]' log line."""
+    lines = [line for line in process.tail(400).splitlines() if "assigned transactions partitions" in line]
+    if not lines:
+        return None
+    inside = lines[-1].split("[", 1)[1].split("]", 1)[0]
+    return [int(p) for p in inside.split(",") if p.strip()]
+
+
+def test_two_scorers_share_the_partitions_and_take_over_after_a_sigkill(stack: Stack) -> None:
+    """A second scorer joins under load (partitions move, tables recover from the changelogs on
+    the new owner), then the first is SIGKILLed (its partitions move after the session timeout):
+    every transaction still has one verdict value, and every card's state counts each of its
+    transactions once, whichever scorer held the card."""
+    first = stack.start_worker("scorer", FRAUDLENS_INSTANCE_ID="s1")
+    load = SteadyProducer(stack, rate=150, seed=31)
+    load.start()
+    verdicts = stack.reader("verdicts")
+    verdicts.read_until(lambda m: len(m) >= 300, 120, "verdicts from the first scorer")
+    second = stack.start_worker("scorer", FRAUDLENS_INSTANCE_ID="s2")
+    wait_until(
+        lambda: (
+            (a := _assigned_partitions(first)) is not None
+            and (b := _assigned_partitions(second)) is not None
+            and sorted(a + b) == list(range(6))
+            and a
+            and b
+        ),
+        120,
+        "the partitions split between the two scorers",
+    )
+    shared_at = len(load.sent)
+    verdicts.read_until(lambda m: len(m) >= shared_at + 300, 120, "verdicts from both scorers")
+    first.kill()
+    wait_until(
+        lambda: _assigned_partitions(second) == list(range(6)), 120, "the survivor to own every partition"
+    )
+    killed_at = len(load.sent)
+    verdicts.read_until(lambda m: len(m) >= killed_at + 300, 120, "verdicts after the takeover")
+    sent = load.finish_and_expect_verdicts(stack, verdicts, timeout=120)
+    transactions = [load.transactions[txid] for txid in sent]
+    _assert_every_verdict_once_in_content(stack, transactions)
+    per_card = Counter(tx["card_id"].encode() for tx in transactions)
+    activity = {k: orjson.loads(v) for k, v in _table_rows(stack, "card_activity", set(per_card)).items()}
+    for card, count in per_card.items():
+        assert activity[card]["n"] == count, f"card {card!r}: state counts {activity[card]['n']} of {count}"

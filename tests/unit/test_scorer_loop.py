@@ -1,0 +1,238 @@
+"""The scorer's loop without a broker: a fake librdkafka consumer and producer, real stores.
+
+What it must keep (app/agents/scoring.py): a batch's rows are acked before any of its verdicts
+is queued; an offset is committed only once its verdict was acked; records of a partition this
+worker no longer owns are never scored; a revocation settles and commits before it releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.agents import scoring
+from app.agents.recovery import RecoveryReport
+from app.agents.sink import DeliveryFailed, Sink
+from app.model.generator import generate_transactions
+from app.model.scorer import ModelScorer
+from app.scoring import BatchScorer
+from app.settings import Settings
+from app.tables.card_activity import card_activity
+from app.tables.local import PartitionView
+from app.tables.predictions import predictions
+from tests.unit.test_sink import FakeProducer
+
+
+class FakeMessage:
+    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        self._partition, self._offset, self._key, self._value = partition, offset, key, value
+
+    def topic(self) -> str:
+        return "transactions"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> None:
+        return None
+
+
+class FakeConsumer:
+    """Hands out queued records; ``between`` runs a callback (a rebalance) before a consume."""
+
+    def __init__(self, config: dict[str, Any], log: list[Any]) -> None:
+        self.config, self.log = config, log
+        self.queue: list[FakeMessage] = []
+        self.commits: list[dict[int, int]] = []
+        self.callbacks: dict[str, Any] = {}
+        self.between: list[Any] = []
+        self.closed = False
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        return self.queue.pop(0) if self.queue else None
+
+    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
+        while self.between:
+            self.between.pop(0)()
+        taken, self.queue = self.queue[:n], self.queue[n:]
+        return taken
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+        self.log.append(("commit", asynchronous))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class LoggingProducer(FakeProducer):
+    def __init__(self, config: dict[str, Any], log: list[Any]) -> None:
+        super().__init__(config)
+        self.log = log
+        self.sent: list[tuple[str, Any, Any]] = []
+
+    def produce(self, topic: str, key: Any, value: Any, on_delivery: Any, partition: int = 0) -> None:
+        self.log.append(("produce", topic))
+        self.sent.append((topic, key, value))
+        super().produce(topic, key, value, on_delivery, partition)
+
+    def flush(self, timeout: float) -> int:
+        self.log.append(("flush",))
+        return super().flush(timeout)
+
+
+class _Partition:
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+@pytest.fixture
+def loop(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    log: list[Any] = []
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path, scorer_batch_max=100)
+    for table in scoring.TABLES:
+        table.bind(tmp_path / "scorer")
+    monkeypatch.setattr(scoring, "recover", lambda *_a, **_k: RecoveryReport())
+    views = [PartitionView(predictions), PartitionView(card_activity)]
+    scorer = BatchScorer(
+        ModelScorer(models_dir), views[0], views[1], settings.max_message_bytes, lambda: 1.78e9
+    )
+    sink = Sink(settings, lambda config: LoggingProducer(config, log))
+    made = scoring.ScorerLoop(settings, scorer, sink, views, lambda config: FakeConsumer(config, log))
+    made.consumer.subscribe(["transactions"])
+    made.log = log
+    yield made
+    for table in scoring.TABLES:
+        table.close()
+
+
+def _records(partition: int, count: int, seed: int, first_offset: int = 0) -> list[FakeMessage]:
+    return [
+        FakeMessage(partition, first_offset + i, tx["card_id"].encode(), orjson.dumps(tx))
+        for i, tx in enumerate(generate_transactions(count, seed=seed))
+    ]
+
+
+def _one_batch(loop: Any) -> None:
+    batch = loop.next_batch(0)
+    assert batch
+    loop.process(batch)
+
+
+def test_a_batch_rows_are_acked_before_any_of_its_verdicts_is_queued(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(0)])
+    loop.consumer.queue = _records(0, 5, seed=1)
+    _one_batch(loop)
+    events = [e for e in loop.log if e[0] in ("produce", "flush")]
+    first_verdict = events.index(("produce", "verdicts"))
+    assert ("flush",) in events[:first_verdict]
+    assert all(e[1].endswith("-changelog") for e in events[: events.index(("flush",))])
+    assert events.count(("produce", "verdicts")) == 5
+    assert predictions.persisted_offset(0) is not None  # the acked changelog position
+
+
+def test_an_offset_is_committed_only_after_its_verdict_was_acked(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(0)])
+    loop.consumer.queue = _records(0, 3, seed=2)
+    _one_batch(loop)
+    loop.commit(asynchronous=True)
+    assert loop.consumer.commits == [], "the verdicts were queued, not yet acked"
+    loop.settle()
+    loop.commit(asynchronous=True)
+    assert loop.consumer.commits == [{0: 3}]
+
+
+def test_the_next_batch_flush_acks_the_previous_batch(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(0)])
+    loop.consumer.queue = _records(0, 2, seed=3)
+    _one_batch(loop)
+    loop.consumer.queue = _records(0, 2, seed=4, first_offset=2)
+    _one_batch(loop)
+    assert loop.processed == {0: 2} and loop.unacked == {0: 4}
+
+
+def test_records_of_a_partition_revoked_inside_consume_are_not_scored(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(0), _Partition(1)])
+    loop.consumer.queue = _records(0, 1, seed=5) + _records(1, 4, seed=6)
+    loop.consumer.between.append(lambda: loop._revoked(loop.consumer, [_Partition(1)]))
+    batch = loop.next_batch(0)
+    assert [m.partition() for m in batch] == [0]
+    assert loop.owned == {0} and 1 not in predictions.held()
+
+
+def test_a_revocation_settles_and_commits_synchronously_before_releasing(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(2)])
+    loop.consumer.queue = _records(2, 4, seed=7)
+    _one_batch(loop)
+    loop._revoked(loop.consumer, [_Partition(2)])
+    assert loop.consumer.commits == [{2: 4}]
+    assert ("commit", False) in loop.log
+    assert loop.log.index(("commit", False)) > max(i for i, e in enumerate(loop.log) if e == ("flush",))
+    assert loop.owned == set() and predictions.held() == set()
+
+
+def test_a_lost_partition_is_released_without_a_commit(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(3)])
+    loop.consumer.queue = _records(3, 2, seed=8)
+    _one_batch(loop)
+    loop._lost(loop.consumer, [_Partition(3)])
+    loop.commit(asynchronous=False)
+    assert loop.consumer.commits == [] and loop.unacked == {}
+
+
+def test_a_refused_record_stops_the_worker_before_its_offset_counts(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def give_up(exc: Exception) -> None:
+        raise SystemExit(75)
+
+    monkeypatch.setattr(scoring, "_give_up", give_up)
+    loop._assigned(loop.consumer, [_Partition(0)])
+    loop.sink._producer.refuse = {"verdicts"}
+    loop.consumer.queue = _records(0, 2, seed=9)
+    _one_batch(loop)
+    with pytest.raises(SystemExit):
+        loop.settle()
+    assert loop.processed == {}
+
+
+def test_a_transaction_seen_again_after_a_rebalance_gets_its_stored_verdict(loop: Any) -> None:
+    loop._assigned(loop.consumer, [_Partition(0)])
+    records = _records(0, 3, seed=10)
+    loop.consumer.queue = list(records)
+    _one_batch(loop)
+    loop._revoked(loop.consumer, [_Partition(0)])
+    loop._assigned(loop.consumer, [_Partition(0)])  # the same stores again
+    loop.consumer.queue = [FakeMessage(0, 3 + i, m.key(), m.value()) for i, m in enumerate(records)]
+    _one_batch(loop)
+    verdicts: dict[bytes, list[bytes]] = {}
+    for topic, key, value in loop.sink._producer.sent:
+        if topic == "verdicts":
+            verdicts.setdefault(key, []).append(value)
+    assert len(verdicts) == 3
+    assert all(len(values) == 2 and values[0] == values[1] for values in verdicts.values())
+    assert all(predictions.get(0, key) == values[0] for key, values in verdicts.items())
+
+
+def test_delivery_failed_is_what_a_refusal_raises(tmp_path: Path) -> None:
+    sink = Sink(Settings(data_dir=tmp_path), lambda config: FakeProducer(config))
+    sink._producer.refuse = {"verdicts"}
+    sink.produce("verdicts", b"k", b"v")
+    with pytest.raises(DeliveryFailed):
+        sink.flush_now()
