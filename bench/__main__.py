@@ -82,12 +82,15 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
 def main() -> None:
     parser = _parser(__doc__)
     parser.add_argument("--only", nargs="+", choices=BENCHES, help="run only these benchmarks")
-    parser.add_argument("--no-report", action="store_true", help="do not regenerate README's section")
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not regenerate README's section (implied by --out)"
+    )
     args = parser.parse_args()
     names = list(args.only or BENCHES)
     command = " ".join(["python -m bench", *sys.argv[1:]])
     results = run_benches(names, args.quick, args.models, args.out, command)
-    if not args.quick and not args.only and not args.no_report:
+    # README's block cites bench/results.json: a run written elsewhere (--out) leaves it alone.
+    if not args.quick and not args.only and not args.no_report and args.out.resolve() == OUT:
         from bench.report import update_readme
 
         update_readme(results, args.out / results_name(False))

@@ -69,7 +69,7 @@ def measure(models: Path, design: str, rates: list[float], seconds: float, prelo
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
     # The sync designs sustain ~100 tx/s on this machine (the drain below measures it each run):
     # paced at 50 tx/s they keep up, so their latency is the inline explanation, not a backlog.
-    rates, seconds = ([50.0], 3.0) if quick else ([50.0], 20.0)
+    rates, seconds = ([50.0], 3.0) if quick else ([50.0, 200.0], 20.0)
     raw = [measure(models, d, rates, seconds, 100 if quick else 1500) for d in DESIGNS]
     name = "sync-quick.png" if quick else "sync.png"
     plot_cdfs(
@@ -90,19 +90,24 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
         f"{rate:.0f}": round(by[("sync-interventional", rate)]["p99_ms"] / by[("async", rate)]["p99_ms"], 2)
         for rate in rates
     }
-    lowest = f"{rates[0]:.0f}"
     summary = {
         "rates": rates,
         "window_s": seconds,
         "rows": rows,
         "sync_interventional_over_async_p99": factors,
     }
-    targets = {
-        "async_p99_10x_below_sync_interventional": target(
-            f"sync-interventional p99 / async p99 ≥ 10 at {lowest} tx/s",
-            factors[lowest], FACTOR_TARGET, higher_is_better=True,
+    # One verdict per paced rate: at 50 tx/s the synchronous designs keep up (the ratio is the
+    # inline explanation's cost); at 200 tx/s, the verdict benchmark's lowest rate, the
+    # interventional one does not (its latency then grows with the window).
+    targets = {}
+    for index, (rate, factor) in enumerate(factors.items()):
+        key = "async_p99_10x_below_sync_interventional" + ("" if index == 0 else f"_at_{rate}")
+        targets[key] = target(
+            f"sync-interventional p99 / async p99 ≥ 10 at {rate} tx/s",
+            factor,
+            FACTOR_TARGET,
+            higher_is_better=True,
         )
-    }  # fmt: skip
     return {"summary": summary, "targets": targets, "raw": raw, "plots": [name]}
 
 
