@@ -1,6 +1,6 @@
 """The critical path as plain functions: validate → features → predict → verdict.
 
-No Kafka here: the scoring agent feeds batches of :class:`Incoming` and applies the returned
+No Kafka here: the scorer's loop feeds batches of :class:`Incoming` and applies the returned
 :class:`BatchResult` (table writes first, then sends, in that order — see ``apply`` in
 :mod:`app.agents.scoring` for why the order matters after a crash).
 """

@@ -2,9 +2,9 @@
 under each row's own event, and the crash-safety rule (rows acked before the messages that
 announce them, events acked after both).
 
-Same mechanics as the scorer (``app.agents.scoring``, ``app.agents.sink``): ``Table.data[key]``
-writes the store of the *current event's* partition, so ``focus`` makes the row's own event
-current first; the changelog record goes to that same partition.
+The writes go through ``app.agents.sink``, as the scorer's do; the tables are Faust's here:
+``Table.data[key]`` writes the store of the *current event's* partition, so ``focus`` makes the
+row's own event current first; the changelog record goes to that same partition.
 """
 
 from __future__ import annotations
