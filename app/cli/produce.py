@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -61,6 +62,10 @@ def run_producer(
     def delivered(err: Any, _msg: Any) -> None:
         acks["failed" if err else "ok"] += 1
 
+    def interrupted(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops it as Ctrl-C does: what was sent is flushed
+
+    signal.signal(signal.SIGTERM, interrupted)
     start = time.monotonic()
     sent = 0
     with tqdm(total=count, unit="msg", desc="produce", mininterval=1.0) as bar:

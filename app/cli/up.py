@@ -22,17 +22,35 @@ from app.settings import Settings, get_settings
 
 
 def _spawn(args: list[str], log_dir: Path, name: str, **env: str) -> subprocess.Popen[bytes]:
+    """A child in a process group of its own: a terminal's Ctrl-C reaches only ``up``, which then
+    stops the children in order. Were they in the terminal's group, the broker would stop at the
+    same moment as the workers, and their shutdown (commit, leave the group) would wait on a
+    broker that is gone until ``_stop`` killed them."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", *args], stdout=log, stderr=log, env={**os.environ, **env}
-        )
+        child = subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", *args], stdout=log, stderr=log,
+            env={**os.environ, **env}, process_group=0,
+        )  # fmt: skip
+    _NAMES[child.pid] = name
+    return child
+
+
+_NAMES: dict[int, str] = {}
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    """Stop in reverse start order (producer first, broker last); no orphans."""
+    """Stop in reverse start order (producer first, broker last); no orphans. A child that did
+    not stop cleanly on its SIGTERM (killed after 30 s, or a non-zero exit) is named. A second
+    Ctrl-C is ignored here: it would leave the children not yet stopped running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if any(child.poll() is None for child in children):
+        print("stopping the stack", flush=True)
     for child in reversed(children):
         stop_process(child, timeout=30)
+        if child.returncode != 0:
+            name = _NAMES.get(child.pid, str(child.pid))
+            print(f"{name} exited with {child.returncode} (its log: {name}.log)", flush=True)
 
 
 def _embedded_port(settings: Settings) -> int | None:
