@@ -20,36 +20,32 @@ from app.admin import client_config
 from app.broker.embedded import stop_process
 from app.settings import Settings, get_settings
 
+Children = dict[str, subprocess.Popen[bytes]]  # by name (its log is <name>.log), in start order
 
-def _spawn(args: list[str], log_dir: Path, name: str, **env: str) -> subprocess.Popen[bytes]:
+
+def _spawn(children: Children, args: list[str], log_dir: Path, name: str, **env: str) -> None:
     """A child in a process group of its own: a terminal's Ctrl-C reaches only ``up``, which then
     stops the children in order. Were they in the terminal's group, the broker would stop at the
     same moment as the workers, and their shutdown (commit, leave the group) would wait on a
     broker that is gone until ``_stop`` killed them."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as log:
-        child = subprocess.Popen(
+        children[name] = subprocess.Popen(
             [sys.executable, "-m", "app.cli.main", *args], stdout=log, stderr=log,
             env={**os.environ, **env}, process_group=0,
         )  # fmt: skip
-    _NAMES[child.pid] = name
-    return child
 
 
-_NAMES: dict[int, str] = {}
-
-
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+def _stop(children: Children) -> None:
     """Stop in reverse start order (producer first, broker last); no orphans. A child that did
     not stop cleanly on its SIGTERM (killed after 30 s, or a non-zero exit) is named. A second
     Ctrl-C is ignored here: it would leave the children not yet stopped running."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if any(child.poll() is None for child in children):
+    if any(child.poll() is None for child in children.values()):
         print("stopping the stack", flush=True)
-    for child in reversed(children):
+    for name, child in reversed(children.items()):
         stop_process(child, timeout=30)
         if child.returncode != 0:
-            name = _NAMES.get(child.pid, str(child.pid))
             print(f"{name} exited with {child.returncode} (its log: {name}.log)", flush=True)
 
 
@@ -66,26 +62,22 @@ def run_up(rate: float | None, explainers: int = 1) -> int:
         os.environ["FRAUDLENS_BROKER"] = f"kafka://127.0.0.1:{port}"
         settings = settings.model_copy(update={"broker": os.environ["FRAUDLENS_BROKER"]})
     log_dir = settings.data_dir / "logs"
-    children: list[subprocess.Popen[bytes]] = []
+    children: Children = {}
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     try:
         if port is not None:
             ready = settings.data_dir / "broker.ready"
             ready.unlink(missing_ok=True)
-            children.append(
-                _spawn(["broker", "--port", str(port), "--ready-file", str(ready)], log_dir, "broker")
-            )
+            _spawn(children, ["broker", "--port", str(port), "--ready-file", str(ready)], log_dir, "broker")
             _wait_for(lambda: ready.exists(), children, 60, "broker")
-        children.append(_spawn(["worker", "--role", "scorer"], log_dir, "scorer"))
+        _spawn(children, ["worker", "--role", "scorer"], log_dir, "scorer")
         for index in range(explainers):  # own state dirs; one consumer group shares the work
             name = f"explainer-{index + 1}"
-            children.append(
-                _spawn(["worker", "--role", "explainer"], log_dir, name, FRAUDLENS_INSTANCE_ID=name)
-            )
+            _spawn(children, ["worker", "--role", "explainer"], log_dir, name, FRAUDLENS_INSTANCE_ID=name)
         console = _start_relay(settings, children, log_dir)
         if rate:
-            children.append(_spawn(["produce", "--rate", str(rate)], log_dir, "producer"))
+            _spawn(children, ["produce", "--rate", str(rate)], log_dir, "producer")
         print(f"stack up (logs in {log_dir}); Ctrl-C stops it", flush=True)
         print(f"console: {console}", flush=True)
         _status_loop(settings, children, stopping)
@@ -96,26 +88,26 @@ def run_up(rate: float | None, explainers: int = 1) -> int:
         _stop(children)
 
 
-def _start_relay(settings: Settings, children: list[subprocess.Popen[bytes]], log_dir: Path) -> str:
+def _start_relay(settings: Settings, children: Children, log_dir: Path) -> str:
     """Start the relay; once it answers, the console URL with a fresh token (made before the
     relay starts, so the two never race to create the data dir's secret file)."""
     from app.relay.cli import console_url, make_token, relay_answers
 
     url = console_url(settings, make_token(settings))
-    children.append(_spawn(["relay"], log_dir, "relay"))
+    _spawn(children, ["relay"], log_dir, "relay")
     _wait_for(lambda: relay_answers(settings), children, 60, "relay")
     return url
 
 
-def _wait_for(ready: Any, children: list[subprocess.Popen[bytes]], timeout: float, what: str) -> None:
+def _wait_for(ready: Any, children: Children, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        if any(child.poll() is not None for child in children) or time.monotonic() > deadline:
+        if any(child.poll() is not None for child in children.values()) or time.monotonic() > deadline:
             raise SystemExit(f"{what} did not start; see its log")
         time.sleep(0.1)
 
 
-def _status_loop(settings: Settings, children: list[subprocess.Popen[bytes]], stopping: list[int]) -> None:
+def _status_loop(settings: Settings, children: Children, stopping: list[int]) -> None:
     from confluent_kafka import Consumer
 
     consumer = Consumer(client_config(settings, **{
@@ -126,7 +118,7 @@ def _status_loop(settings: Settings, children: list[subprocess.Popen[bytes]], st
     totals: Counter[str] = Counter()
     try:
         while not stopping:
-            if any(child.poll() is not None for child in children):
+            if any(child.poll() is not None for child in children.values()):
                 print("a child process exited; stopping the stack", flush=True)
                 return
             print(_one_second(consumer, totals), flush=True)
