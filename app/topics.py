@@ -26,3 +26,8 @@ APP_TOPICS = (
     EXPLAIN_REQUESTS,
     EXPLANATION_UPDATES,
 )
+
+# Topics people and their own tools read (README → consuming verdicts). The embedded broker keeps
+# them for its time retention only, however far every consumer group has read, so a group that
+# joins later still finds them (issue 23). A new topic users read belongs here.
+READ_BY_USERS = frozenset({VERDICTS, EXPLANATION_UPDATES, TRANSACTIONS_DLQ})

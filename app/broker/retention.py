@@ -9,7 +9,10 @@ broker process trims, every few seconds, with DeleteRecords:
 * ``delete`` topics (and the delete half of ``compact,delete``): records older than the topic's
   ``retention.ms``, capped at the broker's ``max_retention_s``; record age is known from
   (time, high watermark) samples, so no record is read;
-* consumed records: below every group's committed offset, once older than ``consumed_grace_s``;
+* consumed records: below every group's committed offset, once older than ``consumed_grace_s``,
+  except on the topics users read (``app.topics.READ_BY_USERS``: verdicts, explanation updates,
+  the DLQ), which keep time retention only, so a consumer group that joins later still finds them
+  (Kafka never trims what was read either);
 * ``compact`` topics get ``segment.ms`` and ``min.cleanable.dirty.ratio`` low enough that
   noida-db compacts them (a table changelog keeps the latest value per key).
 """
@@ -21,6 +24,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from app import topics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class RetentionPlanner:
 
     max_retention_s: float
     consumed_grace_s: float = 10.0
+    time_retention_only: frozenset[str] = topics.READ_BY_USERS
     samples: dict[tuple[str, int], deque[tuple[float, int]]] = field(
         default_factory=lambda: defaultdict(deque)
     )
@@ -68,7 +74,7 @@ class RetentionPlanner:
             return None
         retention = min(policy.retention_s or self.max_retention_s, self.max_retention_s)
         targets = [self.offset_at(topic, partition, now - retention)]
-        if committed:
+        if committed and topic not in self.time_retention_only:
             aged = self.offset_at(topic, partition, now - self.consumed_grace_s)
             if aged is not None:
                 targets.append(min(min(committed), aged))

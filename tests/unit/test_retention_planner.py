@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import topics
 from app.broker.retention import RetentionPlanner, TopicPolicy, topic_policy
 
 TOPIC = "transactions"
@@ -13,11 +15,14 @@ COMPACT = TopicPolicy(delete=False, compact=True, retention_s=None)
 
 
 def planner_with(
-    samples: list[tuple[float, int]], max_retention_s: float = 1_000.0, grace_s: float = 10.0
+    samples: list[tuple[float, int]],
+    max_retention_s: float = 1_000.0,
+    grace_s: float = 10.0,
+    topic: str = TOPIC,
 ) -> RetentionPlanner:
     planner = RetentionPlanner(max_retention_s, consumed_grace_s=grace_s)
     for taken, high in samples:
-        planner.observe(TOPIC, 0, high, taken)
+        planner.observe(topic, 0, high, taken)
     return planner
 
 
@@ -151,6 +156,40 @@ def test_the_larger_of_age_and_consumed_targets_wins() -> None:
     lagging_consumer = planner.trim_to(TOPIC, 0, DELETE, [5], now=200.0)
 
     assert (by_age_only, with_consumers, lagging_consumer) == (10, 70, 10)
+
+
+# ------------------------------------------------------------------ topics users read
+
+
+def test_the_topics_users_read_are_declared_once() -> None:
+    assert {topics.VERDICTS, topics.EXPLANATION_UPDATES, topics.TRANSACTIONS_DLQ} <= topics.READ_BY_USERS
+    assert topics.READ_BY_USERS.issubset(topics.APP_TOPICS)  # pre-created, partitions and all
+    assert topics.TRANSACTIONS not in topics.READ_BY_USERS  # the input: trimmed once consumed
+
+
+@pytest.mark.parametrize("topic", sorted(topics.READ_BY_USERS))
+def test_a_topic_users_read_is_not_trimmed_when_every_group_has_read_it(topic: str) -> None:
+    # A group that joins later must still find these records: only time retention removes them.
+    planner = planner_with([(0.0, 0), (100.0, 80), (200.0, 100)], max_retention_s=1_000.0, topic=topic)
+
+    assert planner.trim_to(topic, 0, DELETE, [100, 100], now=200.0) is None
+
+
+@pytest.mark.parametrize("topic", sorted(topics.READ_BY_USERS))
+def test_a_topic_users_read_still_expires_with_the_time_retention(topic: str) -> None:
+    planner = planner_with([(0.0, 10), (100.0, 80), (200.0, 100)], max_retention_s=150.0, topic=topic)
+
+    assert planner.trim_to(topic, 0, DELETE, [100], now=200.0) == 10  # the watermark at t=50
+
+
+def test_the_input_topic_is_still_trimmed_once_consumed_beside_a_topic_users_read() -> None:
+    planner = RetentionPlanner(1_000.0, consumed_grace_s=10.0)
+    for topic in (TOPIC, topics.VERDICTS):
+        for taken, high in [(0.0, 0), (100.0, 80), (200.0, 100)]:
+            planner.observe(topic, 0, high, taken)
+
+    trims = [planner.trim_to(t, 0, DELETE, [90], now=200.0) for t in (TOPIC, topics.VERDICTS)]
+    assert trims == [80, None]
 
 
 # ------------------------------------------------------------------ compaction policies
