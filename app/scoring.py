@@ -19,7 +19,14 @@ import orjson
 from app.contracts import format_utc
 from app.model import features as feature_fns
 from app.model.scorer import ModelScorer
-from app.validation import InvalidInput, build_dlq_record, validate_transaction
+from app.validation import (
+    DEFAULT_DLQ_KEY_PREFIX,
+    DEFAULT_DLQ_VALUE_PREFIX,
+    InvalidInput,
+    build_dlq_record,
+    dlq_key,
+    validate_transaction,
+)
 
 
 class Readable(Protocol):
@@ -44,7 +51,8 @@ class BatchResult:
     predictions: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (index, txid, verdict)
     card_states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # card → (index, state)
     verdicts: list[tuple[bytes, bytes]] = field(default_factory=list)  # (txid, verdict)
-    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (original key, record)
+    # (index of the rejected item, its key cut to the DLQ key bound, the DLQ record)
+    dlq: list[tuple[int, bytes | None, bytes]] = field(default_factory=list)
     resent: int = 0
     decisions: Counter[str] = field(default_factory=Counter)  # verdicts of the batch, by decision
     rejected: Counter[str] = field(default_factory=Counter)  # DLQ records of the batch, by reason code
@@ -60,7 +68,10 @@ class BatchScorer:
         card_activity: Readable,
         max_message_bytes: int,
         clock: Callable[[], float],
+        dlq_value_prefix_bytes: int = DEFAULT_DLQ_VALUE_PREFIX,
+        dlq_key_prefix_bytes: int = DEFAULT_DLQ_KEY_PREFIX,
     ) -> None:
+        self.dlq_value_prefix_bytes, self.dlq_key_prefix_bytes = dlq_value_prefix_bytes, dlq_key_prefix_bytes
         self.model = model
         self.predictions = predictions
         self.card_activity = card_activity
@@ -78,7 +89,7 @@ class BatchScorer:
         in_batch_copies: list[bytes] = []
         touched: dict[bytes, int] = {}  # card → index of its last transaction in the batch
         for index, item in enumerate(batch):
-            tx = self._validated(item, now, result)
+            tx = self._validated(index, item, now, result)
             if tx is None:
                 continue
             txid, card = tx["transaction_id"].encode(), tx["card_id"].encode()
@@ -107,7 +118,9 @@ class BatchScorer:
         result.card_states = {card: (index, orjson.dumps(states[card])) for card, index in touched.items()}
         return result
 
-    def _validated(self, item: Incoming, now: float, result: BatchResult) -> dict[str, Any] | None:
+    def _validated(
+        self, index: int, item: Incoming, now: float, result: BatchResult
+    ) -> dict[str, Any] | None:
         try:
             tx = validate_transaction(item.value, self.max_message_bytes)
             if item.key is not None and item.key != tx["card_id"].encode():
@@ -128,8 +141,11 @@ class BatchScorer:
                 item.partition,
                 item.offset,
                 datetime.fromtimestamp(now, UTC),
+                value_prefix_bytes=self.dlq_value_prefix_bytes,
+                key_prefix_bytes=self.dlq_key_prefix_bytes,
             )
-            result.dlq.append((item.key, orjson.dumps(record)))
+            key = dlq_key(item.key, self.dlq_key_prefix_bytes)
+            result.dlq.append((index, key, orjson.dumps(record)))
             return None
 
     def _state(self, card: bytes, states: dict[bytes, dict[str, Any]]) -> dict[str, Any] | None:

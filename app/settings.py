@@ -75,6 +75,16 @@ class Settings(BaseSettings):
         description="How often the scorer commits processed offsets (a crash replays at most this).",
     )
     max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
+    dlq_value_prefix_bytes: int = Field(
+        4096,
+        ge=0,
+        le=262_144,
+        description="A DLQ record carries the rejected value's length, SHA-256 and only its first "
+        "this many bytes (base64), so it always fits the broker's record size, whatever the input.",
+    )
+    dlq_key_prefix_bytes: int = Field(
+        1024, ge=0, le=65_536, description="The same bound for the rejected record's key."
+    )
     dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
     metrics_port: int | None = Field(

@@ -25,6 +25,7 @@ serialised.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidInput",
     "ReasonCode",
     "build_dlq_record",
+    "dlq_key",
     "validate_transaction",
 ]
 
@@ -68,6 +70,9 @@ class ReasonCode(StrEnum):
     # Raised by the scorer (not here) for a valid transaction whose Kafka key
     # is not its card_id: per-card ordering and state would silently break.
     WRONG_KEY = "wrong_key"
+    # Raised by the explainer's router (``validate_explain_request``) for an ``explain.requests``
+    # record whose fields are missing or wrong; it goes to ``explain.requests.dlq``.
+    INVALID_REQUEST = "invalid_request"
 
 
 class InvalidInput(Exception):
@@ -453,7 +458,7 @@ def _field_name(path: str) -> str:
 
 
 def _error(path: str, message: str) -> dict[str, str]:
-    return {"path": path, "message": _cap(message, 300)}
+    return {"path": _cap(path, 300), "message": _cap(message, 300)}
 
 
 def _cap(text: str, limit: int) -> str:
@@ -461,6 +466,9 @@ def _cap(text: str, limit: int) -> str:
 
 
 # --------------------------------------------------------------------- DLQ record
+
+DEFAULT_DLQ_VALUE_PREFIX = 4096  # Settings.dlq_value_prefix_bytes
+DEFAULT_DLQ_KEY_PREFIX = 1024  # Settings.dlq_key_prefix_bytes
 
 
 def build_dlq_record(
@@ -471,23 +479,45 @@ def build_dlq_record(
     partition: int,
     offset: int,
     now: datetime | None = None,
+    *,
+    value_prefix_bytes: int = DEFAULT_DLQ_VALUE_PREFIX,
+    key_prefix_bytes: int = DEFAULT_DLQ_KEY_PREFIX,
 ) -> dict[str, Any]:
-    """The ``transactions.dlq`` record (schemas/dlq.schema.json) for a rejection.
+    """The DLQ record (schemas/dlq.schema.json) for a rejection, bounded whatever the input.
 
-    ``value``/``key`` must be the bytes exactly as received, so the record can
-    be replayed; ``now`` must be timezone-aware (defaults to the current time).
+    The value and key are described, not copied: length, SHA-256 and the first
+    ``*_prefix_bytes`` bytes (base64), with a flag when that prefix is not all of it. A
+    ~1 MB input copied whole became a ~1.4 MB record the broker refused, and the scorer
+    stopped on it after every restart (issue 17). ``now`` must be timezone-aware.
     """
     return {
         "reason_code": exc.code,
         "reason": exc.reason,
         "errors": exc.errors,
-        "original_value_b64": _b64(value),
-        "original_key_b64": _b64(key),
+        **_described("original_value", value, value_prefix_bytes),
+        **_described("original_key", key, key_prefix_bytes),
         "source": {"topic": topic, "partition": partition, "offset": offset},
         "rejected_at": contracts.format_utc(now or datetime.now().astimezone()),
         "transaction_id": exc.transaction_id,
     }
 
 
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+def dlq_key(key: bytes | None, key_prefix_bytes: int = DEFAULT_DLQ_KEY_PREFIX) -> bytes | None:
+    """The DLQ record's own Kafka key: the original key, cut to the same bound as in the record."""
+    return None if key is None else key[:key_prefix_bytes]
+
+
+def _described(field: str, data: bytes | None, prefix_bytes: int) -> dict[str, Any]:
+    if data is None:
+        return {
+            f"{field}_b64": None,
+            f"{field}_bytes": None,
+            f"{field}_sha256": None,
+            f"{field}_truncated": False,
+        }
+    return {
+        f"{field}_b64": base64.b64encode(data[:prefix_bytes]).decode("ascii"),
+        f"{field}_bytes": len(data),
+        f"{field}_sha256": hashlib.sha256(data).hexdigest(),
+        f"{field}_truncated": len(data) > prefix_bytes,
+    }

@@ -96,7 +96,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
             "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
             "fetch.wait.max.ms": settings.fetch_max_wait_ms,
             "max.poll.interval.ms": 600_000,  # a long table recovery runs inside poll()
-            "fetch.message.max.bytes": max(1_048_576, 2 * settings.max_message_bytes),
+            # Above the largest record a broker takes (1 MiB here, Kafka's default ~1 MB), so any
+            # accepted record fits one fetch; librdkafka also returns a larger first record whole.
+            "fetch.message.max.bytes": max(4 * 1_048_576, 2 * settings.max_message_bytes),
         },
     )
     if settings.instance_id:
@@ -199,10 +201,15 @@ class ScorerLoop:
             self._write(card_activity, batch[index].partition, card, state, app_id)
         if result.predictions or result.card_states:
             self.settle()
-        for txid, verdict in result.verdicts:
-            self.sink.produce(topics.VERDICTS, txid, verdict)
-        for key, record in result.dlq:
-            self.sink.produce(topics.TRANSACTIONS_DLQ, key, record)
+        try:
+            for txid, verdict in result.verdicts:
+                self.sink.produce(topics.VERDICTS, txid, verdict)
+            for index, key, record in result.dlq:
+                item = batch[index]
+                about = f"the DLQ record of {item.topic}[{item.partition}] offset {item.offset}"
+                self.sink.produce(topics.TRANSACTIONS_DLQ, key, record, about=about)
+        except DeliveryFailed as exc:  # refused at once, even after the sink's own retries
+            _give_up(exc)
 
     def settle(self) -> None:
         """Wait for every queued record's ack; what was sent becomes processed."""
@@ -320,8 +327,14 @@ def _log_consumer_error(error: Any) -> None:
 
 def _give_up(exc: Exception) -> NoReturn:
     # The batch's offsets stay unprocessed; a restarted worker replays them from the last commit.
-    # Carrying on would count transactions whose records the broker never took.
-    log.critical("the broker did not take this batch's records (%s): stopping the worker", exc)
+    # Carrying on would count transactions whose records the broker never took, and skipping
+    # the one that cannot be written would lose it silently (DESIGN-NOTES: when even the DLQ
+    # record cannot be written).
+    log.critical(
+        "the broker did not take this batch's records (%s): stopping the worker; the records "
+        "stay unprocessed and are read again on restart",
+        exc,
+    )
     logging.shutdown()
     os._exit(75)
 
@@ -355,7 +368,10 @@ def run_scorer() -> int:
         table.bind(settings.worker_dir)
     model = load_model(settings)
     views = [PartitionView(predictions), PartitionView(card_activity)]
-    scorer = BatchScorer(model, views[0], views[1], settings.max_message_bytes, time.time)
+    scorer = BatchScorer(
+        model, views[0], views[1], settings.max_message_bytes, time.time,
+        settings.dlq_value_prefix_bytes, settings.dlq_key_prefix_bytes,
+    )  # fmt: skip
     metrics.set_model(model.version)
     stop_metrics = metrics.serve_in_thread(settings)
     watcher = ModelWatcher(

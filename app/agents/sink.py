@@ -18,9 +18,13 @@ their stores directly, ``app.agents.explain_io``) send through this sink:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from app.admin import producer_config
 from app.settings import Settings
@@ -57,12 +61,20 @@ class Sink:
             },
         )
         self._producer = producer_factory(config)
+        # Pauses between tries of a record the client refuses at once (``_produce``).
+        self.refusal_backoff_s: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
+        self.sleep: Callable[[float], None] = time.sleep
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="sink-flush")
         self._errors: list[str] = []
         self._highest: dict[tuple[str, int], int] = {}  # changelog tp -> highest acked offset
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        self._produce(topic, key, value, partition, self._delivered)
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, about: str = ""
+    ) -> None:
+        """Queue a record; ``about`` names what it is for in a refusal's error (e.g. the source
+        offset of a DLQ record), so the one line a stopping worker logs says which input it was."""
+        callback = self._delivered if not about else partial(self._delivered_about, about)
+        self._produce(topic, key, value, partition, callback, about)
 
     def changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         self._produce(topic, key, value, partition, self._changelog_delivered)
@@ -74,21 +86,35 @@ class Sink:
         value: bytes,
         partition: int | None,
         callback: Callable[..., None],
+        about: str = "",
     ) -> None:
         kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": callback}
         if partition is not None:
             kwargs["partition"] = partition
+        refusals = 0
         while True:
             try:
                 self._producer.produce(topic, **kwargs)
                 return
             except BufferError:  # local queue full: serve deliveries, then try again
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                # Refused before it was queued (too large for message.max.bytes, unknown topic...):
+                # a few tries with a doubling pause, then the caller decides; never dropped here.
+                if refusals >= len(self.refusal_backoff_s):
+                    what = f"{topic} ({about})" if about else topic
+                    raise DeliveryFailed(f"{what}: {exc.args[0] if exc.args else exc}") from None
+                self.sleep(self.refusal_backoff_s[refusals])
+                refusals += 1
 
     # Delivery reports run on the thread that flushes; list.append and dict stores are atomic.
     def _delivered(self, err: Any, message: Any) -> None:
         if err is not None:
             self._errors.append(f"{message.topic()}[{message.partition()}]: {err}")
+
+    def _delivered_about(self, about: str, err: Any, message: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{message.topic()}[{message.partition()}] ({about}): {err}")
 
     def _changelog_delivered(self, err: Any, message: Any) -> None:
         if err is not None:

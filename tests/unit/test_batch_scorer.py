@@ -224,12 +224,12 @@ def test_malformed_messages_go_to_the_dlq_with_their_reason(
     result = scorer.score(batch)
 
     assert (result.verdicts, result.predictions, result.card_states) == ([], [], {})
-    records = [orjson.loads(record) for _, record in result.dlq]
+    records = [orjson.loads(record) for _, _, record in result.dlq]
     for record in records:
         validate_message("dlq", record)
     assert [r["reason_code"] for r in records] == [code for _, code in cases]
     assert all(r["reason"] for r in records)
-    assert [key for key, _ in result.dlq] == [item.key for item in batch]
+    assert [key for _, key, _ in result.dlq] == [item.key for item in batch]
     assert [r["source"] for r in records] == [
         {"topic": TOPIC, "partition": 2, "offset": 500 + i} for i in range(len(cases))
     ]
@@ -240,15 +240,30 @@ def test_dlq_record_carries_the_exact_original_bytes(scorer: BatchScorer) -> Non
 
     result = scorer.score([Incoming(key, value, TOPIC, 0, 1)])
 
-    (record,) = [orjson.loads(r) for _, r in result.dlq]
+    (record,) = [orjson.loads(r) for _, _, r in result.dlq]
     assert base64.b64decode(record["original_value_b64"]) == value
     assert base64.b64decode(record["original_key_b64"]) == key
+
+
+def test_huge_value_and_key_make_a_bounded_dlq_record(model: ModelScorer) -> None:
+    """The whole value once went into the record (4/3 of it in base64): the broker refused it."""
+    bounded = BatchScorer(model, {}, {}, DEFAULT_MAX_BYTES, FakeClock(), 64, 16)
+    value, key = b"x" * 1_048_000, b"k" * 100_000
+
+    result = bounded.score([Incoming(key, value, TOPIC, 3, 9)])
+
+    ((_, dlq_key, raw),) = result.dlq
+    record = orjson.loads(raw)
+    validate_message("dlq", record)
+    assert dlq_key == b"k" * 16 and len(raw) < 2_000
+    assert (record["original_value_bytes"], record["original_value_truncated"]) == (1_048_000, True)
+    assert base64.b64decode(record["original_value_b64"]) == b"x" * 64
 
 
 def test_tombstone_goes_to_the_dlq_as_empty(scorer: BatchScorer) -> None:
     result = scorer.score([Incoming(b"card-1", None, TOPIC, 0, 1)])
 
-    (record,) = [orjson.loads(r) for _, r in result.dlq]
+    (record,) = [orjson.loads(r) for _, _, r in result.dlq]
     validate_message("dlq", record)
     assert (record["reason_code"], record["original_value_b64"]) == ("empty", None)
 
@@ -261,11 +276,11 @@ def test_message_not_keyed_by_its_card_id_goes_to_the_dlq_as_wrong_key(
     result = scorer.score([message(tx, 0, key=b"card-somebody-else")])
 
     assert (result.verdicts, result.predictions, result.card_states) == ([], [], {})
-    (record,) = [orjson.loads(r) for _, r in result.dlq]
+    (record,) = [orjson.loads(r) for _, _, r in result.dlq]
     validate_message("dlq", record)
     assert (record["reason_code"], record["transaction_id"]) == ("wrong_key", tx["transaction_id"])
     assert base64.b64decode(record["original_key_b64"]) == b"card-somebody-else"
-    assert result.dlq[0][0] == b"card-somebody-else"
+    assert result.dlq[0][1] == b"card-somebody-else"
 
 
 def test_invalid_items_do_not_disturb_the_valid_ones(
@@ -529,7 +544,7 @@ def test_batch_counts_decisions_and_rejections_for_metrics(
     result = scorer.score(batch)
     decisions = [orjson.loads(v)["decision"] for _, v in result.verdicts]
     assert result.decisions == {d: decisions.count(d) for d in set(decisions)}
-    reasons = [orjson.loads(r)["reason_code"] for _, r in result.dlq]
+    reasons = [orjson.loads(r)["reason_code"] for _, _, r in result.dlq]
     assert result.rejected == {r: 1 for r in reasons} and len(reasons) == 1
     predictions.update({txid: verdict for _, txid, verdict in result.predictions})  # as the agent does
     again = scorer.score([message(tx, 100 + i, tx["card_id"].encode()) for i, tx in enumerate(good[:5])])

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from app.agents import scoring
 from app.agents.recovery import RecoveryReport
@@ -210,6 +211,32 @@ def test_a_refused_record_stops_the_worker_before_its_offset_counts(
     with pytest.raises(SystemExit):
         loop.settle()
     assert loop.processed == {}
+
+
+def test_a_dlq_record_refused_at_once_stops_the_worker_naming_its_offset(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a crash with a traceback on every restart, and never a skip: the sink's retries, then
+    one line naming the input, and its offset is not counted (issue 17)."""
+    stopped: list[str] = []
+
+    def give_up(exc: Exception) -> None:
+        stopped.append(str(exc))
+        raise SystemExit(75)
+
+    def refuse(topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic == "transactions.dlq":
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+
+    monkeypatch.setattr(scoring, "_give_up", give_up)
+    loop.sink.sleep = lambda _s: None
+    loop._assigned(loop.consumer, [_Partition(0)])
+    monkeypatch.setattr(loop.sink._producer, "produce", refuse)
+    loop.consumer.queue = [FakeMessage(0, 41, b"card-x", b"not json")]
+    with pytest.raises(SystemExit):
+        _one_batch(loop)
+    assert len(stopped) == 1 and "transactions[0] offset 41" in stopped[0], stopped
+    assert loop.processed == {} and loop.unacked == {}
 
 
 def test_a_transaction_seen_again_after_a_rebalance_gets_its_stored_verdict(loop: Any) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from app.agents.sink import DeliveryFailed, Sink
 from app.settings import Settings
@@ -114,3 +115,42 @@ def test_the_sink_compresses_with_the_configured_codec() -> None:
     assert [c["compression.type"] for c in configs] == ["lz4", "zstd", "none"]
     with pytest.raises(ValueError):
         Settings(compression="brotli")  # type: ignore[arg-type]
+
+
+class RefusingProducer(FakeProducer):
+    """Refuses records synchronously (as librdkafka does with MSG_SIZE_TOO_LARGE) ``times`` times."""
+
+    def __init__(self, config: dict[str, Any], times: int) -> None:
+        super().__init__(config)
+        self.times = times
+
+    def produce(self, topic: str, key: Any, value: Any, on_delivery: Any, partition: int = 0) -> None:
+        if self.times:
+            self.times -= 1
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        super().produce(topic, key, value, on_delivery, partition)
+
+
+def test_a_record_refused_at_once_is_retried_with_a_growing_pause_then_raises() -> None:
+    sink = Sink(Settings(), producer_factory=lambda config: RefusingProducer(config, times=100))
+    pauses: list[float] = []
+    sink.sleep = pauses.append
+    with pytest.raises(DeliveryFailed, match=r"transactions\.dlq"):
+        sink.produce("transactions.dlq", b"k", b"v" * 10)
+    assert pauses == sorted(pauses) and len(pauses) == len(sink.refusal_backoff_s) and pauses[0] > 0
+
+
+def test_a_record_refused_once_is_queued_on_the_next_try() -> None:
+    sink = Sink(Settings(), producer_factory=lambda config: RefusingProducer(config, times=1))
+    pauses: list[float] = []
+    sink.sleep = pauses.append
+    sink.produce("verdicts", b"k", b"v")
+    assert len(pauses) == 1 and len(sink._producer.queued) == 1
+
+
+def test_a_refusal_after_queueing_names_what_the_record_was_for() -> None:
+    sink, producer = _sink()
+    producer.refuse.add("transactions.dlq")
+    sink.produce("transactions.dlq", b"a", b"v", about="the DLQ record of transactions[3] offset 17")
+    with pytest.raises(DeliveryFailed, match=r"transactions\[3\] offset 17"):
+        asyncio.run(sink.flush())

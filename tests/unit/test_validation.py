@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import pickle
@@ -17,7 +18,7 @@ import pytest
 
 from app import contracts
 from app.malformed import MALFORMED_KINDS, base_transaction, malformed_cases, malformed_messages
-from app.validation import InvalidInput, ReasonCode, build_dlq_record, validate_transaction
+from app.validation import InvalidInput, ReasonCode, build_dlq_record, dlq_key, validate_transaction
 
 NOW = datetime(2026, 11, 28, 12, 0, 1, 250, tzinfo=UTC)
 BASE: dict[str, Any] = contracts.load_schema("transaction")["examples"][0]
@@ -284,6 +285,33 @@ def test_dlq_record_round_trips_original_bytes() -> None:
     assert (record["reason_code"], record["reason"]) == (exc.code, exc.reason)
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 1_048_000, 4_000_000])
+def test_dlq_record_is_bounded_whatever_the_size(size: int) -> None:
+    """Length, SHA-256 and a prefix: a ~1 MB input no longer makes a ~1.4 MB record (issue 17)."""
+    value, key = bytes(range(256)) * (size // 256) + b"v" * (size % 256), b"k" * (size // 100)
+    record = build_dlq_record(value, key, rejected(value), "transactions", 0, 7, NOW)
+    contracts.validate_message("dlq", record)
+    prefix = base64.b64decode(record["original_value_b64"])
+    assert prefix == value[:4096] and record["original_value_bytes"] == size
+    assert record["original_value_truncated"] is (size > 4096)
+    assert record["original_value_sha256"] == hashlib.sha256(value).hexdigest()
+    assert base64.b64decode(record["original_key_b64"]) == key[:1024]
+    assert record["original_key_truncated"] is (len(key) > 1024)
+    assert record["original_key_sha256"] == hashlib.sha256(key).hexdigest()
+    assert len(orjson.dumps(record)) < 10_000
+
+
+def test_dlq_record_prefixes_follow_the_settings() -> None:
+    value, key = b"v" * 100, b"k" * 100
+    record = build_dlq_record(
+        value, key, rejected(value), "t", 0, 0, NOW, value_prefix_bytes=10, key_prefix_bytes=0
+    )
+    contracts.validate_message("dlq", record)
+    assert base64.b64decode(record["original_value_b64"]) == b"v" * 10
+    assert (record["original_key_b64"], record["original_key_truncated"]) == ("", True)
+    assert dlq_key(key, 5) == b"kkkkk" and dlq_key(None, 5) is None
+
+
 def test_dlq_record_for_tombstone_and_default_clock() -> None:
     record = build_dlq_record(None, None, rejected(None), "transactions", 0, 0)
     contracts.validate_message("dlq", record)
@@ -317,7 +345,7 @@ def test_malformed_messages_cycle_through_every_kind_deterministically() -> None
     assert malformed_messages(100, seed=3) == [(c.value, c.code) for c in cases]
     assert malformed_messages(100, seed=3) != malformed_messages(100, seed=4)
     codes = Counter(code for _, code in malformed_messages(100, seed=3))
-    assert set(codes) == {c.value for c in ReasonCode} - {"wrong_key"}
+    assert set(codes) == {c.value for c in ReasonCode} - {"wrong_key", "invalid_request"}
 
 
 def test_every_malformed_message_is_rejected_with_its_code() -> None:
