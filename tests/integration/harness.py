@@ -110,13 +110,15 @@ class Stack:
         env.update(extra)
         return env
 
-    def spawn(self, name: str, args: Iterable[str], **env: str) -> Process:
+    def spawn(self, name: str, args: Iterable[str], own_group: bool = False, **env: str) -> Process:
+        """Start ``fraudlens <args>``; ``own_group`` puts it in a process group of its own."""
         log = self.root / "logs" / f"{name}-{len(self.processes)}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "app.cli.main", *args],
                 cwd=REPO, env=self.env(**env), stdout=out, stderr=subprocess.STDOUT,
+                process_group=0 if own_group else None,
             )  # fmt: skip
         process = Process(name, popen, log)
         self.processes.append(process)
@@ -167,6 +169,9 @@ class Stack:
         failures: list[Any] = []
         count = 0
         for key, value in messages:
+            # (value, reason code) pairs passed here once became (key, value): refuse anything else.
+            for part in (key, value):
+                assert part is None or isinstance(part, bytes), f"key and value must be bytes: {part!r:.80}"
             producer.produce(
                 topic, value=value, key=key, on_delivery=lambda err, _m: failures.append(err) if err else None
             )
@@ -395,3 +400,93 @@ def start_relay(
 
     wait_until(ready, timeout, "the relay to serve")
     return relay
+
+
+# -- supervision and broker faults (issue 23) -------------------------------------------------------
+
+
+@dataclass
+class Supervised:
+    """One role under :class:`Supervisor`: its current process and the exits it was restarted after."""
+
+    role: str
+    env: dict[str, str]
+    process: Process
+    exits: list[tuple[int, int]] = field(default_factory=list)  # (pid, exit code) restarted after
+
+
+class Supervisor(threading.Thread):
+    """``Restart=on-failure`` for a test stack: a role that exits with a non-zero code is started
+    again (after ``backoff_s``), and the restart counted; one that exits 0 is left stopped. The
+    restarts are what the test reports (the fault suite prints them in the ledger)."""
+
+    def __init__(self, stack: Stack, backoff_s: float = 1.0) -> None:
+        super().__init__(daemon=True, name="supervisor")
+        self.stack, self.backoff_s = stack, backoff_s
+        self.roles: dict[str, Supervised] = {}
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+        self.start()
+
+    def start_role(self, name: str, role: str, **env: str) -> Process:
+        process = self.stack.start_worker(role, **env)
+        with self.lock:
+            self.roles[name] = Supervised(role, env, process)
+        return process
+
+    def current(self, name: str) -> Process:
+        with self.lock:
+            return self.roles[name].process
+
+    def restarts(self) -> dict[str, list[tuple[int, int]]]:
+        with self.lock:
+            return {name: list(s.exits) for name, s in self.roles.items() if s.exits}
+
+    def run(self) -> None:
+        while not self.halt.wait(0.2):
+            with self.lock:
+                for supervised in self.roles.values():
+                    code = supervised.process.popen.poll()
+                    if code is None or code == 0 or self.halt.is_set():
+                        continue
+                    supervised.exits.append((supervised.process.pid, code))
+                    time.sleep(self.backoff_s)  # the restart's backoff (a supervisor's, not a wait)
+                    supervised.process = self.stack.start_worker(supervised.role, **supervised.env)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def start_broker_on(stack: Stack, data_dir: Path, *extra: str, timeout: float = 120) -> Process:
+    """``fraudlens broker`` on the stack's port and ``data_dir``, in a process group of its own
+    (so a fault can SIGKILL the group, as a terminal or a supervisor would)."""
+    ready = stack.root / f"broker-ready-{len(stack.processes)}"
+    args = ["broker", "--port", str(stack.broker_port), "--data-dir", str(data_dir),
+            "--ready-file", str(ready), *extra]  # fmt: skip
+    process = stack.spawn("broker", args, own_group=True)
+    wait_until(lambda: ready.exists() or not process.alive(), timeout, "the broker to answer")
+    assert process.alive(), process.tail()
+    return process
+
+
+def broker_tree(broker: Process) -> list[psutil.Process]:
+    """The broker's process and every descendant (noida-db), while they run."""
+    try:
+        root = psutil.Process(broker.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def still_running(processes: Iterable[psutil.Process]) -> list[str]:
+    """Those of ``processes`` (remembered earlier, so identity is checked by create time) still
+    running and not zombies: orphans if their parent was killed."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{process.name()} pid {process.pid}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive

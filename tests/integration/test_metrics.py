@@ -6,10 +6,11 @@ import time
 import urllib.error
 import urllib.request
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.broker.embedded import free_port
-from app.malformed import malformed_messages
+from app.malformed import malformed_cases
 from app.model.generator import generate_transactions
 from app.relay.tokens import create_token, load_or_create_secret
 from tests.integration.harness import Stack, wait_until
@@ -51,7 +52,8 @@ def test_scorer_metrics_need_a_token_and_count_what_happened(stack: Stack) -> No
     port = free_port()
     stack.start_worker("scorer", FRAUDLENS_METRICS_PORT=str(port))
     stack.produce_transactions(generate_transactions(20, seed=81))
-    stack.produce(list(malformed_messages(2, seed=81)))
+    bad = malformed_cases(2, seed=81)
+    stack.produce([(f"card-bad-{i}".encode(), case.value) for i, case in enumerate(bad)])
     url = f"http://127.0.0.1:{port}/metrics"
     token = prometheus_token(stack)
     secret = load_or_create_secret(None, stack.root / "data")
@@ -61,6 +63,8 @@ def test_scorer_metrics_need_a_token_and_count_what_happened(stack: Stack) -> No
         return verdicts == 20 and total(url, token, "fraudlens_dlq_records_total") == 2
 
     wait_until(counted, 120, "20 verdicts and 2 DLQ records in the metrics")
+    dlq = stack.reader("transactions.dlq").read_until(lambda m: len(m) >= 2, 60, "the 2 DLQ records")
+    assert sorted(orjson.loads(m.value())["reason_code"] for m in dlq) == sorted(c.code for c in bad)
     _, text = get(url, token)
     got = samples(text)
     assert got[("fraudlens_verdict_latency_seconds_count", ())] == 20

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.broker.embedded import free_port
-from app.malformed import malformed_messages
+from app.malformed import malformed_cases
 from app.masking import mask_card_id
 from app.metrics import metrics_app
 from app.model.generator import generate_transactions
@@ -345,8 +345,14 @@ def _snapshot_ids(client: Client) -> set[str]:
 def test_no_secret_or_full_card_id_in_any_log_metrics_page_or_frame(secured: Secured) -> None:
     """Runs last in this module: the logs then hold everything the tests above made happen."""
     stack, relay = secured.stack, secured.relay
-    bad = list(malformed_messages(20, seed=303))
-    secured.card_ids |= {key.decode() for key, _ in bad if key and key.startswith(b"card-")}
+    # Malformed inputs keyed by card id, as a producer sends them: the DLQ path sees the card ids
+    # in the key and (most kinds) inside the value.
+    bases = list(generate_transactions(20, seed=304))
+    bad = [
+        (base["card_id"].encode(), case.value)
+        for base, case in zip(bases, malformed_cases(20, seed=303, valid_source=bases), strict=True)
+    ]
+    secured.card_ids |= {base["card_id"] for base in bases}
     stack.produce(bad)
     # SASL/PLAIN through both client libraries (the embedded broker accepts any PLAIN login):
     # a relay and a scorer (librdkafka) serving, and an explainer (Faust's aiokafka) started up,
