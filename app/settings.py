@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How long an explanation update waits for its verdict before going out alone."
     )
     relay_stats_every_s: float = Field(1.0, gt=0, description="How often clients get the stats message.")
+    relay_max_record_bytes: int = Field(
+        65536, ge=1024, description="Largest verdict or update the relay passes on; larger ones are skipped."
+    )
+    relay_feed_stall_s: float = Field(
+        5.0, gt=0, description="A broker that owes the relay an answer this long counts as unreachable."
+    )
     token_secret: SecretStr | None = Field(
         None, description="HMAC secret of console tokens [a file generated once in the data dir]."
     )
