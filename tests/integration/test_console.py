@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from playwright import sync_api as playwright_api
 
 from app.masking import mask_card_id
 from app.model.generator import generate_transactions
@@ -54,6 +55,8 @@ RECORD_STATES = """() => {
              {subtree: true, childList: true, attributes: true, attributeFilter: ["data-state"]});
 }"""
 
+ROWS_SHOWN = "() => [...document.querySelectorAll('#rows tr.row')].map((r) => [r.dataset.txid, !r.hidden])"
+
 
 def predicted_verdicts(models_dir: Path, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The scorer's own code on the same sequence: which transactions the stack will deny."""
@@ -73,7 +76,6 @@ def console(stack: Stack) -> Iterator[tuple[Process, RelayProcess]]:
 
 
 def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess], tmp_path: Path) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api")
     assert os.path.exists(CHROMIUM), "chromium is not installed (make test installs it)"
     explainer, relay = console
     transactions = list(generate_transactions(300, seed=201))
@@ -147,9 +149,20 @@ def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess]
             page_text = page.content() + page.inner_text("body")
             shown_full = sorted({tx["card_id"] for tx in transactions if tx["card_id"] in page_text})
             assert not shown_full, shown_full[:5]
-            page.fill("#filter-search", card[-4:])
+            search = card[-4:]
+            page.fill("#filter-search", search)
             assert row.is_visible()
+            shown = dict(page.evaluate(ROWS_SHOWN))
+            assert len(shown) == len(transactions), "every verdict has its row"
+            matching = {  # the placeholder's promise: a transaction id, or the card's last four
+                tx["transaction_id"]
+                for tx in transactions
+                if search in tx["transaction_id"].lower() or search in tx["card_id"][-4:]
+            }
+            assert {txid for txid, visible in shown.items() if visible} == matching
+            assert len(matching) < len(shown), "the search must hide some rows to show it filters"
             page.fill("#filter-search", "")
+            assert all(dict(page.evaluate(ROWS_SHOWN)).values()), "clearing the search shows every row"
 
             # The header shows what the stream tells.
             page.wait_for_function("document.getElementById('queue').textContent.includes('/')")
