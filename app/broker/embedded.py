@@ -16,7 +16,17 @@ import sys
 import time
 from pathlib import Path
 
+from app.broker.datadir import (
+    DataDirBusy,
+    DataDirLock,
+    Owner,
+    leftover_noida,
+    noida_users,
+    process_started,
+    stop_leftover,
+)
 from app.broker.shim import BrokerShim
+from app.lifetime import parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +72,12 @@ def start_noida(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     # Not its own session: with Linux's scheduler autogroups (one per session, on by default)
     # the broker would compete with all of our processes as an equal group, and the explainers'
     # nice would no longer yield to it (measured: verdict p50 with explainers busy 0.5-0.8 s in
-    # a session of its own, 30-43 ms in ours; README → Performance).
-    return subprocess.Popen(command, stdout=log_file, stderr=log_file, process_group=0)
+    # a session of its own, 30-43 ms in ours; README → Performance). Out of our group, it would
+    # outlive a SIGKILL of us: the kernel sends it SIGTERM when we end (app/lifetime.py). Started
+    # from the main thread, before any other thread exists (the signal follows the forking thread).
+    return subprocess.Popen(
+        command, stdout=log_file, stderr=log_file, process_group=0, preexec_fn=parent_death_signal()
+    )
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -95,6 +109,10 @@ async def wait_for_metadata(host: str, port: int, timeout: float) -> None:
             await client.close()
 
 
+class BrokerStartError(RuntimeError):
+    """The broker cannot start; the message is the one line to show (no traceback)."""
+
+
 async def serve(
     port: int,
     data_dir: Path,
@@ -102,16 +120,24 @@ async def serve(
     ready_file: Path | None = None,
     max_retention_s: float = 60.0,
 ) -> int:
-    """Run noida-db + shim until SIGINT/SIGTERM; returns the exit code."""
+    """Run noida-db + shim until SIGINT/SIGTERM/SIGHUP; returns the exit code. Raises
+    BrokerStartError when the data directory is taken or noida-db does not start."""
+    data_dir = data_dir.resolve()
+    lock = DataDirLock(data_dir)
+    try:
+        _reclaim(lock.acquire(), data_dir / "noida")
+    except DataDirBusy as exc:
+        raise BrokerStartError(str(exc)) from None
     upstream_port = free_port(host)
     noida = start_noida(data_dir / "noida", upstream_port)
+    lock.record(Owner(os.getpid(), process_started(os.getpid()), noida.pid, process_started(noida.pid)))
     shim = BrokerShim(upstream=(host, upstream_port), listen=(host, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: a closed terminal
         loop.add_signal_handler(signum, stop.set)
     try:
-        await asyncio.to_thread(wait_for_port, host, upstream_port, 30, noida)
+        await _noida_ready(host, upstream_port, noida, data_dir / "noida")
         await shim.start()
         await wait_for_metadata(host, port, 30)
         await asyncio.to_thread(_create_app_topics, host, port)
@@ -126,6 +152,30 @@ async def serve(
     finally:
         await shim.close()
         stop_process(noida)
+        lock.release()
+
+
+def _reclaim(previous: Owner | None, noida_dir: Path) -> None:
+    """The lock is ours, so its previous owner is gone; its noida-db may not be."""
+    leftover = leftover_noida(previous, noida_dir)
+    if leftover is not None and previous is not None:
+        log.warning(
+            "stopping noida-db pid %s, left running on %s by broker pid %s (no longer running)",
+            leftover.pid, noida_dir, previous.pid,
+        )  # fmt: skip
+        stop_leftover(leftover)
+
+
+async def _noida_ready(host: str, port: int, noida: subprocess.Popen[bytes], noida_dir: Path) -> None:
+    try:
+        await asyncio.to_thread(wait_for_port, host, port, 30, noida)
+    except RuntimeError:
+        others = [pid for pid in noida_users(noida_dir) if pid != noida.pid]
+        held = f"; noida-db pid {', '.join(map(str, others))} holds that directory" if others else ""
+        where = noida_dir / "noida.log"
+        raise BrokerStartError(
+            f"noida-db exited with code {noida.returncode} at start (its log: {where}){held}"
+        ) from None
 
 
 def _create_app_topics(host: str, port: int) -> None:
