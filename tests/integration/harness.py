@@ -259,6 +259,20 @@ class TopicReader:
             self.consumer.close()
 
 
+def committed_to_end(stack: Stack, group: str, topic: str) -> bool:
+    """``group``'s committed offsets on ``topic`` are at its end offsets: every record there was
+    processed and, for the fraudlens roles (which commit only what their output acks cover),
+    everything it caused is on the output topics."""
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": group, "log_level": 2})
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(stack.topic_partitions(topic))]
+        committed = consumer.committed(partitions, timeout=10)
+        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+        return all(end == 0 or tp.offset == end for tp, end in zip(committed, ends, strict=True))
+    finally:
+        consumer.close()
+
+
 def diagnose_missing(stack: Stack, wanted: set[str], seen: set[str]) -> str:
     """Where the transactions without a verdict sit, and what the group committed there."""
     import collections

@@ -12,7 +12,15 @@ import orjson
 from app.contracts import validate_message
 from app.malformed import malformed_messages
 from app.model.generator import generate_transactions
-from tests.integration.harness import Process, Stack, SteadyProducer, diagnose_missing, wait_until
+from tests.integration.harness import (
+    Process,
+    Stack,
+    SteadyProducer,
+    TopicReader,
+    committed_to_end,
+    diagnose_missing,
+    wait_until,
+)
 
 
 def _verdicts_by_id(messages: list[Any]) -> dict[str, list[bytes]]:
@@ -20,6 +28,16 @@ def _verdicts_by_id(messages: list[Any]) -> dict[str, list[bytes]]:
     for message in messages:
         by_id.setdefault(message.key().decode(), []).append(message.value())
     return by_id
+
+
+def settled(stack: Stack, *outputs: TopicReader) -> None:
+    """Once the scorer has committed every input, read its outputs to their end: all it will
+    write for them is there (it commits only offsets whose records are acked)."""
+    wait_until(
+        lambda: committed_to_end(stack, stack.app_id, "transactions"), 120, "the scorer to commit every input"
+    )
+    for output in outputs:
+        output.read_to_end()
 
 
 def test_valid_and_malformed_inputs(stack: Stack) -> None:
@@ -35,7 +53,7 @@ def test_valid_and_malformed_inputs(stack: Stack) -> None:
     verdicts, dlq = stack.reader("verdicts"), stack.reader("transactions.dlq")
     verdicts.read_until(lambda m: len(m) >= 1000, 120, "1,000 verdicts")
     dlq.read_until(lambda m: len(m) >= 100, 60, "100 DLQ records")
-    verdicts.poll(2.0), dlq.poll(0.5)  # nothing more may arrive
+    settled(stack, verdicts, dlq)  # and nothing more: the scorer has committed every input
 
     assert len(verdicts.messages) == 1000
     by_id = _verdicts_by_id(verdicts.messages)
@@ -58,7 +76,7 @@ def test_resent_transactions_get_identical_verdicts(stack: Stack) -> None:
     verdicts.read_until(lambda m: len(m) >= 200, 120, "first verdicts")
     stack.produce_transactions(transactions[:50])
     verdicts.read_until(lambda m: len(m) >= 250, 60, "re-sent verdicts")
-    verdicts.poll(1.0)
+    settled(stack, verdicts)
     assert len(verdicts.messages) == 250
     for txid, values in _verdicts_by_id(verdicts.messages).items():
         assert len(set(values)) == 1, f"{txid} got differing verdicts"

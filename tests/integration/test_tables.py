@@ -42,7 +42,9 @@ def test_tables_while_running_and_after_stop(stack: Stack) -> None:
         "every explanation complete",
     )
     finals = {u["transaction_id"]: u for u in updates.values() if u["status"] == "complete"}
-    verdicts = {m.key().decode(): orjson.loads(m.value()) for m in stack.reader("verdicts").poll(1)}
+    verdict_reader = stack.reader("verdicts")
+    verdict_reader.read_until(lambda m: len({x.key() for x in m}) >= COUNT, 60, "every verdict")
+    verdicts = {m.key().decode(): orjson.loads(m.value()) for m in verdict_reader.messages}
     picked = sorted(finals)[:: COUNT // 8]  # spread over partitions, so over both explainers
 
     running = {txid: as_json(tables(stack, "get", "explanations", txid)) for txid in picked}
