@@ -31,7 +31,15 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test: lint
+# kafkajs for tests/integration/test_foreign_clients.py, pinned by tests/foreign/package-lock.json
+# (kafkajs-lz4's lz4 compiles with the machine's g++ against Node's own headers).
+FOREIGN := tests/foreign/node_modules/.installed
+$(FOREIGN): tests/foreign/package.json tests/foreign/package-lock.json
+	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q nodejs npm)
+	cd tests/foreign && npm ci --no-audit --no-fund
+	touch $(FOREIGN)
+
+test: lint $(FOREIGN)
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # browser test
 	$(BIN)/python -m pytest -q -m "not slow and not chaos" tests
 
@@ -57,7 +65,7 @@ bench-explainer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.explainer --models models $(if $(QUICK),--quick)
 
 clean:
-	rm -rf $(VENV) data models bench/results-*quick* bench/results-soak*  # bench/results.json and its plots are tracked
+	rm -rf $(VENV) data models bench/results-*quick* bench/results-soak* tests/foreign/node_modules  # bench/results.json and its plots are tracked
 
 # The fault suite (tests/chaos, ~15 min): scorer, explainer, relay and broker faults under
 # 500 msg/s; each scenario prints its ledger. CHAOS_SEED=N replays a run's fault moments.
