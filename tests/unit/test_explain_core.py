@@ -11,6 +11,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pytest
+import shap
 
 from app.explain import (
     ADDITIVITY_TOLERANCE,
@@ -26,8 +27,6 @@ from app.explain.splits import ZERO_THRESHOLD
 from app.model.features import FEATURE_NAMES, build_matrix
 from app.model.generator import generate_transactions
 from app.model.registry import MODEL_FILE, Registry, UnknownModelVersion
-
-shap = pytest.importorskip("shap")
 
 
 @pytest.fixture(scope="module")

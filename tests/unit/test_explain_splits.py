@@ -10,12 +10,11 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
+import shap
 
 from app.explain import Explainer, SplitIndex, UnsupportedModel
 from app.explain.splits import ZERO_THRESHOLD, FeatureSplits, representative_table
 from app.model.registry import Registry
-
-shap = pytest.importorskip("shap")
 
 NAMES = ["signed", "sparse", "category", "smooth"]
 

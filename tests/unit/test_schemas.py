@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import jsonschema
 import pytest
+import rfc3339_validator  # noqa: F401  (jsonschema checks date-time only when it imports)
 
 from app import contracts
 from app.validation import InvalidInput, ReasonCode, validate_transaction
-
-jsonschema = pytest.importorskip("jsonschema")
 
 EXAMPLES = contracts.SCHEMA_DIR / "examples"
 
@@ -37,7 +37,6 @@ INVALID_TRANSACTIONS = {
 @pytest.fixture(scope="module")
 def format_checker() -> Any:
     """A FormatChecker that really checks date-time (needs rfc3339-validator)."""
-    pytest.importorskip("rfc3339_validator")
     checker = jsonschema.FormatChecker()
     assert not checker.conforms("2026-11-28T12:00:00", "date-time")
     return checker
