@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 from typing import Any
 
 from app import topics
+from app.outage import RIDE_THROUGH_S, Outage, quiet_client_logs, retry
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -34,18 +39,31 @@ def ensure_topics(
     settings: Settings,
     names: tuple[str, ...] = topics.APP_TOPICS,
     configs: dict[str, dict[str, str]] | None = None,
+    limit_s: float = RIDE_THROUGH_S,
 ) -> list[str]:
     """Create the app's topics with the configured partition count (and ``configs[name]``);
     returns those created. An existing topic is left as it is.
 
     Pre-creating matters: a topic auto-created by a producer's first write gets one partition.
+    A broker that does not answer is waited for (one log line when it goes, one when it is back)
+    up to ``limit_s``, then :class:`app.outage.BrokerUnreachable` (roles start before or while
+    the broker restarts).
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(client_config(settings))
+    outage = Outage("creating topics", log)
+    admin = AdminClient(quiet_client_logs(client_config(settings), outage))
+    return retry(lambda: _create_missing(admin, settings, names, configs or {}), outage, limit_s, _retriable)
+
+
+def _create_missing(
+    admin: Any, settings: Settings, names: tuple[str, ...], configs: dict[str, dict[str, str]]
+) -> list[str]:
+    from confluent_kafka.admin import NewTopic
+
     existing = admin.list_topics(timeout=15).topics
     wanted = [
-        NewTopic(name, settings.partitions, settings.replication_factor, config=(configs or {}).get(name, {}))
+        NewTopic(name, settings.partitions, settings.replication_factor, config=configs.get(name, {}))
         for name in names
         if name not in existing
     ]
@@ -58,3 +76,9 @@ def ensure_topics(
             if "exist" not in str(exc).lower():
                 raise
     return created
+
+
+def _retriable(exc: BaseException) -> bool:
+    from confluent_kafka import KafkaException
+
+    return isinstance(exc, KafkaException | concurrent.futures.TimeoutError | TimeoutError)

@@ -12,14 +12,24 @@ seconds; aiokafka asserts when the position is unset, which it is while a partit
 being reset (after OffsetOutOfRange: the embedded broker trimmed records a seek asked for) or
 has not been fetched yet. Found by ``make chaos``: the AssertionError stopped an explainer.
 The check is skipped for such a partition until it has a position again.
+
+Faust declares every topic and changelog while its worker starts; one request to a broker that
+is away (restarting) raises aiokafka's NodeNotReadyError and the whole worker exits (issue 23,
+the family of robinhood/faust#47, #113, #596). The declaration is retried with backoff while the
+broker does not answer (one log line each way), up to ``app.outage.RIDE_THROUGH_S``.
 Everything else is configured through Faust's own settings.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+from app.outage import RIDE_THROUGH_S, BrokerUnreachable, Outage, backoff
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _installed: list[Settings] = []
 
@@ -57,6 +67,41 @@ def install_faust_patches(settings: Settings) -> None:
         return original_verify(self, now, tp)
 
     driver.AIOKafkaConsumerThread.verify_event_path = verify_event_path  # type: ignore[method-assign]
+    _retry_topic_declarations(driver.Transport)
+
+
+def _retry_topic_declarations(transport: Any) -> None:
+    original = transport._create_topic
+    outage = Outage("explainer: declaring topics", log)
+
+    async def create_topic(self: Any, *args: Any, **kwargs: Any) -> None:
+        attempt = 0
+        while True:
+            try:
+                await original(self, *args, **kwargs)
+            except Exception as exc:
+                if not broker_unreachable(exc):
+                    raise
+                outage.down(repr(exc))
+                if outage.seconds() >= RIDE_THROUGH_S:
+                    raise BrokerUnreachable(f"no answer from the broker for {RIDE_THROUGH_S:.0f} s") from exc
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            outage.up()
+            return
+
+    transport._create_topic = create_topic
+
+
+def broker_unreachable(exc: BaseException) -> bool:
+    """Whether an aiokafka error means the broker is away (worth waiting for), not a refusal."""
+    from aiokafka import errors
+    from faust.exceptions import NotReady
+
+    away = (errors.NodeNotReadyError, errors.KafkaConnectionError, errors.RequestTimedOutError,
+            errors.KafkaTimeoutError, asyncio.TimeoutError, NotReady)  # fmt: skip
+    return isinstance(exc, away)
 
 
 def has_position(thread: Any, tp: Any) -> bool:

@@ -37,6 +37,15 @@ from app.agents.sink import DeliveryFailed, Sink
 from app.explain.inline import InlineExplainer
 from app.model.registry import Registry
 from app.model.scorer import ModelScorer
+from app.outage import (
+    EX_UNAVAILABLE,
+    RIDE_THROUGH_S,
+    UNREACHABLE_CODES,
+    BrokerUnreachable,
+    Outage,
+    quiet_client_logs,
+    retry,
+)
 from app.scoring import BatchResult, BatchScorer, Incoming
 from app.settings import Settings, get_settings
 from app.tables.card_activity import card_activity
@@ -118,6 +127,7 @@ class ScorerLoop:
         consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
         inline: InlineExplainer | None = None,
         watcher: ModelWatcher | None = None,
+        outage: Outage | None = None,
     ) -> None:
         if consumer_factory is None:
             from confluent_kafka import Consumer
@@ -125,7 +135,10 @@ class ScorerLoop:
             consumer_factory = Consumer
         self.settings, self.scorer, self.sink, self.views = settings, scorer, sink, views
         self.inline, self.watcher = inline, watcher
-        self.consumer: Any = consumer_factory(consumer_config(settings))
+        # One tracker for the consumer and the sink: one line when the broker goes, one when back.
+        self.outage = outage or Outage("scorer", log, on_fatal=_client_failed)
+        self.probed_at = 0.0
+        self.consumer: Any = consumer_factory(quiet_client_logs(consumer_config(settings), self.outage))
         self.owned: set[int] = set()
         self.unacked: dict[int, int] = {}  # partition → next offset, sent but not yet acked
         self.processed: dict[int, int] = {}  # partition → next offset, acked, not yet committed
@@ -143,6 +156,8 @@ class ScorerLoop:
                 batch = self.next_batch(0.5)
                 if batch:
                     self.process(batch)
+                elif self.outage.active:
+                    self._probe()
                 if time.monotonic() - self.committed_at >= self.settings.scorer_commit_interval_s:
                     if self.unacked:
                         self.settle()
@@ -166,7 +181,7 @@ class ScorerLoop:
         for message in messages:
             error = message.error()
             if error is not None:
-                _log_consumer_error(error)
+                _log_consumer_error(error, self.outage)
             elif message.partition() in self.owned:
                 batch.append(message)
         return batch
@@ -214,9 +229,14 @@ class ScorerLoop:
     def settle(self) -> None:
         """Wait for every queued record's ack; what was sent becomes processed."""
         try:
-            highest = self.sink.flush_now()
+            # While the broker is away librdkafka keeps the records queued and retries them for
+            # its message.timeout.ms (300 s); waiting as long rides through an outage, after
+            # which a record not acked is a DeliveryFailed (exit 75: replayed on restart).
+            highest = self.sink.flush_now(RIDE_THROUGH_S + 10)
         except DeliveryFailed as exc:
             _give_up(exc)
+        if highest or self.unacked:
+            self.outage.up()
         for (topic, partition), offset in highest.items():
             for table in TABLES:
                 if topic == table.changelog_topic(self.settings.app_id) and partition in table.held():
@@ -264,9 +284,27 @@ class ScorerLoop:
         table.put(partition, key, value)
         self.sink.changelog(table.changelog_topic(app_id), partition, key, value)
 
+    def _probe(self) -> None:
+        """While the broker is away and nothing arrives: a cheap metadata call every 2 s, so
+        the end of an idle outage is logged too."""
+        self.outage.check()
+        if time.monotonic() - self.probed_at < 2.0:
+            return
+        self.probed_at = time.monotonic()
+        try:
+            self.consumer.list_topics(topics.TRANSACTIONS, timeout=1.0)
+        except Exception:  # still away: the outage was logged when it began
+            return
+        self.outage.up()
+
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
         wanted = sorted(tp.partition for tp in partitions)
-        report = recover(self.settings, TABLES, wanted)
+        try:  # the broker may go away mid-recovery: read again from what the stores hold
+            report = retry(
+                lambda: recover(self.settings, TABLES, wanted), self.outage, retriable=_recovery_retriable
+            )
+        except BrokerUnreachable as exc:
+            _unavailable(exc)
         for table in TABLES:
             for partition in wanted:
                 table.open(partition)
@@ -314,11 +352,14 @@ def _count(result: BatchResult, started: float, size: int) -> None:
 _last_error_log = [0.0]
 
 
-def _log_consumer_error(error: Any) -> None:
+def _log_consumer_error(error: Any, outage: Outage) -> None:
     if error.fatal():
         log.critical("the consumer failed for good (%s): stopping the worker", error)
         logging.shutdown()
         os._exit(70)
+    if error.code() in UNREACHABLE_CODES:
+        outage.down(error.str())
+        return
     now = time.monotonic()
     if now - _last_error_log[0] > 5:  # a broker restart reports every connection: once per 5 s
         _last_error_log[0] = now
@@ -337,6 +378,32 @@ def _give_up(exc: Exception) -> NoReturn:
     )
     logging.shutdown()
     os._exit(75)
+
+
+def _unavailable(exc: BrokerUnreachable) -> NoReturn:
+    # Called where unwinding would try to commit and flush against the absent broker (inside
+    # the consumer's assign callback): one line, and a code a supervisor restarts on.
+    log.critical("%s: stopping the worker (a supervisor restarts it)", exc)
+    logging.shutdown()
+    os._exit(EX_UNAVAILABLE)
+
+
+def _client_failed(error: Any) -> None:
+    # A fatal client error, e.g. the idempotent producer finding the broker's sequence numbers
+    # behind its own after a restart that lost acked writes (noida-db SIGKILLed): this client
+    # cannot go on. Nothing unacked counted as processed, so a restart replays it.
+    log.critical("a Kafka client failed for good (%s): stopping the worker; a restart replays "
+                 "what was not committed", error.str())  # fmt: skip
+    logging.shutdown()
+    os._exit(75)
+
+
+def _recovery_retriable(exc: BaseException) -> bool:
+    from confluent_kafka import KafkaException
+
+    from app.agents.recovery import RecoveryStalled
+
+    return isinstance(exc, KafkaException | RecoveryStalled)
 
 
 def _inline_explainer(settings: Settings) -> InlineExplainer | None:
@@ -363,6 +430,7 @@ def ensure_changelogs(settings: Settings) -> None:
 def run_scorer() -> int:
     """``fraudlens worker --role scorer``: score until SIGTERM/SIGINT, then leave the group."""
     settings = get_settings()
+    outage = Outage("scorer", log, on_fatal=_client_failed)
     ensure_changelogs(settings)
     for table in TABLES:
         table.bind(settings.worker_dir)
@@ -380,10 +448,11 @@ def run_scorer() -> int:
     loop = ScorerLoop(
         settings,
         scorer,
-        Sink(settings, linger_ms=settings.scorer_linger_ms),
+        Sink(settings, _outage_aware_producer(outage), linger_ms=settings.scorer_linger_ms),
         views,
         inline=_inline_explainer(settings),
         watcher=watcher,
+        outage=outage,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -397,6 +466,13 @@ def run_scorer() -> int:
         stop_metrics()
     log.info("scorer stopped")
     return 0
+
+
+def _outage_aware_producer(outage: Outage) -> Callable[[dict[str, Any]], Any]:
+    """The sink's producer, reporting to ``outage`` instead of logging every reconnect."""
+    from confluent_kafka import Producer
+
+    return lambda config: Producer(quiet_client_logs(config, outage))
 
 
 class _BatchStats:

@@ -25,6 +25,18 @@ def _prepare_explainer() -> None:
 
 
 def run_worker(role: str) -> None:
+    """Run the role; a broker that stays away past the ride-through bound ends it with one line
+    and exit 69, for a supervisor (``fraudlens up``, systemd) to restart it."""
+    from app.outage import EX_UNAVAILABLE, BrokerUnreachable
+
+    try:
+        _run_role(role)
+    except BrokerUnreachable as exc:
+        logging.getLogger(__name__).critical("%s: the %s worker stops", exc, role)
+        raise SystemExit(EX_UNAVAILABLE) from None
+
+
+def _run_role(role: str) -> None:
     # The role names this process's state dir; it must be known before settings are read.
     os.environ["FRAUDLENS_ROLE"] = role
     if role == "relay":  # not a Faust worker: its own consumer, no group (app/relay/)
@@ -54,4 +66,20 @@ def run_worker(role: str) -> None:
     worker = Worker(
         app, loglevel=logging.getLogger().level or logging.INFO, quiet=True, override_logging=False
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        _exit_clearly(role, exc, worker.crash_reason or app.crash_reason)
+        raise
+
+
+def _exit_clearly(role: str, exc: SystemExit, reason: BaseException | None) -> None:
+    """A Faust worker that crashed (e.g. its broker connection failed where Faust does not retry)
+    ends with one line naming why, and exit 69 for a supervisor to restart it, never 0."""
+    from app.outage import EX_UNAVAILABLE
+
+    if exc.code in (0, None) and reason is None:
+        return
+    why = repr(reason) if reason is not None else f"exit code {exc.code}"
+    logging.getLogger(__name__).critical("the %s worker stopped (%s): exit %d", role, why, EX_UNAVAILABLE)
+    raise SystemExit(EX_UNAVAILABLE) from None

@@ -1,0 +1,89 @@
+"""The outage tracker and the start-up retry (app.outage): one line each way, bounded retries."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from app.outage import BrokerUnreachable, Outage, backoff, retry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_one_line_when_an_outage_starts_and_one_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    outage = Outage("scorer", logging.getLogger("t"), clock)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(50):  # every reconnect attempt reports
+            outage.down("connection refused")
+            clock.sleep(0.5)
+        outage.up()
+        outage.up()
+    assert lines(caplog) == [
+        "scorer: broker unreachable for 2 s (connection refused); retrying until it is back",
+        "scorer: broker reachable again after 25.0 s",
+    ]
+    assert outage.count == 1 and not outage.active
+
+
+def test_a_blip_shorter_than_the_grace_is_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    outage = Outage("scorer", logging.getLogger("t"), clock)
+    with caplog.at_level(logging.WARNING):
+        outage.down("1/1 brokers are down")
+        clock.sleep(0.1)
+        outage.up()
+    assert lines(caplog) == [] and outage.count == 0
+
+
+def test_retry_backs_off_until_the_broker_answers() -> None:
+    clock = Clock()
+    outage = Outage("creating topics", logging.getLogger("t"), clock)
+    answers = iter([KafkaException(KafkaError(KafkaError._TRANSPORT))] * 6 + ["ok"])
+
+    def call() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert retry(call, outage, limit_s=60, sleep=clock.sleep) == "ok"
+    assert clock.now - 100.0 == pytest.approx(sum(backoff(i) for i in range(6)))
+    assert not outage.active and outage.count == 1
+
+
+def test_retry_gives_up_after_the_bound_and_never_retries_other_errors() -> None:
+    clock = Clock()
+    outage = Outage("creating topics", logging.getLogger("t"), clock)
+
+    def unreachable() -> None:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    with pytest.raises(BrokerUnreachable, match="no answer from the broker for 60 s"):
+        retry(unreachable, outage, limit_s=60, sleep=clock.sleep)
+    assert 60 <= clock.now - 100.0 < 66  # the last pause is at most the 5 s cap
+
+    def refused() -> None:
+        raise ValueError("bad config")
+
+    with pytest.raises(ValueError):
+        retry(refused, Outage("x", logging.getLogger("t"), clock), sleep=clock.sleep)
+
+
+def test_backoff_doubles_to_its_cap() -> None:
+    assert [backoff(i) for i in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
