@@ -12,6 +12,7 @@ series                                              meaning
 ``fraudlens_verdict_latency_seconds``               received by the scorer → verdict sent
 ``fraudlens_scorer_batch_size``                     transactions per scored batch
 ``fraudlens_dlq_records_total{reason}``             rejected inputs by reason code
+``fraudlens_explainer_skipped_records_total``       internal-topic records no contract allows {topic}
 ``fraudlens_model_info{version}``                   the model version a scorer uses (value 1)
 ``fraudlens_explanations_total{status,priority}``    explanations finished (complete / failed)
 ``fraudlens_explanation_gap_seconds{priority}``     verdict made → explanation complete
@@ -51,6 +52,11 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 DLQ_RECORDS = Counter("fraudlens_dlq_records", "Rejected inputs sent to the DLQ, by reason code.", ["reason"])
+EXPLAINER_SKIPPED = Counter(
+    "fraudlens_explainer_skipped_records",
+    "Records on the explainer's internal topics (verdicts, explain.*) no contract allows: skipped.",
+    ["topic"],
+)
 MODEL_INFO = Gauge("fraudlens_model_info", "The model version this scorer uses (1).", ["version"])
 GAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 EXPLANATIONS = Counter(

@@ -9,6 +9,7 @@ EXPLAIN_HIGH = "explain.high"
 EXPLAIN_NORMAL = "explain.normal"
 EXPLAIN_LOW = "explain.low"
 EXPLAIN_REQUESTS = "explain.requests"  # on demand (console, `fraudlens explain TXID`): always high
+EXPLAIN_REQUESTS_DLQ = "explain.requests.dlq"  # rejected on-demand requests (DESIGN-NOTES: hostile records)
 EXPLANATION_UPDATES = "explanation.updates"
 
 # Work queue of each priority; all keyed by transaction_id, co-partitioned with verdicts.
@@ -24,10 +25,11 @@ APP_TOPICS = (
     EXPLAIN_NORMAL,
     EXPLAIN_LOW,
     EXPLAIN_REQUESTS,
+    EXPLAIN_REQUESTS_DLQ,
     EXPLANATION_UPDATES,
 )
 
 # Topics people and their own tools read (README → consuming verdicts). The embedded broker keeps
 # them for its time retention only, however far every consumer group has read, so a group that
 # joins later still finds them (issue 23). A new topic users read belongs here.
-READ_BY_USERS = frozenset({VERDICTS, EXPLANATION_UPDATES, TRANSACTIONS_DLQ})
+READ_BY_USERS = frozenset({VERDICTS, EXPLANATION_UPDATES, TRANSACTIONS_DLQ, EXPLAIN_REQUESTS_DLQ})

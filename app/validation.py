@@ -45,6 +45,7 @@ __all__ = [
     "ReasonCode",
     "build_dlq_record",
     "dlq_key",
+    "validate_explain_request",
     "validate_transaction",
 ]
 
@@ -301,6 +302,42 @@ def _first_non_finite_path(obj: Any) -> str:
         elif isinstance(node, list):
             stack.extend((f"{path}/{i}", v) for i, v in reversed(list(enumerate(node))))
     return ""
+
+
+# ------------------------------------------------------------- on-demand requests
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # schemas: $defs/identifier
+_REQUEST_FIELDS = ("transaction_id", "method")
+
+
+def validate_explain_request(
+    value: bytes | None, key: bytes | None, methods: tuple[str, ...], max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, Any]:
+    """An ``explain.requests`` record (``{"transaction_id": …, "method": optional}``, keyed by
+    the transaction id), or ``InvalidInput``. The key matters: the record's partition is the one
+    whose explainer owns the transaction's row, so a request keyed otherwise would wait forever."""
+    obj = _parse_precisely(_check_envelope(value, max_bytes))
+    if not isinstance(obj, dict):
+        raise InvalidInput(
+            ReasonCode.NOT_OBJECT, f"value is valid JSON but {_describe(obj)}, not a JSON object"
+        )
+    txid, method = obj.get("transaction_id"), obj.get("method")
+    errors = [_error("/" + _pointer_token(k), _UNKNOWN) for k in obj if k not in _REQUEST_FIELDS]
+    if not isinstance(txid, str) or not _IDENTIFIER.fullmatch(txid):
+        got = f"expected an identifier, got {_describe(txid)}"
+        problem = _MISSING if "transaction_id" not in obj else got
+        errors.insert(0, _error("/transaction_id", problem))
+    if method is not None and method not in methods:
+        errors.append(_error("/method", f"{_snippet(method)} is not one of {', '.join(methods)}"))
+    tx_id = _readable_id(txid)
+    if errors:
+        raise InvalidInput(ReasonCode.INVALID_REQUEST, _reason_from(errors), _capped(errors), tx_id)
+    if key != str(txid).encode():
+        shown = "no key" if key is None else f"key {key[:64]!r}"
+        raise InvalidInput(
+            ReasonCode.WRONG_KEY, f"{shown} is not the transaction_id {txid!r}; key requests by it", [], tx_id
+        )
+    return obj
 
 
 # ------------------------------------------------------------------ schema errors

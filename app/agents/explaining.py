@@ -49,8 +49,9 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app import metrics, topics
-from app.agents.explain_io import TableWriter, give_up, named_sink, utc_now
+from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
 from app.agents.sink import DeliveryFailed
+from app.agents.skips import Skips, contract_problem
 from app.app import app, explain_topics
 from app.explain.core import ExplainerCache, Explanation
 from app.explain.messages import FailureCode
@@ -64,6 +65,7 @@ from app.tables.explanations import explanations
 log = logging.getLogger(__name__)
 settings = get_settings()
 Send = tuple[str, bytes, bytes, int]  # topic, key, value, partition (the request's own)
+SCHEMA = "explain_request"  # what a record on explain.high|normal|low must be
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ class Explaining:
         self.sizer = BatchSizer(budget_s, most, min_items=min(8, most))
         self.done: asyncio.Queue[_Done] = asyncio.Queue(maxsize=2)
         self.stats = _Stats()
+        self.skips = Skips(settings.explain_stats_every_s)
 
     async def run(self) -> None:
         for priority in ("high", "normal", "low"):
@@ -288,14 +291,15 @@ class Explaining:
         for queued in batch:
             work = queued.item
             stream, event = work.stream, work.event
-            try:
-                request = dict(orjson.loads(work.request))
-                key = str(request["transaction_id"]).encode()
-                request.setdefault("method", settings.explain_method)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.warning("invalid explain request at offset %s: %s", event.message.offset, exc)
+            message = event.message
+            problem = None if work.fast_request else contract_problem(message.value, message.key, SCHEMA)
+            if problem is not None:  # only a misconfigured client writes these topics
+                self.skips.skip(event.message.topic, source_of(event), problem)
                 self.stats.counts["invalid"] += 1
-                continue
+                continue  # acked with its batch: skipped, counted, logged (rate-limited)
+            request = dict(orjson.loads(work.request))
+            key = str(request["transaction_id"]).encode()
+            request.setdefault("method", settings.explain_method)
             raw = self.writer.get(stream, event, explanations, key)
             row = None if raw is None else dict(orjson.loads(raw))
             action = work_action(row, request, settings.explain_max_attempts)

@@ -25,16 +25,18 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from faust.types import EventT, StreamT
 
-from app import topics
+from app import metrics, topics
 from app.agents.batching import micro_batches
 from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
 from app.agents.explaining import fast_track
 from app.agents.sink import DeliveryFailed, Sink
+from app.agents.skips import Skips, contract_problem
 from app.app import app, routing_topic
 from app.explain.core import METHODS
 from app.explain.messages import explain_request
@@ -51,6 +53,7 @@ from app.explain.state import (
 )
 from app.settings import get_settings
 from app.tables.explanations import explanations
+from app.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -66,20 +69,44 @@ Send = tuple[str, bytes, bytes, int]
 class Router:
     """Routes one event at a time; table rows are written at once, sends are returned."""
 
-    def __init__(self, writer: TableWriter, rules: PriorityRules, method: str) -> None:
+    def __init__(
+        self, writer: TableWriter, rules: PriorityRules, method: str, skips: Skips | None = None
+    ) -> None:
         self.writer, self.rules, self.method = writer, rules, method
+        self.skips = skips or Skips(settings.explain_stats_every_s)
         self.counts: Counter[str] = Counter()
 
     def route(self, stream: StreamT, event: EventT, now: str) -> list[Send]:
-        try:
-            message = orjson.loads(event.message.value or b"")
-            if event.message.topic == topics.EXPLAIN_REQUESTS:
-                return self._on_demand(stream, event, message, now)
-            return self._verdict(stream, event, message, now)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        """Bad input never stops the router: an on-demand request no contract allows gets a
+        bounded ``explain.requests.dlq`` record (outsiders write that topic); a bad verdict (only
+        a misconfigured client writes there) is counted, logged (rate-limited) and skipped."""
+        message = event.message
+        if message.topic == topics.EXPLAIN_REQUESTS:
+            try:
+                asked = validate_explain_request(
+                    message.value, message.key, METHODS, settings.max_message_bytes
+                )
+            except InvalidInput as exc:
+                self.counts["rejected_requests"] += 1
+                return [_dlq_send(event, exc)]
+            return self._guarded(stream, event, self._on_demand, asked, now)
+        problem = contract_problem(message.value, message.key, "verdict")
+        if problem is not None:
             self.counts["invalid"] += 1
-            log.warning("cannot route %s: %s", source_of(event), exc)
+            self.skips.skip(message.topic, source_of(event), problem)
             return []
+        return self._guarded(stream, event, self._verdict, orjson.loads(message.value or b""), now)
+
+    def _guarded(self, stream: StreamT, event: EventT, handle: Any, message: Any, now: str) -> list[Send]:
+        # Valid by contract but still refused (e.g. a model version or method the rules reject):
+        # counted and skipped like a bad record, never a stopped router.
+        try:
+            sends: list[Send] = handle(stream, event, message, now)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.counts["invalid"] += 1
+            self.skips.skip(event.message.topic, source_of(event), f"cannot route: {exc}")
+            return []
+        return sends
 
     def _row(self, stream: StreamT, event: EventT, key: bytes) -> dict[str, Any] | None:
         raw = self.writer.get(stream, event, explanations, key)
@@ -191,6 +218,20 @@ class _RouterStats:
         return f"{self.events} events in {self.batches} batches (mean {mean:.1f}); ms/batch: {per_batch}"
 
 
+def _dlq_send(event: EventT, exc: InvalidInput) -> Send:
+    """The bounded DLQ record of a rejected on-demand request, to the request's own partition
+    number of ``explain.requests.dlq`` (created with the same partition count)."""
+    message = event.message
+    record = build_dlq_record(
+        message.value, message.key, exc, message.topic, message.partition, message.offset,
+        datetime.now(UTC), value_prefix_bytes=settings.dlq_value_prefix_bytes,
+        key_prefix_bytes=settings.dlq_key_prefix_bytes,
+    )  # fmt: skip
+    key = dlq_key(message.key, settings.dlq_key_prefix_bytes) or b""
+    metrics.DLQ_RECORDS.labels(reason=exc.code).inc()
+    return topics.EXPLAIN_REQUESTS_DLQ, key, orjson.dumps(record), message.partition
+
+
 async def _publish(
     batches: asyncio.Queue[_Batch],
     stream: StreamT,
@@ -216,12 +257,15 @@ async def _publish(
             await writer.flush()  # rows first: a sent request always has its row
         rows_done = time.monotonic()
         fast: list[tuple[EventT, bytes]] = []
-        for event, sends in batch.routed:
-            to = urgent if any(topic == high for topic, *_ in sends) else sink
-            for topic, key, value, partition in sends:
-                to.produce(topic, key, value, partition)
-                if topic == high:
-                    fast.append((event, value))
+        try:
+            for event, sends in batch.routed:
+                to = urgent if any(topic == high for topic, *_ in sends) else sink
+                for topic, key, value, partition in sends:
+                    to.produce(topic, key, value, partition, about=source_of(event))
+                    if topic == high:
+                        fast.append((event, value))
+        except DeliveryFailed as exc:  # refused at once, after the sink's retries: stop, never skip
+            give_up(exc)
         # Through the writer: rows of the next batch, routed meanwhile, may be acked by this
         # flush too, and their stores must learn those persisted offsets.
         others = asyncio.ensure_future(writer.flush())

@@ -1,14 +1,23 @@
-"""The explainer's stats line: every ``explain_stats_every_s`` and once when a backlog drains,
-never once per batch at light load (issue 17, point 3). A fake clock drives it."""
+"""The explainer's stats line and its skips of bad internal records, with a fake clock.
+
+The stats line comes every ``explain_stats_every_s`` and once when a backlog drains, never once
+per batch at light load (issue 17, point 3); skipped records are counted each, logged rarely."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import orjson
 import pytest
 
+from app import metrics
 from app.agents import explaining
+from app.agents import skips as skips_module
+from app.agents.skips import Skips, contract_problem
 from app.explain.scheduler import AgingScheduler
+
+REPO = Path(__file__).resolve().parents[2]
 
 EVERY_S = 10.0
 BATCH = 8
@@ -78,3 +87,52 @@ def test_no_batches_no_line(
     clock.now += 100
     s.log(AgingScheduler(aging_s=60), BATCH)  # type: ignore[arg-type]
     assert _lines(caplog) == 0
+
+
+# ------------------------------------------------ internal-topic records no contract allows
+
+VERDICT = (REPO / "schemas" / "examples" / "verdict.valid.json").read_bytes()
+VERDICT_KEY = orjson.loads(VERDICT)["transaction_id"].encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "says"),
+    [
+        (None, VERDICT_KEY, "tombstone"),
+        (b"", VERDICT_KEY, "empty"),
+        (b"\xff" * 10, VERDICT_KEY, "not JSON"),
+        (b"[" * 100_000, VERDICT_KEY, "not JSON"),
+        (b"[1, 2]", VERDICT_KEY, "not a valid verdict"),
+        (orjson.dumps({**orjson.loads(VERDICT), "features": "many"}), VERDICT_KEY, "features"),
+        (orjson.dumps({**orjson.loads(VERDICT), "score": None}), VERDICT_KEY, "score"),
+        (VERDICT, b"somebody-else", "is not its transaction_id"),
+        (VERDICT, None, "is not its transaction_id"),
+    ],
+)
+def test_contract_problem_names_what_is_wrong(value: bytes | None, key: bytes | None, says: str) -> None:
+    problem = contract_problem(value, key, "verdict")
+    assert problem is not None and says in problem and len(problem) < 300
+
+
+def test_a_valid_verdict_has_no_contract_problem() -> None:
+    assert contract_problem(VERDICT, VERDICT_KEY, "verdict") is None
+
+
+def test_skips_are_counted_each_and_logged_at_most_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=skips_module.__name__)
+    clock = FakeClock()
+    skips = Skips(every_s=10.0, clock=clock)
+    before = metrics.EXPLAINER_SKIPPED.labels(topic="verdicts")._value.get()
+    for _ in range(1000):  # a flood of bad records within one interval
+        skips.skip("verdicts", "verdicts:0:1", "x" * 10_000)
+        clock.now += 0.001
+    skips.skip("explain.low", "explain.low:0:1", "empty value")
+    clock.now += 10
+    skips.skip("verdicts", "verdicts:0:2", "empty value")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines  # verdicts at once, explain.low at once, verdicts 10 s later
+    assert "skipped 1000 record(s)" in lines[2] and all(len(line) < 500 for line in lines)
+    assert skips.total == {"verdicts": 1001, "explain.low": 1}
+    assert metrics.EXPLAINER_SKIPPED.labels(topic="verdicts")._value.get() - before == 1001

@@ -18,7 +18,14 @@ import pytest
 
 from app import contracts
 from app.malformed import MALFORMED_KINDS, base_transaction, malformed_cases, malformed_messages
-from app.validation import InvalidInput, ReasonCode, build_dlq_record, dlq_key, validate_transaction
+from app.validation import (
+    InvalidInput,
+    ReasonCode,
+    build_dlq_record,
+    dlq_key,
+    validate_explain_request,
+    validate_transaction,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, 1, 250, tzinfo=UTC)
 BASE: dict[str, Any] = contracts.load_schema("transaction")["examples"][0]
@@ -424,3 +431,48 @@ def test_mutated_transactions_accepted_only_when_the_reference_validator_agrees(
     jsonschema.Draft202012Validator(contracts.load_schema("transaction"), format_checker=checker).validate(
         result
     )
+
+
+# ------------------------------------------------------- on-demand requests (explain.requests)
+
+METHODS = ("tree", "interventional")
+
+
+def test_a_valid_on_demand_request_is_returned() -> None:
+    assert validate_explain_request(b'{"transaction_id": "tx-1"}', b"tx-1", METHODS) == {
+        "transaction_id": "tx-1"
+    }
+    asked = b'{"transaction_id": "tx-1", "method": "interventional"}'
+    assert validate_explain_request(asked, b"tx-1", METHODS)["method"] == "interventional"
+    assert validate_explain_request(b'{"transaction_id": "tx-1", "method": null}', b"tx-1", METHODS)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "code"),
+    [
+        (None, b"tx-1", "empty"),
+        (b"", b"tx-1", "empty"),
+        (b"\xff\xfe", b"tx-1", "not_utf8"),
+        (b'{"transaction_id": ', b"tx-1", "not_json"),
+        (b'["tx-1"]', b"tx-1", "not_object"),
+        (b"{}", b"tx-1", "invalid_request"),
+        (b'{"transaction_id": 12}', b"12", "invalid_request"),
+        (b'{"transaction_id": ""}', b"", "invalid_request"),
+        (b'{"transaction_id": "tx 1"}', b"tx 1", "invalid_request"),
+        (b'{"transaction_id": "tx-1", "method": "magic"}', b"tx-1", "invalid_request"),
+        (b'{"transaction_id": "tx-1", "method": ["tree"]}', b"tx-1", "invalid_request"),
+        (b'{"transaction_id": "tx-1", "extra": 1}', b"tx-1", "invalid_request"),
+        (b'{"transaction_id": "tx-1"}', b"tx-2", "wrong_key"),
+        (b'{"transaction_id": "tx-1"}', None, "wrong_key"),
+        (b'{"transaction_id": "' + b"x" * 70_000 + b'"}', b"tx-1", "oversized"),
+    ],
+)
+def test_a_bad_on_demand_request_is_named_and_makes_a_valid_dlq_record(
+    value: bytes | None, key: bytes | None, code: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_explain_request(value, key, METHODS)
+    assert caught.value.code == code, caught.value
+    record = build_dlq_record(value, key, caught.value, "explain.requests", 1, 5, NOW)
+    contracts.validate_message("dlq", record)
+    assert len(orjson.dumps(record)) < 10_000
