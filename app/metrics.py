@@ -24,6 +24,7 @@ series                                              meaning
 ``fraudlens_relay_records_total``                   verdicts and updates the relay read
 ``fraudlens_relay_rate_limited_frames_total``       client frames refused over the rate limit
 ``fraudlens_relay_flooding_clients_total``          clients closed (4029) for flooding
+``fraudlens_up_restarts_total{role}``               children ``fraudlens up`` restarted after a failure
 =================================================  ==========================================
 """
 
@@ -86,6 +87,8 @@ RELAY_RATE_LIMITED = Counter(
 RELAY_DROPPED_FLOODING = Counter(
     "fraudlens_relay_flooding_clients", "Clients disconnected (4029) for flooding the relay with frames."
 )
+
+UP_RESTARTS = Counter("fraudlens_up_restarts", "Children `fraudlens up` restarted after a failure.", ["role"])
 
 
 def set_model(version: str) -> None:

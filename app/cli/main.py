@@ -59,12 +59,17 @@ def cli(log_level: str) -> None:
     help="Seconds any deletable record is kept (noida-db's cost grows with what it stores).",
 )
 def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retention: float) -> None:
-    """Run the embedded Kafka-protocol broker (noida-db behind the fraudlens shim) until Ctrl-C."""
-    from app.broker.embedded import serve
+    """Run the embedded Kafka-protocol broker (noida-db behind the fraudlens shim) until Ctrl-C,
+    SIGTERM or SIGHUP. One broker per data directory: a directory held by a running broker is
+    refused; a noida-db left running there by a broker that was killed is stopped first."""
+    from app.broker.embedded import BrokerStartError, serve
     from app.settings import get_settings
 
     directory = data_dir or get_settings().data_dir / "broker"
-    sys.exit(asyncio.run(serve(port, directory, ready_file=ready_file, max_retention_s=max_retention)))
+    try:
+        sys.exit(asyncio.run(serve(port, directory, ready_file=ready_file, max_retention_s=max_retention)))
+    except BrokerStartError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -159,12 +164,32 @@ def produce(
 @click.option(
     "--explainers", default=1, show_default=True, type=click.IntRange(0, 16), help="Explainer processes."
 )
-def up(rate: float, explainers: int) -> None:
-    """Run broker, scorer, explainers, relay and a paced producer as child processes until Ctrl-C
-    or SIGTERM (every child is stopped; none is left behind)."""
+@click.option(
+    "--restart-limit", default=5, show_default=True, type=click.IntRange(min=0),
+    envvar="FRAUDLENS_UP_RESTART_LIMIT",
+    help="Restarts in a row of a failing child, each failing within --restart-window, before giving up.",
+)  # fmt: skip
+@click.option(
+    "--restart-window", default=60.0, show_default=True, type=click.FloatRange(min=0),
+    envvar="FRAUDLENS_UP_RESTART_WINDOW_S", help="A run this long (seconds) was healthy: the count restarts.",
+)  # fmt: skip
+@click.option(
+    "--restart-backoff", default=1.0, show_default=True, type=click.FloatRange(min=0),
+    envvar="FRAUDLENS_UP_RESTART_BACKOFF_S",
+    help="First restart delay (seconds); doubles per failure, up to 30.",
+)  # fmt: skip
+def up(
+    rate: float, explainers: int, restart_limit: int, restart_window: float, restart_backoff: float
+) -> None:
+    """Run broker, scorer, explainers, relay and a paced producer as child processes until Ctrl-C,
+    SIGTERM or SIGHUP (every child is stopped in order). A child that fails is restarted with
+    backoff; one that keeps failing stops the stack (exit 1). No child outlives `up`, however
+    `up` ends (SIGKILL included: the children get a parent-death signal)."""
     from app.cli.up import run_up
+    from app.restarts import RestartPolicy
 
-    sys.exit(run_up(rate, explainers))
+    policy = RestartPolicy(restart_limit, restart_window, restart_backoff)
+    sys.exit(run_up(rate, explainers, policy))
 
 
 @cli.command()
@@ -223,6 +248,9 @@ _register_groups()
 
 
 def main() -> None:
+    from app.lifetime import exit_with_parent
+
+    exit_with_parent()  # a child of `fraudlens up` ends with it, however `up` ends
     cli(prog_name="fraudlens")
 
 
