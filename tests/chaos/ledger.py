@@ -4,12 +4,16 @@
 in) and counts only what the broker acked. ``Tap`` reads ``verdicts``, ``transactions.dlq`` and
 ``explanation.updates`` from offset 0 while the scenario runs (the embedded broker trims consumed
 records after a short grace, so they are read as they come, not at the end). ``Ledger`` waits
-until the stack has settled, prints the figures and says what was lost.
+until the stack has settled, prints the figures and says what was lost. Which verdicts must be
+explained unasked, and at which priority, it decides with ``ExpectedRouting``: the rules stated
+again here from the settings' values, never the product's own ``PriorityRules``, so that a routing
+bug shows as missing or misrouted explanations instead of being counted as "sampled out".
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import random
 import threading
@@ -22,9 +26,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from app.explain.routing import PriorityRules
 from app.malformed import MALFORMED_KINDS, malformed_cases
 from app.model.generator import generate_transactions
+from app.settings import Settings
 from tests.integration.harness import Stack, wait_until
 
 FINAL = frozenset({"complete", "failed"})
@@ -183,10 +187,44 @@ class Figures:
         return int(self.counts["lost"])
 
 
+@dataclass(frozen=True)
+class ExpectedRouting:
+    """The routing rules as the README states them, with the thresholds the workers read from
+    the same settings: deny or review, or an amount from ``high_min_amount`` on, is high; from
+    ``normal_min_amount`` on, normal; else low. Only low verdicts are sampled: explained unasked
+    when the BLAKE2b-64 point of the transaction id, as a fraction of 2**64, is below the rate."""
+
+    high_decisions: frozenset[str]
+    high_min_amount: float
+    normal_min_amount: float
+    low_sample_rate: float
+
+    @classmethod
+    def from_settings(cls, low_sample_rate: float) -> ExpectedRouting:
+        settings = Settings(explain_low_sample_rate=low_sample_rate)
+        return cls(
+            frozenset(settings.explain_high_decisions),
+            settings.explain_high_min_amount,
+            settings.explain_normal_min_amount,
+            settings.explain_low_sample_rate,
+        )
+
+    def priority(self, decision: str, amount: float) -> str:
+        if decision in self.high_decisions or amount >= self.high_min_amount:
+            return "high"
+        return "normal" if amount >= self.normal_min_amount else "low"
+
+    def explained_unasked(self, priority: str, transaction_id: str) -> bool:
+        if priority != "low":
+            return True
+        digest = hashlib.blake2b(transaction_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64 < self.low_sample_rate
+
+
 class Ledger:
     def __init__(self, stack: Stack, load: ChaosLoad, tap: Tap, low_sample_rate: float) -> None:
         self.stack, self.load, self.tap = stack, load, tap
-        self.rules = PriorityRules(low_sample_rate=low_sample_rate)
+        self.routing = ExpectedRouting.from_settings(low_sample_rate)
 
     # -- what is still outstanding ---------------------------------------------------------
 
@@ -197,13 +235,15 @@ class Ledger:
         return set(self.load.bad) - set(self.tap.dlq)
 
     def auto_explained(self) -> dict[str, str]:
-        """txid -> priority of every valid transaction whose explanation is computed unasked."""
+        """txid -> priority of every valid transaction with a verdict whose explanation must be
+        computed unasked: the verdict's decision and the amount the load sent, by the rules."""
         out = {}
-        for txid in self.load.valid:
+        for txid, transaction in self.load.valid.items():
             values = self.tap.verdicts.get(txid)
             if values:
-                priority = self.rules.priority(orjson.loads(values[0]))
-                if self.rules.sampled(priority, txid):
+                decision = orjson.loads(values[0])["decision"]
+                priority = self.routing.priority(decision, float(transaction["amount"]))
+                if self.routing.explained_unasked(priority, txid):
                     out[txid] = priority
         return out
 
@@ -274,6 +314,11 @@ class Ledger:
         resent, differing_expl, wrong_version = self._explanation_content(auto)
         problems["complete explanations with differing content"] = differing_expl
         problems["explanations with another model version than the verdict"] = wrong_version
+        problems["explanations at another priority than the rules give"] = [
+            f"{t}: {p}, queued {sorted({u['priority'] for u in tap.updates[t]})}"
+            for t, p in auto.items()
+            if t in tap.updates and {u["priority"] for u in tap.updates[t]} != {p}
+        ]
         sampled_out = [t for t in with_verdict if t not in auto]
         problems["sampled-out verdicts explained unasked"] = [t for t in sampled_out if t in tap.updates]
 

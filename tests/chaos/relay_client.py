@@ -46,6 +46,7 @@ class ConsoleClient:
     """Keeps each transaction's verdict and final explanation state, from events and snapshots."""
 
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    explain: dict[str, str] = field(default_factory=dict)  # the relay's "auto" or "on_demand"
     finals: dict[str, str] = field(default_factory=dict)
     last_event_id: str | None = None
     gaps: int = 0
@@ -117,6 +118,8 @@ class ConsoleClient:
 
     def _verdict(self, txid: str, verdict: dict[str, Any], explain: str | None) -> None:
         self.verdicts[txid] = verdict
+        if explain is not None:
+            self.explain[txid] = explain
         if explain == "on_demand":
             self.finals.setdefault(txid, "sampled_out")
 
@@ -131,7 +134,9 @@ class ConsoleClient:
 
 
 def client_shortfall(scenario: Scenario, client: ConsoleClient) -> dict[str, list[str]]:
-    """What the client lacks against the topics (as the ledger's tap read them)."""
+    """What the client lacks against the topics (as the ledger's tap read them), and where the
+    relay's word on a verdict's explanation ("auto" or "on_demand") disagrees with the ledger's
+    own reading of the rules."""
     tap, ledger = scenario.tap, scenario.ledger
     auto = ledger.auto_explained()
     sent = [t for t in scenario.load.valid_order if t in tap.verdicts]
@@ -146,6 +151,9 @@ def client_shortfall(scenario: Scenario, client: ConsoleClient) -> dict[str, lis
         "no final explanation": [t for t in sent if t in auto and client.finals.get(t) != "complete"],
         "sampled out but not shown so": [
             t for t in sent if t not in auto and client.finals.get(t) != "sampled_out"
+        ],
+        "explain flag against the rules": [
+            t for t in sent if t in client.explain and (client.explain[t] == "auto") != (t in auto)
         ],
     }
 
