@@ -24,6 +24,8 @@ series                                              meaning
 ``fraudlens_relay_records_total``                   verdicts and updates the relay read
 ``fraudlens_relay_rate_limited_frames_total``       client frames refused over the rate limit
 ``fraudlens_relay_flooding_clients_total``          clients closed (4029) for flooding
+``fraudlens_relay_skipped_records_total``           input records not passed on {topic,reason}
+``fraudlens_relay_feed_interruptions_total``        times the relay lost its brokers (feed interrupted)
 ``fraudlens_up_restarts_total{role}``               children ``fraudlens up`` restarted after a failure
 =================================================  ==========================================
 """
@@ -86,6 +88,14 @@ RELAY_RATE_LIMITED = Counter(
 )
 RELAY_DROPPED_FLOODING = Counter(
     "fraudlens_relay_flooding_clients", "Clients disconnected (4029) for flooding the relay with frames."
+)
+RELAY_SKIPPED = Counter(
+    "fraudlens_relay_skipped_records",
+    "Records on the relay's input topics it could not pass on, by topic and reason.",
+    ["topic", "reason"],
+)
+RELAY_FEED_INTERRUPTIONS = Counter(
+    "fraudlens_relay_feed_interruptions", "Times the relay lost its brokers (feed interrupted)."
 )
 
 UP_RESTARTS = Counter("fraudlens_up_restarts", "Children `fraudlens up` restarted after a failure.", ["role"])

@@ -13,6 +13,9 @@ let lastEventId = null;
 let relayId = null;
 let retryMs = 500;
 let requestSeq = 0;
+let feedSince = null; // when the relay lost the stream (ISO time), while it is lost
+let feedClearTimer = null;
+const RESUMED_SHOWN_MS = 60000;
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -81,6 +84,8 @@ function onMessage(message) {
       const resume = relayId === message.relay_id && lastEventId;
       relayId = message.relay_id;
       setConnection("open");
+      // The feed came back while this page was reconnecting: the resumed message went to nobody.
+      if (message.feed && message.feed.state === "live" && feedSince) onFeed({ state: "resumed", since: feedSince, resumed_at: message.server_time });
       const subscribe = { type: "subscribe", subscription: "feed", recent: RECENT };
       if (resume) subscribe.last_event_id = lastEventId;
       send(subscribe);
@@ -94,10 +99,31 @@ function onMessage(message) {
       break;
     case "gap": break; // the snapshot that follows resynchronises the feed
     case "stats": onStats(message); break;
+    case "feed": onFeed(message); break;
     case "lagging": setConnection("reconnecting", "too slow; resuming"); break;
     case "error": console.warn("relay error", message); markExplainError(message); break;
     default: break;
   }
+}
+
+// -- feed status: the relay says when it cannot read the stream (no broker), and when it can again
+
+const clock = (iso) => new Date(iso).toLocaleTimeString("en-GB", { hour12: false });
+
+function onFeed(message) {
+  const banner = $("feed-banner");
+  clearTimeout(feedClearTimer);
+  if (message.state === "interrupted") {
+    feedSince = message.since;
+    banner.dataset.state = "interrupted";
+    banner.textContent = `live feed interrupted since ${clock(message.since)}: the relay cannot reach the broker, so nothing new arrives`;
+  } else {
+    feedSince = null;
+    banner.dataset.state = "resumed";
+    banner.textContent = `live feed resumed at ${clock(message.resumed_at)} (interrupted since ${clock(message.since)})`;
+    feedClearTimer = setTimeout(() => { banner.hidden = true; banner.dataset.state = "live"; }, RESUMED_SHOWN_MS);
+  }
+  banner.hidden = false;
 }
 
 // -- state ---------------------------------------------------------------------------------

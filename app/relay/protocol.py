@@ -13,6 +13,7 @@ import orjson
 
 from app.contracts import validator
 
+PROTOCOL_VERSION = 2  # 2: hello carries protocol and feed; the feed message (interrupted/resumed)
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
 DEFAULT_SUBSCRIPTION = "default"
 MAX_ERROR_TEXT = 300  # an error echoes little of what it refuses (a 60 KB key stays out of it)
@@ -39,8 +40,7 @@ def parse_client_message(frame: str | bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise ProtocolError("malformed_json", _capped(f"frame is not JSON: {exc}")) from None
     _refuse_duplicate_keys(frame)
-    request_id = message.get("id") if isinstance(message, dict) else None
-    request_id = request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
+    request_id = _request_id(message)
     try:
         validator("ws_client")(message)
     except fastjsonschema.JsonSchemaValueException as exc:
@@ -49,6 +49,23 @@ def parse_client_message(frame: str | bytes) -> dict[str, Any]:
         text = _capped(f"not a valid client message: {detail}")
         raise ProtocolError("invalid_message", text, request_id) from None
     return dict(message)
+
+
+def _request_id(message: Any) -> str | None:
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
+
+
+def peek_request_id(frame: str | bytes) -> str | None:
+    """The ``id`` of a frame refused before it is carried out, when it can be read, so that the
+    refusal names its request. Parsed, not validated; refusals are themselves bounded (each
+    takes a strike), so this costs a flooding client no more than its strikes allow."""
+    if not isinstance(frame, str) or '"id"' not in frame:
+        return None
+    try:
+        return _request_id(orjson.loads(frame))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _capped(text: str) -> str:
@@ -175,6 +192,24 @@ def gap_message(subscription: str, requested_after: str, oldest_event_id: str | 
             f"events after {requested_after} are no longer in this relay's replay buffer (or come "
             "from another relay run); resynchronise from a snapshot"
         ),
+    }
+
+
+def feed_message(
+    state: str, since: str, server_time: str, reason: str = "", resumed_at: str = ""
+) -> dict[str, Any]:
+    """``interrupted``: the relay cannot read the stream since ``since``; ``resumed``: it reads
+    again (``resumed_at``), events from then on follow."""
+    if state == "interrupted":
+        text = f"live feed interrupted: {reason}; events resume when the relay can read the stream again"
+        return {"type": "feed", "state": state, "since": since, "server_time": server_time, "message": text}
+    return {
+        "type": "feed",
+        "state": state,
+        "since": since,
+        "resumed_at": resumed_at,
+        "server_time": server_time,
+        "message": f"live feed resumed at {resumed_at} (interrupted since {since})",
     }
 
 

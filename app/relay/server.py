@@ -28,17 +28,21 @@ from app import metrics, topics
 from app.contracts import format_utc
 from app.explain.routing import PriorityRules
 from app.relay import http
+from app.relay.client import Client
+from app.relay.feed import FeedChange
 from app.relay.kafka import ExplainRequester, Record, StreamReader
-from app.relay.outbox import Outbox
 from app.relay.protocol import (
     DEFAULT_SUBSCRIPTION,
+    PROTOCOL_VERSION,
     Filter,
     ProtocolError,
     ack_message,
     error_message,
+    feed_message,
     gap_message,
     lagging_message,
     parse_client_message,
+    peek_request_id,
 )
 from app.relay.ratelimit import (
     FLOOD_CLOSE_CODE,
@@ -47,6 +51,7 @@ from app.relay.ratelimit import (
     FrameAction,
     rate_limited_text,
 )
+from app.relay.records import Skip, SkippedRecords, SkipReason, read_record
 from app.relay.state import Event, RelayState
 from app.relay.tokens import Claims, TokenError, load_or_create_secret, verify_token
 from app.settings import Settings
@@ -56,61 +61,11 @@ LAGGING_CLOSE_CODE = 4008
 TOKEN_EXPIRED_CLOSE_CODE = 4401
 HOUSEKEEPING_S = 0.25
 FLOOD_DRAIN_S = 5.0  # longest a flooding client's queued answers delay its close
+GAP_SNAPSHOT_RECENT = 100  # a resume that finds a gap gets this many newest, unless it asks for `recent`
 
 
 def utc_text(seconds: float) -> str:
     return format_utc(datetime.fromtimestamp(seconds, UTC))
-
-
-class Client:
-    """One websocket connection: its subscriptions, its outbox and its writer task."""
-
-    def __init__(self, ws: ServerConnection, claims: Claims, limit: int, guard: FloodGuard) -> None:
-        self.ws, self.claims, self.guard = ws, claims, guard
-        self.outbox = Outbox(limit)
-        self.subscriptions: dict[str, Filter] = {}
-        self.match_all = False  # a subscription without conditions: skip filtering
-        self.writer: asyncio.Task[None] | None = None
-        self.dropping = False
-
-    def set_subscriptions(self) -> None:
-        self.match_all = any(f == Filter() for f in self.subscriptions.values())
-
-    def wants(self, event: Event) -> bool:
-        if self.match_all:
-            return True
-        return any(
-            f.matches(event.transaction_id, event.decision, event.priority)
-            for f in self.subscriptions.values()
-        )
-
-    def send(self, message: dict[str, Any] | list[bytes]) -> bool:
-        entry = message if isinstance(message, list) else orjson.dumps(message)
-        return self.outbox.offer(entry)
-
-    async def write_loop(self) -> None:
-        while (entries := await self.outbox.take()) is not None:
-            frames = [f for entry in entries for f in (entry if isinstance(entry, list) else (entry,))]
-            await send_frames(self.ws, frames)
-
-
-async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
-    """Send ``frames`` as text messages in order: one socket write and one drain for all of them.
-
-    ``ws.send`` per frame costs a context manager, a ``write`` system call and a drain each; at
-    200 clients × 500 events/s that was most of the relay's CPU. This is what websockets'
-    ``broadcast`` does (``protocol.send_text``), inside ``send_context`` so that closing and
-    errors behave as in ``send``, with the frames' bytes joined into one write.
-    """
-    if len(frames) == 1:
-        await ws.send(frames[0], text=True)
-        return
-    async with ws.send_context():
-        for frame in frames:
-            ws.protocol.send_text(frame)
-        pending = ws.protocol.writes
-        if len(pending) > 1 and all(pending):  # an empty chunk would be an end-of-stream marker
-            pending[:] = [b"".join(pending)]
 
 
 class Relay:
@@ -135,6 +90,8 @@ class Relay:
         }
         self.ready = False
         self.requester: ExplainRequester | None = None
+        self.skipped = SkippedRecords()
+        self.feed_interrupted_at: float | None = None  # epoch seconds; None while the feed is live
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -145,15 +102,22 @@ class Relay:
         for topic, value, _timestamp in records:
             self.counters["records"] += 1
             try:
-                message = orjson.loads(value)
-                if topic == topics.VERDICTS:
-                    events += self.state.ingest_verdict(message)
-                else:
-                    events += self.state.ingest_update(message, now)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                message = read_record(topic, value, self.settings.relay_max_record_bytes)
+                events += self._ingest_one(topic, message, now)
+            except Skip as skip:
                 self.counters["bad_records"] += 1
-                log.warning("relay: skipping an unreadable %s record: %s", topic, exc)
+                self.skipped.note(topic, skip)
         self.fanout(events)
+
+    def _ingest_one(self, topic: str, message: dict[str, Any], now: float) -> list[Event]:
+        """The events of one record that met its contract. The state never refuses one; if it
+        did, the record is skipped (logged in full) instead of stopping the relay."""
+        try:
+            if topic == topics.VERDICTS:
+                return self.state.ingest_verdict(message)
+            return self.state.ingest_update(message, now)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Skip(SkipReason.UNEXPECTED, repr(exc)[:300]) from None
 
     def fanout(self, events: Iterable[Event]) -> None:
         events = list(events)
@@ -165,6 +129,23 @@ class Relay:
                 continue
             frames = every if client.match_all else [e.frame for e in events if client.wants(e)]
             if frames and not client.outbox.offer_many(frames):
+                self._drop_lagging(client)
+
+    def on_feed(self, change: FeedChange) -> None:
+        """The consumer lost its brokers or has them back: every client is told, at once."""
+        now = utc_text(time.time())
+        if change.state == "interrupted":
+            self.feed_interrupted_at = change.since
+            metrics.RELAY_FEED_INTERRUPTIONS.inc()
+            log.warning("relay: live feed interrupted: %s", change.reason)
+            message = feed_message("interrupted", utc_text(change.since), now, change.reason)
+        else:
+            self.feed_interrupted_at = None
+            log.warning("relay: live feed resumed after %.1f s", change.at - change.since)
+            message = feed_message("resumed", utc_text(change.since), now, resumed_at=utc_text(change.at))
+        frame = orjson.dumps(message)
+        for client in list(self.clients):
+            if not client.dropping and not client.outbox.offer(frame):
                 self._drop_lagging(client)
 
     def _drop_lagging(self, client: Client) -> None:
@@ -191,6 +172,7 @@ class Relay:
             await asyncio.sleep(HOUSEKEEPING_S)
             now = time.time()
             self.fanout(self.state.release_orphans(now))
+            self.skipped.flush()
             if time.monotonic() >= stats_due:
                 stats_due = time.monotonic() + self.settings.relay_stats_every_s
                 stats = orjson.dumps(
@@ -268,6 +250,11 @@ class Relay:
         client = Client(ws, claims, self.settings.relay_client_queue_max, guard)
         self.counters["connections"] += 1
         client.send(self._hello(claims))
+        if self.feed_interrupted_at is not None:  # a client that connects mid-outage is told too
+            since = utc_text(self.feed_interrupted_at)
+            client.send(
+                feed_message("interrupted", since, utc_text(time.time()), "the relay cannot read the stream")
+            )
         self.clients.add(client)
         client.writer = asyncio.create_task(client.write_loop())
         expiry = asyncio.get_running_loop().call_later(
@@ -295,6 +282,11 @@ class Relay:
             "last_event_id": self.state.last_event_id,
             "server_time": utc_text(time.time()),
             "token_expires_at": utc_text(claims.expires_at),
+            "protocol": PROTOCOL_VERSION,
+            "feed": {
+                "state": "live" if self.feed_interrupted_at is None else "interrupted",
+                "since": None if self.feed_interrupted_at is None else utc_text(self.feed_interrupted_at),
+            },
             "limits": {
                 "max_frame_bytes": self.settings.relay_max_frame_bytes,
                 "client_queue_max": self.settings.relay_client_queue_max,
@@ -307,7 +299,7 @@ class Relay:
         now = time.monotonic()
         action = client.guard.check(now)
         if action is not FrameAction.ALLOW:
-            return self._refuse(client, action, None, "frames")
+            return self._refuse(client, action, None, "frames", frame)
         try:
             message = parse_client_message(frame)
             kind, request_id = message["type"], message.get("id")
@@ -319,7 +311,9 @@ class Relay:
                 action = client.guard.check_explain(now)
                 if action is not FrameAction.ALLOW:
                     return self._refuse(client, action, request_id, "explain_now")
-                asyncio.get_running_loop().create_task(self._explain_now(client, message))
+                task = asyncio.get_running_loop().create_task(self._explain_now(client, message))
+                client.requests.add(task)
+                task.add_done_callback(client.requests.discard)
             else:
                 pong = {"type": "pong", "server_time": utc_text(time.time())}
                 client.send({**pong, "id": request_id} if request_id else pong)
@@ -327,21 +321,25 @@ class Relay:
             client.send(error_message(exc.code, exc.message, exc.request_id))
         return True
 
-    def _refuse(self, client: Client, action: FrameAction, request_id: str | None, what: str) -> bool:
+    def _refuse(
+        self, client: Client, action: FrameAction, request_id: str | None, what: str, frame: str | bytes = ""
+    ) -> bool:
         """Answer an over-limit frame ``rate_limited``; False when the client must be closed."""
         self.counters["rate_limited"] += 1
         metrics.RELAY_RATE_LIMITED.inc()
         if action is FrameAction.CLOSE:
             return False
         text = rate_limited_text(self.settings, what)
-        client.send(error_message(RATE_LIMITED, text, request_id))
+        client.send(error_message(RATE_LIMITED, text, request_id or peek_request_id(frame)))
         return True
 
     async def _close_flooding(self, client: Client) -> None:
         self.counters["dropped_flooding"] += 1
         metrics.RELAY_DROPPED_FLOODING.inc()
         log.info("relay: closing a flooding client (%d frames refused)", client.guard.refused)
-        with contextlib.suppress(TimeoutError):  # its rate_limited answers go out first
+        if client.requests:  # requests already sent to the broker: the client learns how they ended
+            await asyncio.wait(set(client.requests))  # bounded by the producer's message.timeout.ms
+        with contextlib.suppress(TimeoutError):  # its answers go out first
             await asyncio.wait_for(client.outbox.drained(), FLOOD_DRAIN_S)
         await client.ws.close(FLOOD_CLOSE_CODE, "rate limited: too many frames")
 
@@ -351,18 +349,20 @@ class Relay:
         wanted = Filter.from_message(message.get("filter"))
         frames: list[bytes] = []
         replayed: int | None = None
+        recent = message.get("recent")
         resume = message.get("last_event_id")
         if resume is not None:
             missed = self.state.replay.after(self.epoch, resume)
             if missed is None:
                 frames.append(orjson.dumps(gap_message(name, resume, self.state.replay.oldest_event_id)))
+                recent = GAP_SNAPSHOT_RECENT if recent is None else recent  # "gap, then a snapshot"
             else:
                 frames += [
                     e.frame for e in missed if wanted.matches(e.transaction_id, e.decision, e.priority)
                 ]
                 replayed = len(frames)
-        if replayed is None and (wanted.transaction_ids or message.get("recent")):
-            frames.append(orjson.dumps(self._snapshot(name, wanted, message)))
+        if replayed is None and (wanted.transaction_ids or recent or resume is not None):
+            frames.append(orjson.dumps(self._snapshot(name, wanted, message, recent or 0)))
         client.subscriptions[name] = wanted
         client.set_subscriptions()
         frames.append(
@@ -371,9 +371,9 @@ class Relay:
         if not client.send(frames):
             self._drop_lagging(client)
 
-    def _snapshot(self, name: str, wanted: Filter, message: dict[str, Any]) -> dict[str, Any]:
-        ids = (message.get("filter") or {}).get("transaction_ids")
-        states = self.state.snapshot_of(ids) if ids else self.state.recent(wanted, int(message["recent"]))
+    def _snapshot(self, name: str, wanted: Filter, message: dict[str, Any], recent: int) -> dict[str, Any]:
+        ids = (message.get("filter") or {}).get("transaction_ids")  # in the order the client gave
+        states = self.state.snapshot_of(ids) if ids else self.state.recent(wanted, recent)
         return {
             "type": "snapshot",
             "subscription": name,
@@ -414,7 +414,7 @@ async def serve_relay(settings: Settings) -> int:
     await asyncio.to_thread(ensure_topics, settings)
     loop = asyncio.get_running_loop()
     relay = Relay(settings, secret)
-    reader = StreamReader(settings, loop, relay.ingest)
+    reader = StreamReader(settings, loop, relay.ingest, relay.on_feed)
     partitions = await asyncio.to_thread(reader.assign_all)
     relay.requester = ExplainRequester(settings)
     reader.start()

@@ -9,7 +9,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from app.relay.server import send_frames
+from app.relay.client import send_frames
 
 FRAMES = [b'{"n":1}', b'{"n":2,"text":"\xc3\xa9"}', b'{"n":3}']
 
