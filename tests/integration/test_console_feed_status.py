@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,28 @@ def test_the_console_shows_a_banner_while_the_feed_is_interrupted(stack: Stack, 
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_a_frozen_broker_interrupts_the_feed_too(stack: Stack) -> None:
+    """SIGSTOP keeps the broker's connections open: only its silence shows (feed stall)."""
+    relay = start_relay(stack)
+    ws, _hello = open_client(relay)
+    frames: list[dict[str, Any]] = []
+    before = verdict("thaw-before")
+    send_verdict(stack, before)
+    receive_until(
+        ws, has_verdict(before["transaction_id"]), NOTICE_S, "a verdict while the feed is live", frames
+    )
+    broker = broker_of(stack)
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        receive_until(ws, has_feed("interrupted"), NOTICE_S, "feed interrupted by a frozen broker", frames)
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    interrupted = next(f for f in frames if f["type"] == "feed")
+    assert "has not answered" in interrupted["message"], interrupted
+    receive_until(ws, has_feed("resumed"), NOTICE_S, "feed resumed after SIGCONT", frames)
+    after = verdict("thaw-after")
+    send_verdict(stack, after)
+    receive_until(ws, has_verdict(after["transaction_id"]), NOTICE_S, "a verdict after the thaw", frames)
+    ws.close()
