@@ -19,7 +19,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.contracts import validate_message
-from app.explain.routing import PriorityRules
 from app.model.generator import generate_transactions
 from app.relay.tokens import create_token
 from tests.integration.harness import (
@@ -32,7 +31,6 @@ from tests.integration.harness import (
 )
 
 SAMPLE_RATE = "0.5"  # half the low-priority verdicts are sampled out: both kinds get exercised
-RULES = PriorityRules(low_sample_rate=float(SAMPLE_RATE))
 Message = dict[str, Any]
 
 
@@ -402,8 +400,26 @@ def test_a_client_that_stops_reading_is_dropped_others_keep_receiving(
         if values:
             print(f"fast client delay {name}: p50 {statistics.median(values):.1f} ms, "
                   f"max {max(values):.1f} ms over {len(values)} verdicts")  # fmt: skip
-    assert before and statistics.median(before) < 500, before[:20]
+    # Not held to the slow client's pace: the verdicts the relay queued behind the stalled client
+    # (discarded when it was dropped, so that client never got them) reached the fast client. How
+    # fast (p50 ~10 ms here, printed above) is the relay benchmark's figure, not this test's.
+    assert before, "the fast client received nothing while the slow one stalled"
+    held_back = _held_back_for(slow, fast)
+    assert len(held_back) >= 100, f"only {len(held_back)} verdicts queued behind the slow client"
+    assert not held_back & slow.verdict_ids() and held_back <= fast.verdict_ids()
     assert len(slow.verdict_ids()) < len(fast.verdict_ids())
+
+
+def _held_back_for(slow: Client, fast: Client) -> set[str]:
+    """Verdicts fanned out after the last one the slow client read, up to its drop: the events
+    after its last event id, as many as its ``lagging`` notice says were queued."""
+    last_read = max(_seq(m["event_id"]) for m in slow.messages if "event_id" in m)
+    queued = slow.messages[-1]["queued"]
+    return {
+        m["transaction_id"]
+        for m in fast.messages
+        if m["type"] == "verdict" and last_read < _seq(m["event_id"]) <= last_read + queued
+    }
 
 
 async def _read_forever(client: Client) -> None:
