@@ -116,8 +116,9 @@ class Stack:
     @staticmethod
     def _exited(child: Child) -> bool:
         """Ended since we last looked (not already handled, not waiting for its restart)."""
-        running = child.process is not None and not child.done and child.restart_at is None
-        return running and child.process is not None and child.process.poll() is not None
+        if child.done or child.restart_at is not None or child.process is None:
+            return False
+        return child.process.poll() is not None
 
     def _ended(self, child: Child, now: float) -> str | None:
         code, where = child.process.returncode if child.process else 0, self.log_dir / f"{child.name}.log"
