@@ -37,7 +37,7 @@ class SkipReason(StrEnum):
     NOT_JSON = "not_json"  # not UTF-8, not JSON, or JSON beyond the parser's limits
     NOT_OBJECT = "not_object"
     CONTRACT = "contract"  # a JSON object its topic's schema refuses
-    UNEXPECTED = "unexpected"  # valid, yet the relay's state could not take it (a bug: logged in full)
+    UNEXPECTED = "unexpected"  # valid, yet the relay's state could not take it (a bug in the relay)
 
 
 class Skip(Exception):
@@ -87,8 +87,6 @@ class SkippedRecords:
         metrics.RELAY_SKIPPED.labels(topic, skip.reason.value).inc()
         self.unlogged[(topic, skip.reason.value)] += 1
         self.last_detail = f"{topic}: {skip.detail}"
-        if skip.reason is SkipReason.UNEXPECTED:
-            log.error("relay: skipping a %s record the state could not take: %s", topic, skip.detail)
         if self.total == 1:
             log.warning(
                 "relay: skipping a record on %s: %s; further skips are summed up every %.0f s",
