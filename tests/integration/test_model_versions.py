@@ -25,9 +25,10 @@ import shap
 from app.model.registry import MODEL_FILE, Registry
 from app.model.training import train
 from tests.integration.harness import REPO, Stack, SteadyProducer
-from tests.integration.test_explainer import updates_by_id, wait_complete
+from tests.integration.test_explainer import send, updates_by_id, wait_complete
 
 PER_VERSION = 150  # verdicts wanted from each model
+TWINS = 50  # verdicts of model 1 sent again as model 2's: same features, so same cache signature
 TOLERANCE = 1e-6  # the product's explanations against the reference (float64 both)
 DIFFERENT = 1e-3  # two boosters' SHAP values "differ" on a row when some feature is this far apart
 
@@ -67,6 +68,20 @@ def tree_structure(model: lgb.Booster) -> list[Any]:
     return [tree["tree_structure"] for tree in model.dump_model()["tree_info"]]
 
 
+def twin_verdicts(
+    verdicts: list[dict[str, Any]], first: str, second: str, model: lgb.Booster
+) -> list[dict[str, Any]]:
+    """Model 1's first verdicts again, as if model 2 (``model``) had made them: its version, its
+    raw score. Their feature rows are in the explainer's cache under model 1: it must not answer
+    them from there."""
+    originals = [v for v in verdicts if v["model_version"] == first][:TWINS]
+    raw = model.predict(feature_matrix(model, originals), raw_score=True)
+    return [
+        {**v, "transaction_id": f"{v['transaction_id']}-twin", "model_version": second, "raw_score": float(r)}
+        for v, r in zip(originals, raw, strict=True)
+    ]
+
+
 def promote(stack: Stack, version: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app.cli.main", "models", "promote", version],
@@ -98,13 +113,15 @@ def test_explanations_follow_the_model_of_their_verdict_across_a_promotion(
         promote(stack, second)
         verdicts.read_until(lambda m: versions_seen(m, second) >= PER_VERSION, 180, "verdicts of model 2")
         sent = load.finish_and_expect_verdicts(stack, verdicts)
+        twins = twin_verdicts(verdicts.values(), first, second, boosters[second])
+        send(stack, "verdicts", twins)
         updates = stack.reader("explanation.updates")
-        wait_complete(updates, sent, 300)
+        wait_complete(updates, sent | {t["transaction_id"] for t in twins}, 300)
         finals = {
             txid: [u for u in sequence if u["status"] == "complete"][-1]
             for txid, sequence in updates_by_id(updates).items()
         }
-        first_of = {v["transaction_id"]: v for v in reversed(verdicts.values())}
+        first_of = {v["transaction_id"]: v for v in reversed([*verdicts.values(), *twins])}
         by_version: dict[str, list[dict[str, Any]]] = {first: [], second: []}
         for verdict in first_of.values():
             by_version[verdict["model_version"]].append(verdict)
