@@ -1,0 +1,89 @@
+"""The router's handling of records no contract allows, without a broker: a bad on-demand request
+becomes one bounded ``explain.requests.dlq`` send, a bad verdict a counted skip, and neither
+touches the tables or raises (issue 17, point 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.agents.routing import Router
+from app.agents.skips import Skips
+from app.contracts import validate_message
+from app.explain.routing import PriorityRules
+from app.settings import Settings
+
+VERDICT = (Path(__file__).resolve().parents[2] / "schemas" / "examples" / "verdict.valid.json").read_bytes()
+
+
+@dataclass
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int = 2
+    offset: int = 17
+
+
+@dataclass
+class Event:
+    message: Message
+
+
+class NoTables:
+    """Any table access fails the test: a rejected record must not reach the tables."""
+
+    def get(self, *args: Any) -> None:
+        raise AssertionError("a rejected record read a table")
+
+    def write(self, *args: Any) -> None:
+        raise AssertionError("a rejected record wrote a table")
+
+
+@pytest.fixture
+def router() -> Router:
+    rules = PriorityRules.from_settings(Settings())
+    return Router(NoTables(), rules, "tree", Skips(every_s=10.0))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        (b"tx-1", None, "empty"),
+        (b"tx-1", b"\xff" * 1_040_000, "oversized"),
+        (b"tx-1", b'{"transaction_id": 5}', "invalid_request"),
+        (b"tx-2", b'{"transaction_id": "tx-1"}', "wrong_key"),
+    ],
+)
+def test_a_bad_on_demand_request_becomes_one_bounded_dlq_send(
+    router: Router, key: bytes, value: bytes | None, code: str
+) -> None:
+    event = Event(Message("explain.requests", key, value))
+    ((topic, dlq_key, record, partition),) = router.route(None, event, "2026-11-28T12:00:00.000000Z")  # type: ignore[arg-type]
+    parsed = orjson.loads(record)
+    validate_message("dlq", parsed)
+    assert (topic, dlq_key, partition) == ("explain.requests.dlq", key, 2)
+    assert parsed["reason_code"] == code and len(record) < 10_000
+    assert parsed["source"] == {"topic": "explain.requests", "partition": 2, "offset": 17}
+    assert router.counts["rejected_requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"tx-20261128-000001", None),
+        (b"tx-20261128-000001", b""),
+        (b"tx-20261128-000001", b"\xc3\x28"),
+        (b"tx-20261128-000001", b"[" * 100_000),
+        (b"tx-20261128-000001", orjson.dumps({**orjson.loads(VERDICT), "model_version": 7})),
+        (b"somebody-else", VERDICT),
+    ],
+)
+def test_a_bad_verdict_is_a_counted_skip(router: Router, key: bytes, value: bytes | None) -> None:
+    sends = router.route(None, Event(Message("verdicts", key, value)), "2026-11-28T12:00:00.000000Z")  # type: ignore[arg-type]
+    assert sends == []
+    assert router.counts["invalid"] == 1 and router.skips.total == {"verdicts": 1}
