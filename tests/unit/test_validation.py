@@ -18,6 +18,7 @@ import pytest
 
 from app import contracts
 from app.malformed import MALFORMED_KINDS, base_transaction, malformed_cases, malformed_messages
+from app.settings import Settings
 from app.validation import (
     InvalidInput,
     ReasonCode,
@@ -476,3 +477,24 @@ def test_a_bad_on_demand_request_is_named_and_makes_a_valid_dlq_record(
     record = build_dlq_record(value, key, caught.value, "explain.requests", 1, 5, NOW)
     contracts.validate_message("dlq", record)
     assert len(orjson.dumps(record)) < 10_000
+
+
+def test_the_largest_dlq_record_fits_a_broker_record_at_the_largest_settings() -> None:
+    """Worst case: every error slot filled with escaped 300-character paths, a reason full of
+    escapes, and the prefixes at their setting maxima: still well under the ~1 MB a broker takes."""
+    fields = {("\\\U0010ffff" * 200) + str(i): "\\" * 1000 for i in range(100)}
+    raw = json.dumps(fields, ensure_ascii=False).encode()
+    with pytest.raises(InvalidInput) as caught:
+        validate_transaction(raw, 10**7)
+    limits = Settings.model_fields
+    record = build_dlq_record(
+        raw, b"k" * 100_000, caught.value, "transactions", 0, 0, NOW,
+        value_prefix_bytes=_upper_bound(limits["dlq_value_prefix_bytes"].metadata),
+        key_prefix_bytes=_upper_bound(limits["dlq_key_prefix_bytes"].metadata),
+    )  # fmt: skip
+    contracts.validate_message("dlq", record)
+    assert len(caught.value.errors) == 21 and len(orjson.dumps(record)) < 500_000
+
+
+def _upper_bound(metadata: list[Any]) -> int:
+    return next(int(m.le) for m in metadata if hasattr(m, "le"))
