@@ -136,3 +136,19 @@ def test_skips_are_counted_each_and_logged_at_most_once_per_interval(
     assert "skipped 1000 record(s)" in lines[2] and all(len(line) < 500 for line in lines)
     assert skips.total == {"verdicts": 1001, "explain.low": 1}
     assert metrics.EXPLAINER_SKIPPED.labels(topic="verdicts")._value.get() - before == 1001
+
+
+WRONG_TYPES: tuple[object, ...] = (123, 1.5, True, None, [], {"a": 1}, "text")
+
+
+@pytest.mark.parametrize("schema", ["verdict", "explain_request"])
+def test_a_wrong_type_at_any_field_of_an_internal_record_is_a_contract_problem(schema: str) -> None:
+    example = orjson.loads((REPO / "schemas" / "examples" / f"{schema}.valid.json").read_bytes())
+    key = example["transaction_id"].encode()
+    assert contract_problem(orjson.dumps(example), key, schema) is None
+    for field, good in example.items():
+        for wrong in WRONG_TYPES:
+            if type(wrong) is type(good) or (isinstance(good, float) and type(wrong) is int):
+                continue
+            problem = contract_problem(orjson.dumps({**example, field: wrong}), key, schema)
+            assert problem is not None, (field, wrong)

@@ -498,3 +498,18 @@ def test_the_largest_dlq_record_fits_a_broker_record_at_the_largest_settings() -
 
 def _upper_bound(metadata: list[Any]) -> int:
     return next(int(m.le) for m in metadata if hasattr(m, "le"))
+
+
+WRONG_TYPES: tuple[Any, ...] = (123, 1.5, True, None, [], {"a": 1}, "12.5")
+
+
+@pytest.mark.parametrize("field", sorted(base_transaction(random.Random(1))))
+def test_a_wrong_type_at_any_field_is_rejected(field: str) -> None:
+    base = base_transaction(random.Random(1))
+    allowed = {"amount": (int, float), "device_id": (str, type(None))}.get(field, (str,))
+    for wrong in WRONG_TYPES:
+        if isinstance(wrong, allowed) and not isinstance(wrong, bool):
+            continue
+        with pytest.raises(InvalidInput) as caught:
+            validate_transaction(orjson.dumps({**base, field: wrong}))
+        assert caught.value.code in ("schema", "amount_out_of_range"), (field, wrong)
