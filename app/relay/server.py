@@ -92,6 +92,7 @@ class Relay:
         self.requester: ExplainRequester | None = None
         self.skipped = SkippedRecords()
         self.feed_interrupted_at: float | None = None  # epoch seconds; None while the feed is live
+        self.feed_reason = ""
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class Relay:
         """The consumer lost its brokers or has them back: every client is told, at once."""
         now = utc_text(time.time())
         if change.state == "interrupted":
-            self.feed_interrupted_at = change.since
+            self.feed_interrupted_at, self.feed_reason = change.since, change.reason
             metrics.RELAY_FEED_INTERRUPTIONS.inc()
             log.warning("relay: live feed interrupted: %s", change.reason)
             message = feed_message("interrupted", utc_text(change.since), now, change.reason)
@@ -252,9 +253,7 @@ class Relay:
         client.send(self._hello(claims))
         if self.feed_interrupted_at is not None:  # a client that connects mid-outage is told too
             since = utc_text(self.feed_interrupted_at)
-            client.send(
-                feed_message("interrupted", since, utc_text(time.time()), "the relay cannot read the stream")
-            )
+            client.send(feed_message("interrupted", since, utc_text(time.time()), self.feed_reason))
         self.clients.add(client)
         client.writer = asyncio.create_task(client.write_loop())
         expiry = asyncio.get_running_loop().call_later(

@@ -95,7 +95,7 @@ def check_frame(frame: dict[str, Any]) -> None:
 
 
 def open_client(relay: RelayProcess) -> ClientConnection:
-    ws = connect_sync(f"{relay.ws}?token={relay.token()}", max_size=None)
+    ws = connect_sync(f"{relay.ws}?token={relay.token()}", max_size=None, legacy=True)  # closed by the test
     hello = orjson.loads(ws.recv(30))
     check_frame(hello)
     assert hello["type"] == "hello", hello
