@@ -5,13 +5,14 @@ rejected one exactly one bounded DLQ record (issue 17, point 1)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from app.contracts import validate_message
@@ -206,12 +207,14 @@ def test_no_record_of_any_shape_or_size_stops_a_role(stack: Stack) -> None:
     expected_dlq: dict[str, set[tuple[int, int]]] = {"transactions.dlq": set(), "explain.requests.dlq": set()}
     wanted_verdicts: set[str] = set()
     tried: Counter[tuple[str, str]] = Counter()
+    digest = hashlib.sha256()
 
     @settings(
-        max_examples=25, deadline=None, derandomize=True, database=None,
+        max_examples=25, deadline=None, database=None,
         phases=[Phase.explicit, Phase.generate],  # no shrinking: the stack carries on between examples
         suppress_health_check=list(HealthCheck),
     )  # fmt: skip
+    @seed(20261205)  # a fixed seed: the same 25 rounds on every run (CI stability)
     @given(_rounds())
     def one_round(records: list[Hostile]) -> None:
         valid = [next(valid_pool) for _ in range(3)]
@@ -220,6 +223,7 @@ def test_no_record_of_any_shape_or_size_stops_a_role(stack: Stack) -> None:
         for record in records:
             producer = zipped if record.kind == "inflating" else plain
             tried[record.topic, record.kind] += 1
+            digest.update(record.topic.encode() + (record.key or b"") + (record.value or b"")[:100])
             (message,) = _send(producer, record.topic, [(record.key, record.value)], record.headers)
             if record.topic in ("transactions", "explain.requests"):
                 expected_dlq[f"{record.topic}.dlq"].add((message.partition(), message.offset()))
@@ -231,7 +235,8 @@ def test_no_record_of_any_shape_or_size_stops_a_role(stack: Stack) -> None:
     assert len(tried) > len(KINDS) * 3, tried  # rounds spread the kinds over different topics
     rounds = sum(tried.values()) // len(KINDS)
     dlq = {topic: len(sources) for topic, sources in expected_dlq.items()}
-    print(f"\n{rounds} rounds, {len(tried)} (topic, kind) pairs, DLQ records expected {dlq}")
+    sample = digest.hexdigest()[:12]  # the same on every run: the seed fixes the rounds
+    print(f"\n{rounds} rounds ({sample}), {len(tried)} (topic, kind) pairs, DLQ records expected {dlq}")
     assert "that no contract allows" in explainer.log.read_text(errors="replace")  # counted, logged
     for topic, sources in expected_dlq.items():
         got = Counter(_source(m) for m in readers[topic].read_to_end())
