@@ -12,7 +12,10 @@ their stores directly, ``app.agents.explain_io``) send through this sink:
 - ``flush`` (or ``flush_now``, blocking, for a caller without an event loop) waits until the
   broker acked everything queued (acks=all), returns each changelog partition's highest acked
   offset (the store's persisted offset), and raises :class:`DeliveryFailed` if any record was
-  refused: the caller must not count the work done then, so it is redone after a restart.
+  refused: the caller must not count the work done then, so it is redone after a restart;
+- ``produce`` raises :class:`DeliveryFailed` too for a record the client refuses at once (too
+  large for ``message.max.bytes``, unknown topic), after five more tries with a doubling pause;
+  ``about`` names what the record was for (e.g. a DLQ record's source offset) in either error.
 """
 
 from __future__ import annotations
