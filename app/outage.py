@@ -11,6 +11,7 @@ backed-off retry of a start-up call (DESIGN-NOTES: riding through a broker outag
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ class Outage:
         what: str,
         logger: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
-        on_fatal: Callable[[Any], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
         grace_s: float = 2.0,
     ):
         self.what, self.log, self.clock, self.on_fatal = what, logger, clock, on_fatal
@@ -88,7 +89,7 @@ class Outage:
         """librdkafka's ``error_cb``: transport errors mark the outage (the end is marked by
         the caller's next success); anything else is logged as before."""
         if error.fatal() and self.on_fatal is not None:
-            self.on_fatal(error)
+            self.on_fatal(error.str())
         elif error.code() in UNREACHABLE_CODES:
             self.down(error.str())
         else:
@@ -135,18 +136,67 @@ def _kafka_error(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException)
 
 
-class _QuietConnectionLogs(logging.Filter):
-    """Drops librdkafka's per-attempt connection lines (``FAIL``): :class:`Outage` says it once."""
+class _ClientLogs(logging.Filter):
+    """One client's librdkafka log: its per-attempt connection lines (``FAIL``) dropped, since
+    :class:`Outage` says it once; a ``FATAL`` line (it comes before, and sometimes instead of,
+    the fatal error's callback) handed to the outage's ``on_fatal``."""
+
+    def __init__(self, outage: Outage) -> None:
+        super().__init__()
+        self.outage = outage
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (args and args[0] == "FAIL")  # librdkafka logs (facility, client, text)
+        facility = args[0] if args else ""  # librdkafka logs (facility, client, text)
+        if facility == "FATAL" and self.outage.on_fatal is not None:
+            self.outage.on_fatal(str(args[-1]))
+        return facility != "FAIL"
 
 
 def quiet_client_logs(config: dict[str, Any], outage: Outage) -> dict[str, Any]:
-    """``config`` with librdkafka's log routed to Python logging minus the connection-failure
-    lines, and its errors to ``outage``."""
-    logger = logging.getLogger("app.librdkafka")
-    if not any(isinstance(f, _QuietConnectionLogs) for f in logger.filters):
-        logger.addFilter(_QuietConnectionLogs())
+    """``config`` with librdkafka's log routed to a Python logger of its own (connection
+    failures left to ``outage``, fatal errors to its ``on_fatal``) and its errors to ``outage``."""
+    logger = logging.getLogger(f"app.librdkafka.{outage.what.replace(' ', '-')}")
+    if not any(isinstance(f, _ClientLogs) for f in logger.filters):
+        logger.addFilter(_ClientLogs(outage))
     return {**config, "logger": logger, "error_cb": outage.error_cb}
+
+
+class RepeatedClientErrors(logging.Filter):
+    """aiokafka logs every failed reconnect (several lines per attempt, many a second while the
+    broker is away): each message template of its WARNING-and-above passes once per ``every_s``,
+    with the count of those held back since, so an outage leaves a line or two, not hundreds."""
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s, self.clock = every_s, clock
+        self.passed_at: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka") or record.levelno < logging.WARNING:
+            return True
+        template = f"{record.name}:{record.msg}"
+        now = self.clock()
+        if now - self.passed_at.get(template, -self.every_s) < self.every_s:
+            self.held[template] = self.held.get(template, 0) + 1
+            return False
+        self.passed_at[template] = now
+        held = self.held.pop(template, 0)
+        if held:
+            record.msg = f"{record.msg} [{held} more like this in the last {self.every_s:.0f} s]"
+        return True
+
+
+def stop_on_fatal(what: str, logger: logging.Logger, code: int = 75) -> Callable[[str], None]:
+    """An ``on_fatal`` that ends the process with one line: a client that failed for good (e.g.
+    an idempotent producer that finds the broker lost writes it had acked) cannot carry on,
+    and a process that kept running without it would be alive but do nothing. What was not
+    acked was not counted done, so the restarted process does it again."""
+
+    def stop(error: str) -> None:
+        logger.critical("%s: a Kafka client failed for good (%s): exit %d", what, error, code)
+        logging.shutdown()
+        os._exit(code)
+
+    return stop

@@ -30,7 +30,14 @@ def named_sink(settings: Settings, name: str) -> Sink:
     """A sink whose librdkafka client id names its user (router or worker) in broker logs."""
     from confluent_kafka import Producer
 
-    return Sink(settings, lambda config: Producer({**config, "client.id": f"{settings.app_id}-{name}"}))
+    from app.outage import Outage, quiet_client_logs, stop_on_fatal
+
+    # Reconnects logged once per outage; a fatal client error stops the process (issue 23).
+    outage = Outage(f"explainer {name}", log, on_fatal=stop_on_fatal(f"explainer {name}", log))
+    client_id = f"{settings.app_id}-{name}"
+    return Sink(
+        settings, lambda config: Producer(quiet_client_logs({**config, "client.id": client_id}, outage))
+    )
 
 
 def focus(stream: StreamT, event: EventT) -> None:

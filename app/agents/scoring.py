@@ -388,12 +388,12 @@ def _unavailable(exc: BrokerUnreachable) -> NoReturn:
     os._exit(EX_UNAVAILABLE)
 
 
-def _client_failed(error: Any) -> None:
+def _client_failed(error: str) -> None:
     # A fatal client error, e.g. the idempotent producer finding the broker's sequence numbers
     # behind its own after a restart that lost acked writes (noida-db SIGKILLed): this client
     # cannot go on. Nothing unacked counted as processed, so a restart replays it.
     log.critical("a Kafka client failed for good (%s): stopping the worker; a restart replays "
-                 "what was not committed", error.str())  # fmt: skip
+                 "what was not committed", error)  # fmt: skip
     logging.shutdown()
     os._exit(75)
 

@@ -60,6 +60,7 @@ def _run_role(role: str) -> None:
         importlib.import_module(module)  # agents and tables register on import
     settings = get_settings()
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_reconnect_errors()
     logging.getLogger(__name__).info(
         "starting %s worker on %s, state in %s", role, settings.broker, settings.worker_dir
     )
@@ -83,3 +84,12 @@ def _exit_clearly(role: str, exc: SystemExit, reason: BaseException | None) -> N
     why = repr(reason) if reason is not None else f"exit code {exc.code}"
     logging.getLogger(__name__).critical("the %s worker stopped (%s): exit %d", role, why, EX_UNAVAILABLE)
     raise SystemExit(EX_UNAVAILABLE) from None
+
+
+def _quiet_reconnect_errors() -> None:
+    """aiokafka's per-attempt reconnect errors, collapsed (``app.outage.RepeatedClientErrors``)."""
+    from app.outage import RepeatedClientErrors
+
+    repeats = RepeatedClientErrors()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(repeats)

@@ -87,3 +87,44 @@ def test_retry_gives_up_after_the_bound_and_never_retries_other_errors() -> None
 
 def test_backoff_doubles_to_its_cap() -> None:
     assert [backoff(i) for i in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+
+
+def test_repeated_client_errors_pass_once_per_window_with_the_count_held_back() -> None:
+    from app.outage import RepeatedClientErrors
+
+    clock = Clock()
+    repeats = RepeatedClientErrors(every_s=60.0, clock=clock)
+
+    def record(name: str, msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, (), None)
+
+    passed = []
+    for _ in range(100):  # ten a second for ten seconds, as while the broker is away
+        item = record("aiokafka", "Unable connect to node with id %s")
+        if repeats.filter(item):
+            passed.append(item.msg)
+        clock.sleep(0.1)
+    assert passed == ["Unable connect to node with id %s"]
+    clock.sleep(60)
+    later = record("aiokafka", "Unable connect to node with id %s")
+    assert repeats.filter(later) and later.msg.endswith("[99 more like this in the last 60 s]")
+    assert repeats.filter(record("faust.worker", "Starting"))  # other loggers pass untouched
+    assert repeats.filter(record("aiokafka", "Updating subscribed topics", logging.INFO))
+
+
+def test_client_logs_drop_connection_lines_and_hand_a_fatal_line_on() -> None:
+    from app.outage import quiet_client_logs
+
+    fatal: list[str] = []
+    outage = Outage("scorer", logging.getLogger("t"), on_fatal=fatal.append)
+    logger = quiet_client_logs({}, outage)["logger"]
+
+    def record(facility: str, text: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            logger.name, logging.ERROR, __file__, 1, "%s [%s] %s", (facility, "c", text), None
+        )
+
+    assert not logger.filter(record("FAIL", "Connect to ipv4#127.0.0.1:1 failed: Connection refused"))
+    assert logger.filter(record("SESSTMOUT", "Consumer group session timed out"))
+    assert logger.filter(record("FATAL", "Fatal error: out of order sequence number"))
+    assert fatal == ["Fatal error: out of order sequence number"]
