@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.chaos.faults import Scenario, start_broker, wipe
+from tests.chaos.faults import OUTAGE_RATE, Scenario, start_broker, wipe
 from tests.chaos.relay_client import run_relay_scenario
 from tests.integration.harness import Stack
 
@@ -80,6 +80,55 @@ def test_broker_restart(scenario: Scenario, stack: Stack) -> None:
         scenario.note(f"broker pid {broker.pid} answering again")
         scenario.verdicts_resume(240, "verdicts for transactions sent after the broker restart")
         scenario.note("workers reconnected: new transactions scored")
+    scenario.random_traffic()
+    scenario.finish()
+
+
+BROKER_FAULTS = ("group", "noida", "main", "sigstop")
+
+
+@pytest.fixture
+def outage_scenario(request: pytest.FixtureRequest, stack: Stack, chaos_seed: int) -> Iterator[Scenario]:
+    """A scenario at ``OUTAGE_RATE`` whose roles are restarted if they exit non-zero."""
+    run = Scenario(
+        request.node.name.removeprefix("test_"), stack, chaos_seed, rate=OUTAGE_RATE, supervised=True
+    )
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+def test_broker_outages(outage_scenario: Scenario) -> None:
+    """g) Broker faults while the roles run, one after the other in a seeded order, each at a
+    random moment: SIGKILL of the broker's process group, of its noida-db alone, of the
+    ``fraudlens broker`` process alone (each restarted on the same data dir 5 s later), and the
+    broker SIGSTOPped for 30 s. After each, every transaction acked before it came back has its
+    verdict within 10 s; at the end the ledger (acked records the broker lost printed apart)."""
+    scenario = outage_scenario
+    scenario.worker("scorer")
+    scenario.worker("explainer", "x1")
+    scenario.start_load()
+    for fault in scenario.rng.sample(BROKER_FAULTS, len(BROKER_FAULTS)):
+        scenario.random_traffic(2.0, 5.0)
+        scenario.broker_outage(fault)
+        scenario.verdicts_resume(120, f"verdicts for transactions sent after the {fault} fault")
+    scenario.random_traffic()
+    scenario.finish()
+
+
+@pytest.mark.parametrize("fault", BROKER_FAULTS)
+def test_broker_outage_at_startup(outage_scenario: Scenario, fault: str) -> None:
+    """h) The same faults while the roles are still starting: the load begins with the roles,
+    and the fault lands once the first 50 messages were acked (the roles then are importing,
+    loading the model, joining their groups)."""
+    scenario = outage_scenario
+    scenario.worker("scorer")
+    scenario.worker("explainer", "x1")
+    scenario.load.start()
+    scenario.random_traffic(0.5, 1.0)
+    scenario.broker_outage(fault)
+    scenario.verdicts_resume(180, f"verdicts for transactions sent after the {fault} fault")
     scenario.random_traffic()
     scenario.finish()
 
