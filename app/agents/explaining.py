@@ -190,6 +190,16 @@ class _Stats:
             not drained and now - self.logged_at < settings.explain_stats_every_s
         ):
             return
+        self._line(queue, batch_size, now)
+
+    def tick(self, queue: AgingScheduler[Work], batch_size: int) -> None:
+        """Called every interval by a timer: the last counts of a burst that ended between two
+        lines, without a backlog, are logged once the interval is up (no batch follows to do it)."""
+        now = self.clock()
+        if self.batches != self.logged_batches and now - self.logged_at >= settings.explain_stats_every_s:
+            self._line(queue, batch_size, now)
+
+    def _line(self, queue: AgingScheduler[Work], batch_size: int, now: float) -> None:
         self.logged_at, self.logged_batches, self.backlog = now, self.batches, False
         c = self.counts
         computed = c["computed"] + c["cache_hits"]
@@ -238,6 +248,7 @@ class Explaining:
             depth.set_function(lambda p=priority: work_queue.scheduler.size(p))  # type: ignore[misc]
         metrics_server = await metrics.start_metrics_server(settings)
         finishing = asyncio.ensure_future(self.finishing())
+        ticker = asyncio.ensure_future(self._stats_ticker())
         try:
             while True:
                 batch = await work_queue.take(self.sizer.size(), settings.explain_batch_within_s)
@@ -248,8 +259,14 @@ class Explaining:
                     await self.process(current)
         finally:
             finishing.cancel()
+            ticker.cancel()
             if metrics_server is not None:
                 await metrics_server.cleanup()
+
+    async def _stats_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(settings.explain_stats_every_s)
+            self.stats.tick(work_queue.scheduler, self.sizer.size())
 
     async def process(self, batch: Sequence[Queued[Work]]) -> None:
         started_at = utc_now()

@@ -79,6 +79,25 @@ def test_a_drained_backlog_logs_once_then_the_interval_rules(
     assert _lines(caplog) == 2
 
 
+def test_a_burst_that_ends_between_lines_is_logged_by_the_timer_once(
+    stats: tuple[explaining._Stats, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The final counts must reach the log although no batch follows the burst's last one."""
+    caplog.set_level(logging.INFO, logger=explaining.__name__)
+    s, clock = stats
+    queue: AgingScheduler[object] = AgingScheduler(aging_s=60)
+    for _ in range(5):  # a light burst over 2.5 s: no line yet (interval not up, no backlog)
+        _batch(s, queue, clock, 0.5)
+    s.tick(queue, BATCH)  # type: ignore[arg-type]
+    assert _lines(caplog) == 0  # the interval since start is not up
+    clock.now += EVERY_S
+    s.tick(queue, BATCH)  # type: ignore[arg-type]
+    assert _lines(caplog) == 1 and "batches 5" in caplog.records[-1].getMessage()
+    clock.now += EVERY_S
+    s.tick(queue, BATCH)  # type: ignore[arg-type]
+    assert _lines(caplog) == 1  # nothing new since: no second line
+
+
 def test_no_batches_no_line(
     stats: tuple[explaining._Stats, FakeClock], caplog: pytest.LogCaptureFixture
 ) -> None:
