@@ -157,7 +157,10 @@ def quiet_client_logs(config: dict[str, Any], outage: Outage) -> dict[str, Any]:
     """``config`` with librdkafka's log routed to a Python logger of its own (connection
     failures left to ``outage``, fatal errors to its ``on_fatal``) and its errors to ``outage``."""
     logger = logging.getLogger(f"app.librdkafka.{outage.what.replace(' ', '-')}")
-    if not any(isinstance(f, _ClientLogs) for f in logger.filters):
+    mine = [f for f in logger.filters if isinstance(f, _ClientLogs)]
+    if mine:
+        mine[0].outage = outage  # the latest client of that name (one per name at a time)
+    else:
         logger.addFilter(_ClientLogs(outage))
     return {**config, "logger": logger, "error_cb": outage.error_cb}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.admin import client_config
+from app.outage import Outage, quiet_client_logs
 from app.settings import Settings
 from app.tables.local import LocalTable
 
@@ -60,16 +61,20 @@ def recover(
     from confluent_kafka import Consumer, TopicPartition
 
     began = time.monotonic()
+    quiet = Outage(f"{settings.app_id}: table recovery", log)  # its reconnects: one line, not each
     consumer = (consumer_factory or Consumer)(
-        client_config(
-            settings,
-            **{
-                "group.id": f"{settings.app_id}-recovery-{uuid.uuid4().hex[:8]}",  # never committed
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 100,
-            },
+        quiet_client_logs(
+            client_config(
+                settings,
+                **{
+                    "group.id": f"{settings.app_id}-recovery-{uuid.uuid4().hex[:8]}",  # never committed
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 100,
+                },
+            ),
+            quiet,
         )
     )
     try:

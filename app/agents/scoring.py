@@ -311,10 +311,20 @@ class ScorerLoop:
 
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
         wanted = sorted(tp.partition for tp in partitions)
+
+        def recover_tables() -> Any:
+            try:
+                return recover(self.settings, TABLES, wanted)
+            except Exception as exc:
+                # A broker that lost its last second of writes (noida-db SIGKILLed) can have lost
+                # the changelog topics created in it too ("Unknown partition" from the
+                # watermarks, for ever): recreate them, then retry; a no-op while they exist.
+                if _recovery_retriable(exc):
+                    ensure_changelogs(self.settings)
+                raise
+
         try:  # the broker may go away mid-recovery: read again from what the stores hold
-            report = retry(
-                lambda: recover(self.settings, TABLES, wanted), self.outage, retriable=_recovery_retriable
-            )
+            report = retry(recover_tables, self.outage, retriable=_recovery_retriable)
         except BrokerUnreachable as exc:
             _unavailable(exc)
         for table in TABLES:

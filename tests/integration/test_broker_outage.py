@@ -128,8 +128,9 @@ def test_broker_killed_while_roles_start(outage: tuple[Stack, Supervisor], momen
           f"restarts {supervisor.restarts()}")  # fmt: skip
 
     scorer_log = scorer.log.read_text(errors="replace")
-    assert "Connection refused" not in scorer_log, "the scorer logged reconnect attempts one by one"
-    assert 1 <= scorer_log.count("broker unreachable for") <= 2, scorer.tail()
+    assert "|FAIL|" not in scorer_log, "the scorer logged librdkafka's reconnect attempts one by one"
+    # One line per outage (none if the scorer was still importing while the broker was away).
+    assert scorer_log.count("broker unreachable for") <= 2, scorer.tail()
     assert_rode_through_or_exited_clearly(supervisor, "scorer", {75: "failed for good"})
     assert_rode_through_or_exited_clearly(supervisor, "explainer", {69: "worker stopped"})
 
