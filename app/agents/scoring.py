@@ -135,11 +135,12 @@ class ScorerLoop:
             consumer_factory = Consumer
         self.settings, self.scorer, self.sink, self.views = settings, scorer, sink, views
         self.inline, self.watcher = inline, watcher
-        # One tracker for the consumer and the sink: one line when the broker goes, one when back.
-        self.outage = outage or Outage("scorer", log, on_fatal=_client_failed)
+        # One tracker for the consumer and the sink: one line when the broker goes, one when back;
+        # a fatal client error (either client) leaves the group, then stops the worker.
+        self.outage = outage or Outage("scorer", log)
+        self.outage.on_fatal = self._failed_for_good
         self.probed_at = 0.0
         self.failing = False
-        self.outage.on_fatal = self._failed_for_good
         self.consumer: Any = consumer_factory(quiet_client_logs(consumer_config(settings), self.outage))
         self.owned: set[int] = set()
         self.unacked: dict[int, int] = {}  # partition → next offset, sent but not yet acked
@@ -454,7 +455,7 @@ def ensure_changelogs(settings: Settings) -> None:
 def run_scorer() -> int:
     """``fraudlens worker --role scorer``: score until SIGTERM/SIGINT, then leave the group."""
     settings = get_settings()
-    outage = Outage("scorer", log, on_fatal=_client_failed)
+    outage = Outage("scorer", log)  # its on_fatal is the loop's (ScorerLoop._failed_for_good)
     ensure_changelogs(settings)
     for table in TABLES:
         table.bind(settings.worker_dir)
