@@ -62,10 +62,11 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         table_standby_replicas=0,
         # A broker that lost acked writes (the embedded one SIGKILLed: README Limits) ends a
-        # changelog below the offset a local store already holds. Faust's check then stops the
-        # worker at every start, a crash loop; the store being ahead is safe (its rows are the
-        # ones the lost records carried), as the scorer's recovery also treats it (a warning).
-        recovery_consistency_check=False,
+        # changelog below the offset a local store already holds, and the store's rows then
+        # claim work whose records are gone. At start-up such stores are deleted and rebuilt
+        # (app.tables.stores_ahead); a live worker meeting one at a rebalance stops on this check
+        # (exit 69) and its restart rebuilds it.
+        recovery_consistency_check=True,
         # Faust's /table/ views expose table data without auth: the web server stays off.
         web_enabled=False,
         logging_config=None,
