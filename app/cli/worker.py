@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 ROLE_MODULES = {
     "explainer": ("app.agents.routing", "app.agents.explaining"),
@@ -60,6 +64,7 @@ def _run_role(role: str) -> None:
         importlib.import_module(module)  # agents and tables register on import
     settings = get_settings()
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    _rebuild_stores_ahead(app, settings)
     _quiet_reconnect_errors()
     logging.getLogger(__name__).info(
         "starting %s worker on %s, state in %s", role, settings.broker, settings.worker_dir
@@ -84,6 +89,15 @@ def _exit_clearly(role: str, exc: SystemExit, reason: BaseException | None) -> N
     why = repr(reason) if reason is not None else f"exit code {exc.code}"
     logging.getLogger(__name__).critical("the %s worker stopped (%s): exit %d", role, why, EX_UNAVAILABLE)
     raise SystemExit(EX_UNAVAILABLE) from None
+
+
+def _rebuild_stores_ahead(app: Any, settings: Settings) -> None:
+    """Stores ahead of their changelogs (a broker that lost acked writes) are deleted before
+    Faust opens them, for its recovery to rebuild them (``app.tables.stores_ahead``)."""
+    from app.admin import client_config
+    from app.tables.stores_ahead import rebuild_faust_stores_ahead
+
+    rebuild_faust_stores_ahead(app, client_config(settings))
 
 
 def _quiet_reconnect_errors() -> None:
