@@ -13,9 +13,10 @@ Per batch, each request under its own event (its partition's table store):
      rows' ack and the updates' ack would otherwise leave it unannounced);
      a request started ``explain_max_attempts`` times already fails (``attempts_exhausted``);
   2. rows → ``calculating`` (attempts + 1) and their updates sent;
-  3. SHAP on a thread: explainer per model version (``ExplainerCache``), cache lookups
-     (memory, then the ``explanation_cache`` table), ``explain_batch`` for the misses;
-  4. rows → ``complete`` | ``failed`` and new cache entries written to the local stores; then,
+  3. SHAP on a thread: explainer per model version (``ExplainerCache``), lookups in the
+     in-memory explanation cache (``ExplanationMemo``; no table: DESIGN-NOTES, records per
+     transaction), ``explain_batch`` for the misses;
+  4. rows → ``complete`` | ``failed`` written to the local stores; then,
      on the finishing task while the next batch computes, their changelog records acked by the
      broker, then the updates, acked; then the events. A worker killed anywhere before the ack
      leaves the events uncommitted: the replay finds the row ``calculating`` (or already
@@ -59,7 +60,6 @@ from app.explain.scheduler import AgingScheduler, BatchSizer, Queued
 from app.explain.state import WorkAction, calculating, failed, finished, update_message, work_action
 from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, prepare
 from app.settings import get_settings
-from app.tables.explanation_cache import explanation_cache
 from app.tables.explanations import explanations
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class Explaining:
 
     def __init__(self) -> None:
         self.sink = named_sink(settings, "explainer-worker")
-        self.writer = TableWriter(self.sink, (explanations, explanation_cache))
+        self.writer = TableWriter(self.sink, (explanations,))
         self.explainers = ExplainerCache(settings.models_dir)
         self.memo = ExplanationMemo(settings.explain_cache_max)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="shap")
@@ -367,17 +367,9 @@ class Explaining:
         return outcomes
 
     def _cached(self, job: _Job) -> Explanation | None:
-        """The memory cache, then the table (under the job's event: its partition's store)."""
-        if job.cache_key is None:
-            return None
-        found = self.memo.get(job.cache_key)
-        if found is None:
-            work = job.queued.item
-            raw = self.writer.get(work.stream, work.event, explanation_cache, job.cache_key.encode())
-            if raw is not None:
-                found = Explanation.from_dict(orjson.loads(raw))
-                self.memo.put(job.cache_key, found)
-        return found
+        """The in-memory cache only: a changelog-backed cache table cost one broker record per
+        computed explanation and added no hits on generator traffic (DESIGN-NOTES)."""
+        return None if job.cache_key is None else self.memo.get(job.cache_key)
 
     def _finish(self, job: _Job, outcome: Outcome, completed_at: str) -> None:
         stream, event = job.queued.item.stream, job.queued.item.event
@@ -386,8 +378,6 @@ class Explaining:
             self.stats.counts["cache_hits" if outcome.cache_hit else "computed"] += 1
             if not outcome.cache_hit and outcome.explanation.ok and job.cache_key is not None:
                 self.memo.put(job.cache_key, outcome.explanation)
-                value = orjson.dumps(outcome.explanation.to_dict())
-                self.writer.write(stream, event, explanation_cache, job.cache_key.encode(), value)
         else:
             code, reason = outcome.failure or (FailureCode.INTERNAL_ERROR, "no explanation")
             job.row = failed(job.row, code, reason, completed_at)

@@ -39,7 +39,7 @@ def _summary(value: Any) -> str:
 
 @click.group()
 def tables() -> None:
-    """Inspect the tables (predictions, card_activity, explanations, explanation_cache) from their
+    """Inspect the tables (predictions, card_activity, explanations) from their
     changelogs: the same answer while the workers run and after they stopped."""
 
 

@@ -78,13 +78,6 @@ TABLES: dict[str, TableSpec] = {
             _explainer,
             lambda row: _parse_time((row.get("timings") or {}).get("verdict_at")),
         ),
-        TableSpec(
-            "explanation_cache",
-            "explainer",
-            "model version + input signature → explanation",
-            _explainer,
-            lambda row: None,
-        ),
     )
 }
 
@@ -205,8 +198,6 @@ def stats(snapshot: Snapshot, spec: TableSpec) -> dict[str, Any]:
         hits = sum(1 for r in complete if r.get("cache_hit"))
         out["cache_hits"] = hits
         out["cache_hit_rate"] = round(hits / len(complete), 4) if complete else None
-    if spec.name == "explanation_cache":
-        out["cache_entries"] = len(snapshot.rows)
     return out
 
 

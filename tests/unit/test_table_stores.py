@@ -10,7 +10,6 @@ from faust.stores.rocksdb import DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_
 from app.settings import Settings
 from app.tables import store_options
 from app.tables.card_activity import card_activity
-from app.tables.explanation_cache import explanation_cache
 from app.tables.explanations import explanations
 from app.tables.predictions import predictions
 
@@ -18,7 +17,7 @@ MB = 1024 * 1024
 
 
 def test_every_table_passes_the_bounded_options_to_its_store() -> None:
-    for table in (card_activity, predictions, explanations, explanation_cache):
+    for table in (card_activity, predictions, explanations):
         given = {k: v for k, v in table.options.items() if k not in ("driver", "read_only")}
         options = RocksDBOptions(**given)
         assert options.write_buffer_size == 8 * MB < DEFAULT_WRITE_BUFFER_SIZE, table.name
