@@ -22,7 +22,9 @@ import pytest
 
 from app.broker.embedded import free_port
 from app.model.generator import generate_transactions
+from app.relay.tokens import create_token, load_or_create_secret
 from tests.integration.harness import REPO, TopicReader, wait_until
+from tests.integration.test_metrics import get, samples
 
 ROLES = ("broker", "--role scorer", "--role explainer", "relay", "produce")
 
@@ -191,7 +193,8 @@ def test_up_restarts_a_killed_child_and_verdicts_resume(
     """SIGKILL of the scorer, or of the broker (its noida-db ends with it; the new one starts on
     the same data dir): a new process of that role comes back, and transactions sent after it
     get their verdicts."""
-    env = _env(tmp_path, models_dir)
+    metrics_port = free_port()
+    env = _env(tmp_path, models_dir, FRAUDLENS_METRICS_PORT=str(metrics_port))
     output = tmp_path / "up.out"
     with output.open("wb") as out:
         up = _start_up(env, out, "--explainers", "0", "--rate", "0")
@@ -210,6 +213,11 @@ def test_up_restarts_a_killed_child_and_verdicts_resume(
         wait_until(
             lambda: re.search(r"\| restarts [1-9]", output.read_text(errors="replace")), 30, "restart counted"
         )
+        # the restart is also a Prometheus counter on `up`'s own metrics port, by role
+        token = create_token(load_or_create_secret(None, tmp_path / "data"), 60, time.time(), "prometheus")
+        status, body = get(f"http://127.0.0.1:{metrics_port}/metrics", token)
+        assert status == 200, body[:500]
+        assert samples(body).get(("fraudlens_up_restarts_total", (("role", name),))) == 1.0, body[-1500:]
     finally:
         _kill_leftovers(up, children, tmp_path / "data")
 
