@@ -16,6 +16,12 @@ their stores directly, ``app.agents.explain_io``) send through this sink:
 - ``produce`` raises :class:`DeliveryFailed` too for a record the client refuses at once (too
   large for ``message.max.bytes``, unknown topic), after five more tries with a doubling pause;
   ``about`` names what the record was for (e.g. a DLQ record's source offset) in either error.
+
+A broker acks each partition's records at rising offsets. An ack at or below one it gave before
+means it lost acked writes and hands their offsets out again (the embedded broker's noida-db
+SIGKILLed: README Limits; Kafka after an unclean leader election): the flush raises
+:class:`BrokerLostWrites`, and a sink given ``rebuild_mark`` first leaves that file, so the
+restarted worker rebuilds its stores from the changelogs (``app.tables.stores_ahead``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ class DeliveryFailed(RuntimeError):
     """The broker refused (or never acked) a record the scorer must not lose."""
 
 
+class BrokerLostWrites(DeliveryFailed):
+    """The broker acked a record at an offset it had already acked another at."""
+
+
 class Sink:
     """One librdkafka producer; ``produce`` queues, ``await flush()`` waits for the acks."""
 
@@ -45,6 +55,7 @@ class Sink:
         settings: Settings,
         producer_factory: Callable[[dict[str, Any]], Any] | None = None,
         linger_ms: float | None = None,
+        rebuild_mark: Callable[[str], None] | None = None,
     ):
         if producer_factory is None:
             from confluent_kafka import Producer
@@ -70,6 +81,9 @@ class Sink:
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="sink-flush")
         self._errors: list[str] = []
         self._highest: dict[tuple[str, int], int] = {}  # changelog tp -> highest acked offset
+        self._acked: dict[tuple[str, int], int] = {}  # every tp -> highest offset ever acked
+        self._lost: list[str] = []
+        self._rebuild_mark = rebuild_mark
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, about: str = ""
@@ -114,24 +128,47 @@ class Sink:
     def _delivered(self, err: Any, message: Any) -> None:
         if err is not None:
             self._errors.append(f"{message.topic()}[{message.partition()}]: {err}")
+        else:
+            self._check_rising(message)
 
     def _delivered_about(self, about: str, err: Any, message: Any) -> None:
         if err is not None:
             self._errors.append(f"{message.topic()}[{message.partition()}] ({about}): {err}")
+        else:
+            self._check_rising(message)
 
     def _changelog_delivered(self, err: Any, message: Any) -> None:
         if err is not None:
             self._errors.append(f"{message.topic()}[{message.partition()}]: {err}")
         else:
+            self._check_rising(message)
             tp = (message.topic(), message.partition())
             offset = message.offset()
             if offset > self._highest.get(tp, -1):
                 self._highest[tp] = offset
 
+    def _check_rising(self, message: Any) -> None:
+        """An ack at or below an offset acked before: the broker lost acked writes."""
+        tp, offset = (message.topic(), message.partition()), message.offset()
+        if offset is None or offset < 0:  # a client that reports no offset: nothing to compare
+            return
+        before = self._acked.get(tp, -1)
+        if offset > before:
+            self._acked[tp] = offset
+            return
+        if not self._lost and self._rebuild_mark is not None:
+            self._rebuild_mark(f"{tp[0]}[{tp[1]}] acked at {offset} after {before}")
+        self._lost.append(f"{tp[0]}[{tp[1]}]: acked at offset {offset} after offset {before} was acked")
+
     def _flush(self, timeout_s: float) -> tuple[int, list[str], dict[tuple[str, int], int]]:
         # Delivery reports run on the flushing thread: no report lands in between. One sink is
         # flushed from one thread only (the flusher for ``flush``, the caller for ``flush_now``).
         left = int(self._producer.flush(timeout_s))
+        if self._lost:  # never cleared: the stores no longer match the broker
+            raise BrokerLostWrites(
+                f"the broker lost acked writes and hands their offsets out again: {self._lost[0]}"
+                + (f" (+{len(self._lost) - 1} more)" if len(self._lost) > 1 else "")
+            )
         errors, self._errors = self._errors, []
         highest, self._highest = self._highest, {}
         return left, errors, highest

@@ -97,7 +97,7 @@ def _rebuild_stores_ahead(app: Any, settings: Settings) -> None:
     from app.admin import client_config
     from app.tables.stores_ahead import rebuild_faust_stores_ahead
 
-    rebuild_faust_stores_ahead(app, client_config(settings))
+    rebuild_faust_stores_ahead(app, settings.worker_dir, client_config(settings))
 
 
 def _quiet_reconnect_errors() -> None:

@@ -13,6 +13,12 @@ store is ahead is deleted before the worker starts and Faust's recovery rebuilds
 changelog, consistent with the offsets the broker kept (Kafka Streams wipes a corrupted task's
 store the same way). A live worker that meets an ahead store at a rebalance stops on Faust's own
 consistency check and is restarted (``fraudlens up``, systemd), which lands here.
+
+The offsets alone miss one case: a worker that rode through the broker's restart and wrote again
+before it noticed fills the lost offsets anew, and its stores' offsets look consistent. Its sink
+notices instead (an ack at an offset acked before: ``app.agents.sink``), leaves a mark in the
+worker's directory and stops the worker; at the next start every store of a marked worker is
+rebuilt from the changelogs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = b"__faust\x00offset__"  # faust.stores.rocksdb.Store.offset_key
+REBUILD_MARK = "rebuild-stores"  # in the worker's directory: why its stores can't be trusted
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,9 @@ def rebuild_stores_ahead(
     return deleted
 
 
-def rebuild_faust_stores_ahead(app: Any, client_config: dict[str, Any]) -> list[StoreFile]:
-    """``rebuild_stores_ahead`` for the tables of a Faust ``app`` not started yet."""
+def rebuild_faust_stores_ahead(app: Any, worker_dir: Path, client_config: dict[str, Any]) -> list[StoreFile]:
+    """``rebuild_marked``, then ``rebuild_stores_ahead``, for the tables of a Faust ``app`` not
+    started yet."""
     from confluent_kafka import Consumer, TopicPartition
 
     tables = [
@@ -98,8 +106,10 @@ def rebuild_faust_stores_ahead(app: Any, client_config: dict[str, Any]) -> list[
         for table in app.tables.values()
     ]
     stores = store_files(Path(app.conf.tabledir), tables)
+    marked = rebuild_marked(worker_dir, stores)
+    stores = [store for store in stores if store not in marked]
     if not stores:
-        return []
+        return marked
     group = f"fraudlens-stores-{uuid.uuid4().hex[:8]}"
     consumer = Consumer({**client_config, "group.id": group, "log_level": 2})
     try:
@@ -111,3 +121,27 @@ def rebuild_faust_stores_ahead(app: Any, client_config: dict[str, Any]) -> list[
         )
     finally:
         consumer.close()
+
+
+def mark_for_rebuild(worker_dir: Path, why: str) -> None:
+    """Leave the mark that makes the next start rebuild every store of this worker (called from
+    a delivery report: one small write, no logging framework assumptions)."""
+    worker_dir.mkdir(parents=True, exist_ok=True)
+    (worker_dir / REBUILD_MARK).write_text(why + "\n")
+
+
+def rebuild_marked(worker_dir: Path, stores: Iterable[StoreFile]) -> list[StoreFile]:
+    """Delete every store if the worker was marked for a rebuild, then the mark; returns them."""
+    mark = worker_dir / REBUILD_MARK
+    if not mark.exists():
+        return []
+    why = mark.read_text(errors="replace").strip()
+    deleted = [store for store in stores if store.path.exists()]
+    log.warning(
+        "rebuilding %d table stores from their changelogs: the broker lost acked writes (%s)",
+        len(deleted), why,
+    )  # fmt: skip
+    for store in deleted:
+        shutil.rmtree(store.path)
+    mark.unlink()
+    return deleted

@@ -154,3 +154,44 @@ def test_a_refusal_after_queueing_names_what_the_record_was_for() -> None:
     sink.produce("transactions.dlq", b"a", b"v", about="the DLQ record of transactions[3] offset 17")
     with pytest.raises(DeliveryFailed, match=r"transactions\[3\] offset 17"):
         asyncio.run(sink.flush())
+
+
+def _marked_sink() -> tuple[Sink, FakeProducer, list[str]]:
+    marks: list[str] = []
+    producer = FakeProducer({})
+    return Sink(Settings(), lambda config: producer, rebuild_mark=marks.append), producer, marks
+
+
+@pytest.mark.parametrize("kind", ["changelog", "produce", "about"])
+def test_an_ack_at_an_offset_acked_before_means_the_broker_lost_writes(kind: str) -> None:
+    """A broker restarted without its last acked writes hands their offsets out again: the sink
+    refuses to go on (its stores and the broker no longer agree) and leaves the rebuild mark once."""
+    sink, producer, marks = _marked_sink()
+    send = {
+        "changelog": lambda: sink.changelog("t-changelog", 1, b"k", b"v"),
+        "produce": lambda: sink.produce("verdicts", b"k", b"v", partition=1),
+        "about": lambda: sink.produce("transactions.dlq", b"k", b"v", partition=1, about="transactions[1]@7"),
+    }[kind]
+    for _ in range(3):
+        send()
+    sink.flush_now()  # offsets 0, 1, 2 acked
+    topic = {"changelog": "t-changelog", "produce": "verdicts", "about": "transactions.dlq"}[kind]
+    producer.offsets[(topic, 1)] = 0  # the restarted broker's partition ends at 1 (offsets 1, 2 lost)
+    send()
+    send()
+    with pytest.raises(
+        DeliveryFailed, match=r"lost acked writes.*acked at offset 1 after offset 2 was acked \(\+1 more\)"
+    ):
+        sink.flush_now()
+    assert marks == [f"{topic}[1] acked at 1 after 2"]
+    with pytest.raises(DeliveryFailed, match="lost acked writes"):  # never cleared
+        sink.flush_now()
+
+
+def test_acks_rising_per_partition_are_no_loss() -> None:
+    sink, _, marks = _marked_sink()
+    for partition in (0, 1, 0, 1, 2):  # each partition's own offsets rise; they interleave
+        sink.changelog("t-changelog", partition, b"k", b"v")
+        sink.produce("verdicts", b"k", b"v", partition=partition)
+    assert sink.flush_now() == {("t-changelog", 0): 1, ("t-changelog", 1): 1, ("t-changelog", 2): 0}
+    assert marks == []

@@ -9,7 +9,13 @@ import faust
 import pytest
 from faust.types import TP
 
-from app.tables.stores_ahead import rebuild_stores_ahead, store_files
+from app.tables.stores_ahead import (
+    REBUILD_MARK,
+    mark_for_rebuild,
+    rebuild_marked,
+    rebuild_stores_ahead,
+    store_files,
+)
 
 CHANGELOG = "app-explanations-changelog"
 
@@ -54,3 +60,20 @@ def test_a_store_without_an_offset_is_kept(tmp_path: Path) -> None:
     stores = store_files(tmp_path, [("explanations", CHANGELOG, None)])
     assert rebuild_stores_ahead(stores, lambda topic, partition: 0) == []
     assert (tmp_path / "explanations-3.db").exists()
+
+
+def test_a_marked_worker_rebuilds_every_store_once(tmp_path: Path) -> None:
+    """The sink's mark (the broker handed acked offsets out again) rebuilds stores whose offsets
+    look consistent too: new writes may have filled the lost offsets anew."""
+    tabledir = tmp_path / "v1" / "tables"
+    _faust_store(tabledir, {0: 10, 1: 20}, None)
+    mark_for_rebuild(tmp_path, "t-changelog[1] acked at 5 after 20")
+    stores = store_files(tabledir, [("explanations", CHANGELOG, None)])
+
+    deleted = rebuild_marked(tmp_path, stores)
+
+    assert sorted(s.partition for s in deleted) == [0, 1]
+    assert not list(tabledir.glob("explanations-*.db"))
+    assert not (tmp_path / REBUILD_MARK).exists()  # once: the next start keeps the new stores
+    _faust_store(tabledir, {0: 3}, None)
+    assert rebuild_marked(tmp_path, store_files(tabledir, [("explanations", CHANGELOG, None)])) == []
