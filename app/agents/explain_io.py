@@ -14,6 +14,7 @@ import os
 import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NoReturn, cast
 
 from faust import streams as faust_streams
@@ -22,6 +23,7 @@ from faust.types import TP, EventT, StreamT
 from app.agents.sink import DeliveryFailed, Sink
 from app.contracts import format_utc
 from app.settings import Settings
+from app.tables.stores_ahead import mark_for_rebuild
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,10 @@ def named_sink(settings: Settings, name: str) -> Sink:
     outage = Outage(f"explainer {name}", log, on_fatal=stop_on_fatal(f"explainer {name}", log))
     client_id = f"{settings.app_id}-{name}"
     return Sink(
-        settings, lambda config: Producer(quiet_client_logs({**config, "client.id": client_id}, outage))
+        settings,
+        lambda config: Producer(quiet_client_logs({**config, "client.id": client_id}, outage)),
+        # a broker that lost acked writes: the stores are rebuilt at the restart that follows
+        rebuild_mark=partial(mark_for_rebuild, settings.worker_dir),
     )
 
 
