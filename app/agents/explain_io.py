@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NoReturn, cast
 
+import orjson
 from faust import streams as faust_streams
 from faust.types import TP, EventT, StreamT
 
@@ -97,6 +98,17 @@ class TableWriter:
         self.pending = 0
         for (topic, partition), offset in highest.items():
             self._tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def stored_json(raw: bytes | None) -> Any:
+    """A table value as JSON; None when absent or not JSON. The ``explanations`` table is
+    recovered from ``explanation.updates``, which a misconfigured client may also write."""
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def give_up(exc: Exception) -> NoReturn:

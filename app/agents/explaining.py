@@ -7,18 +7,20 @@ takes batches out of it: the aged quota first, then high, normal, low. Batches a
 time budget (``BatchSizer``): the batch in flight is what new high work waits for. Events are
 acked by the finishing task, never by the agents.
 
-Per batch, each request under its own event (its partition's table store):
+Per batch, each request under its own event (its partition's table store). A row's changelog
+record is its ``explanation.updates`` record (``app.tables.explanations``): writing a row *is*
+publishing its update.
   1. dedup against the ``explanations`` row (finished for this model version and method: no
-     computation, its final update published again: a replay after a stop between the final
-     rows' ack and the updates' ack would otherwise leave it unannounced);
+     computation, its final row written again, byte for byte: the local store can hold a final
+     row whose record a SIGKILL lost, and it would otherwise stay unannounced);
      a request started ``explain_max_attempts`` times already fails (``attempts_exhausted``);
-  2. rows → ``calculating`` (attempts + 1) and their updates sent;
+  2. rows → ``calculating`` (attempts + 1);
   3. SHAP on a thread: explainer per model version (``ExplainerCache``), lookups in the
      in-memory explanation cache (``ExplanationMemo``; no table: DESIGN-NOTES, records per
      transaction), ``explain_batch`` for the misses;
   4. rows → ``complete`` | ``failed`` written to the local stores; then,
-     on the finishing task while the next batch computes, their changelog records acked by the
-     broker, then the updates, acked; then the events. A worker killed anywhere before the ack
+     on the finishing task while the next batch computes, their records (the updates) acked by
+     the broker; then the events. A worker killed anywhere before the ack
      leaves the events uncommitted: the replay finds the row ``calculating`` (or already
      finished) and computes it again (or skips it).
 Requests of an older consumer generation (a rebalance happened since they were fetched) are
@@ -49,15 +51,14 @@ from typing import Any
 import orjson
 from faust.types import EventT, StreamT
 
-from app import metrics, topics
-from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
-from app.agents.sink import DeliveryFailed
+from app import metrics
+from app.agents.explain_io import TableWriter, named_sink, source_of, stored_json, utc_now
 from app.agents.skips import Skips, contract_problem
 from app.app import app, explain_topics
 from app.explain.core import ExplainerCache, Explanation
 from app.explain.messages import FailureCode
 from app.explain.scheduler import AgingScheduler, BatchSizer, Queued
-from app.explain.state import WorkAction, calculating, failed, finished, update_message, work_action
+from app.explain.state import WorkAction, calculating, failed, finished, from_record, to_record, work_action
 from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, prepare
 from app.settings import get_settings
 from app.tables.explanations import explanations
@@ -219,15 +220,14 @@ class _Done:
     """A computed batch whose final rows are in the local stores, waiting to be made durable."""
 
     batch: Sequence[Queued[Work]]
-    finals: list[Send]
 
 
 class Explaining:
     """The compute task's state: sink, explainers per model version, cache, counters.
 
     Two tasks: ``run`` takes and computes batches; ``finishing`` makes each computed batch
-    durable (rows acked, then updates acked, then events acked), in batch order, while the next
-    batch already computes: the SHAP thread does not sit idle through two broker round trips.
+    durable (rows, so updates, acked, then events acked), in batch order, while the next batch
+    already computes: the SHAP thread does not sit idle through the broker round trip.
     """
 
     def __init__(self) -> None:
@@ -269,10 +269,7 @@ class Explaining:
             self.stats.tick(work_queue.scheduler, self.sizer.size())
 
     async def process(self, batch: Sequence[Queued[Work]]) -> None:
-        started_at = utc_now()
-        jobs, finals = self._start(batch, started_at)
-        for job in jobs:
-            self.sink.produce(*self._update(job.queued.item.event, job.key, job.row))
+        jobs = self._start(batch, utc_now())
         outcomes = await self._explain(jobs)
         if not all(_current(q.item.event) for q in batch):
             # a rebalance since: the new owner of these partitions computes them again
@@ -281,29 +278,21 @@ class Explaining:
         completed_at = utc_now()
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._finish(job, outcome, completed_at)
-            finals.append(self._update(job.queued.item.event, job.key, job.row))
-        await self.done.put(_Done(batch, finals))
+        await self.done.put(_Done(batch))
 
     async def finishing(self) -> None:
         while True:
             done = await self.done.get()
-            await self.writer.flush()  # final rows acked before anything announces them
-            for send in done.finals:
-                self.sink.produce(*send)
-            try:
-                await self.sink.flush()
-            except DeliveryFailed as exc:
-                give_up(exc)
+            await self.writer.flush()  # final rows (their updates) acked, then the events
             for queued in done.batch:
                 if queued.item.fast_request is None:  # a fast request's verdict: the router acks
                     await queued.item.stream.ack(queued.item.event)
             self.stats.batches += 1
             self.stats.log(work_queue.scheduler, self.sizer.size())
 
-    def _start(self, batch: Sequence[Queued[Work]], started_at: str) -> tuple[list[_Job], list[Send]]:
+    def _start(self, batch: Sequence[Queued[Work]], started_at: str) -> list[_Job]:
         """Dedup, then rows → calculating (or failed for good); returns the jobs to compute."""
         jobs: list[_Job] = []
-        finals: list[Send] = []
         seen: set[bytes] = set()
         for queued in batch:
             work = queued.item
@@ -317,8 +306,7 @@ class Explaining:
             request = dict(orjson.loads(work.request))
             key = str(request["transaction_id"]).encode()
             request.setdefault("method", settings.explain_method)
-            raw = self.writer.get(stream, event, explanations, key)
-            row = None if raw is None else dict(orjson.loads(raw))
+            row = from_record(stored_json(self.writer.get(stream, event, explanations, key)))
             action = work_action(row, request, settings.explain_max_attempts)
             if work.fast_request is not None:
                 if key in seen or row is None or row["status"] != "pending":
@@ -334,7 +322,7 @@ class Explaining:
                 self.stats.counts["skipped"] += 1
                 continue
             if action is WorkAction.ANNOUNCE and row is not None:  # finished before a stop: announce
-                finals.append(self._update(event, key, row))
+                self.writer.write(stream, event, explanations, key, orjson.dumps(to_record(row)))
                 self.stats.counts["announced"] += 1
                 continue
             seen.add(key)
@@ -342,14 +330,13 @@ class Explaining:
             if action is WorkAction.EXHAUSTED:
                 reason = f"started {row['attempts'] - 1} times without finishing; the worker may crash on it"
                 row = failed(row, FailureCode.ATTEMPTS_EXHAUSTED, reason, started_at)
-                finals.append(self._update(event, key, row))
                 self.stats.counts["failed"] += 1
-            self.writer.write(stream, event, explanations, key, orjson.dumps(row))
+            self.writer.write(stream, event, explanations, key, orjson.dumps(to_record(row)))
             if action is WorkAction.COMPUTE:
                 jobs.append(_Job(queued, request, row, key))
                 self.stats.counts["aged"] += queued.aged
                 self.stats.counts[request["priority"]] += 1
-        return jobs, finals
+        return jobs
 
     async def _explain(self, jobs: Sequence[_Job]) -> list[Outcome]:
         if not jobs:
@@ -383,14 +370,7 @@ class Explaining:
             job.row = failed(job.row, code, reason, completed_at)
         self.stats.counts[job.row["status"]] += 1
         _observe(job.row, outcome)
-        self.writer.write(stream, event, explanations, job.key, orjson.dumps(job.row))
-
-    @staticmethod
-    def _update(event: EventT, key: bytes, row: dict[str, Any]) -> Send:
-        moments = row["timings"]
-        updated_at = moments.get("completed_at") or moments.get("started_at") or utc_now()
-        value = orjson.dumps(update_message(row, updated_at))
-        return topics.EXPLANATION_UPDATES, key, value, event.message.partition
+        self.writer.write(stream, event, explanations, job.key, orjson.dumps(to_record(job.row)))
 
 
 def _observe(row: dict[str, Any], outcome: Outcome) -> None:

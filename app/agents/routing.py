@@ -2,9 +2,10 @@
 
 Per verdict: dedup against the ``explanations`` row (one explanation per transaction and model
 version, also for re-sent verdicts), priority by ``PriorityRules``, a ``pending`` row (or
-``sampled_out`` for a low verdict left out by sampling), then the ExplainRequest and the
-``pending`` update. Order per batch: rows acked by the broker, then requests and updates sent,
-then the batch's events acked. A crash after the rows but before the requests leaves a
+``sampled_out`` in ``explanation_waiting`` for a low verdict left out by sampling), then the
+ExplainRequest. The ``pending`` row's changelog record is the ``pending`` update itself
+(``app.tables.explanations``). Order per batch: rows (so the updates) acked by the broker, then
+requests sent, then the batch's events acked. A crash after the rows but before the requests leaves a
 ``pending`` row whose ``source`` is the very verdict being replayed: the router sends its
 request again (``RouteAction.RESEND``), so no request is lost and none is computed twice (the
 worker skips a request whose row is already finished).
@@ -33,7 +34,7 @@ from faust.types import EventT, StreamT
 
 from app import metrics, topics
 from app.agents.batching import micro_batches
-from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, utc_now
+from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
 from app.agents.explaining import fast_track
 from app.agents.sink import DeliveryFailed, Sink
 from app.agents.skips import Skips, contract_problem
@@ -45,14 +46,15 @@ from app.explain.state import (
     REQUESTED,
     SAMPLED_OUT,
     RouteAction,
+    from_record,
     new_row,
     on_demand_wanted,
     requested_row,
     route_action,
-    update_message,
+    to_record,
 )
 from app.settings import get_settings
-from app.tables.explanations import explanations
+from app.tables.explanations import explanation_waiting, explanations
 from app.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,12 @@ class Router:
         return sends
 
     def _row(self, stream: StreamT, event: EventT, key: bytes) -> dict[str, Any] | None:
-        raw = self.writer.get(stream, event, explanations, key)
-        return None if raw is None else dict(orjson.loads(raw))
+        """The published row (``explanations``) if any, else a waiting one (never published)."""
+        row = from_record(stored_json(self.writer.get(stream, event, explanations, key)))
+        if row is None:
+            waiting = stored_json(self.writer.get(stream, event, explanation_waiting, key))
+            row = dict(waiting) if isinstance(waiting, dict) else None
+        return row
 
     def _verdict(self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str) -> list[Send]:
         key = str(verdict["transaction_id"]).encode()
@@ -122,21 +128,20 @@ class Router:
             return []
         if action is RouteAction.RESEND and row is not None:
             self.counts["resent"] += 1
-            return self._publish(stream, event, key, row, now)
+            return self._publish(stream, event, key, row)
         if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
             self.counts["on_demand"] += 1
             request = explain_request(verdict, "high", now, on_demand=True, method=row["method"])
-            return self._publish(stream, event, key, new_row(request, "pending", source), now)
+            return self._publish(stream, event, key, new_row(request, "pending", source))
         priority = self.rules.priority(verdict)
         request = explain_request(verdict, priority, now, method=self.method)
         if not self.rules.sampled(priority, request["transaction_id"]):
             self.counts["sampled_out"] += 1
-            self.writer.write(
-                stream, event, explanations, key, orjson.dumps(new_row(request, SAMPLED_OUT, source))
-            )
+            waiting = orjson.dumps(new_row(request, SAMPLED_OUT, source))
+            self.writer.write(stream, event, explanation_waiting, key, waiting)
             return []
         self.counts[priority] += 1
-        return self._publish(stream, event, key, new_row(request, "pending", source), now)
+        return self._publish(stream, event, key, new_row(request, "pending", source))
 
     def _on_demand(self, stream: StreamT, event: EventT, asked: Mapping[str, Any], now: str) -> list[Send]:
         txid = asked["transaction_id"]
@@ -149,12 +154,11 @@ class Router:
         if row is None or row["status"] == REQUESTED:
             # Before its verdict (or an id that never comes): remembered until the verdict is routed.
             self.counts["on_demand_early"] += 1
-            self.writer.write(
-                stream, event, explanations, key, orjson.dumps(requested_row(txid, method, source, now))
-            )
+            waiting = orjson.dumps(requested_row(txid, method, source, now))
+            self.writer.write(stream, event, explanation_waiting, key, waiting)
             return []
         if row["status"] == "pending" and row["source"] == source:
-            return self._publish(stream, event, key, row, now)  # replayed after a crash
+            return self._publish(stream, event, key, row)  # replayed after a crash
         if not on_demand_wanted(row, method):
             self.counts["on_demand_deduplicated"] += 1
             return []
@@ -166,23 +170,16 @@ class Router:
             "queued_at": now,
             "method": method,
         }
-        return self._publish(stream, event, key, new_row(request, "pending", source), now)
+        return self._publish(stream, event, key, new_row(request, "pending", source))
 
-    def _publish(
-        self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any], now: str
-    ) -> list[Send]:
-        # Written again on a resend too: the local store may hold a row whose changelog a
-        # SIGKILL lost, and the changelog must have it before the request leaves.
-        self.writer.write(stream, event, explanations, key, orjson.dumps(row))
-        request, partition = row["request"], event.message.partition
+    def _publish(self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any]) -> list[Send]:
+        """The pending row, whose changelog record is the pending update, then the request.
+        Written again on a resend too: the local store may hold a row whose record a SIGKILL
+        lost, and the update must be out before the request leaves (same bytes if it was)."""
+        self.writer.write(stream, event, explanations, key, orjson.dumps(to_record(row)))
+        request = row["request"]
         return [
-            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), partition),
-            (
-                topics.EXPLANATION_UPDATES,
-                key,
-                orjson.dumps(update_message(row, request["queued_at"])),
-                partition,
-            ),
+            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), event.message.partition)
         ]
 
 
@@ -198,7 +195,7 @@ class _Batch:
 class _RouterStats:
     """Batch sizes and where a routed batch's time goes, for the router's periodic log line:
     route (parse, dedup, rows written locally), queue (waiting for the previous batch to be
-    published), rows (row changelog acked), sends (requests and updates acked)."""
+    published), rows (rows, so the pending updates, acked), sends (requests acked)."""
 
     batches: int = 0
     events: int = 0
@@ -242,19 +239,18 @@ async def _publish(
 ) -> None:
     """Second stage: makes each routed batch durable and visible, in routing order, while the
     next batch is already being routed (the router does not sit idle through two round trips).
-    Per batch: rows acked, then requests and updates sent and acked, then the events acked.
+    Per batch: rows (their records are the pending updates) acked, then requests sent and
+    acked, then the events acked.
 
-    High requests and their updates go through their own producer (``urgent``), so the fast
-    path hands them to the worker once *they* are acked, not after every low request of the
-    batch is (a few records instead of up to two per verdict; a transaction's request and
-    updates still share one producer, so they stay in order)."""
+    High requests go through their own producer (``urgent``), so the fast path hands them to
+    the worker once *they* are acked, not after every low request of the batch is."""
     sink = writer.sink
     high = topics.EXPLAIN_TOPICS["high"]
     while True:
         batch = await batches.get()
         began = time.monotonic()
         if batch.rows:
-            await writer.flush()  # rows first: a sent request always has its row
+            await writer.flush()  # rows first: a sent request always has its row and update
         rows_done = time.monotonic()
         fast: list[tuple[EventT, bytes]] = []
         try:
@@ -290,7 +286,7 @@ async def _publish(
 async def route(stream: StreamT) -> AsyncIterator[Any]:
     sink = named_sink(settings, "explainer-router")
     urgent = named_sink(settings, "explainer-router-high")
-    writer = TableWriter(sink, (explanations,))
+    writer = TableWriter(sink, (explanations, explanation_waiting))
     router = Router(writer, PriorityRules.from_settings(settings), settings.explain_method)
     stats = _RouterStats()
     batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)

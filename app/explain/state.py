@@ -10,6 +10,12 @@ comes, is routed at high priority with the requested method instead of by the us
 Who writes what: the router creates rows (absent → pending | sampled_out) and re-queues them
 on demand; the worker moves pending → calculating → complete | failed. Both run on the same
 event loop of the worker that owns the transaction's partition, so their writes never interleave.
+
+Where rows live: a published status's row is stored as its ``explanation.updates`` record
+(``to_record``; the ``explanations`` table's changelog *is* that topic, so one record is both the
+table write and the update), with the two fields the explainer needs beyond the update:
+``source`` and ``request``. ``from_record`` turns it back into a row. The table-only statuses
+live in the ``explanation_waiting`` table (never published).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from app.explain.messages import FailureCode, explanation_update, timings
 
 SAMPLED_OUT = "sampled_out"
 REQUESTED = "requested"
+UNPUBLISHED = frozenset({SAMPLED_OUT, REQUESTED})  # rows of the explanation_waiting table
 IN_FLIGHT = frozenset({"pending", "calculating"})
 TERMINAL = frozenset({"complete", "failed"})
 
@@ -176,3 +183,55 @@ def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
         attempts=row["attempts"] if status != "pending" else None,
         failure=failure,
     )
+
+
+def _updated_at(row: Mapping[str, Any]) -> str:
+    """When the row's status was reached: queued (pending), started (calculating), completed."""
+    moments = row["timings"]
+    if row["status"] in TERMINAL:
+        return str(moments["completed_at"])
+    if row["status"] == "calculating":
+        return str(moments["started_at"])
+    return str(moments["queued_at"])
+
+
+def to_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``explanation.updates`` record of a published status, carrying the whole row: the
+    update plus ``source`` (the message that wrote the row) and ``request`` (what a re-queue or
+    a replay needs). Deterministic: the same row gives the same bytes (a replay re-announces
+    byte for byte)."""
+    if row["status"] in UNPUBLISHED:
+        raise ValueError(f"a {row['status']} row is not published")
+    return {**update_message(row, _updated_at(row)), "source": row["source"], "request": row["request"]}
+
+
+_EXPLANATION_FIELDS = (
+    "units", "base_value", "raw_score", "contributions", "top_features", "additivity_residual"
+)  # fmt: skip
+
+
+def from_record(record: Any) -> Row | None:
+    """The row an ``explanation.updates`` record carries; None for a record no explainer wrote
+    (the topic is readable by all and writable by a misconfigured client: such a record is no
+    row, and the transaction's next verdict or request writes a real one over it)."""
+    if not isinstance(record, dict) or record.get("status") not in TERMINAL | IN_FLIGHT:
+        return None
+    if not isinstance(record.get("request"), dict) or not isinstance(record.get("timings"), dict):
+        return None
+    try:
+        row: Row = {
+            key: record[key] for key in ("transaction_id", "status", "priority", "model_version", "method")
+        }
+    except KeyError:
+        return None
+    explanation = None
+    if row["status"] in TERMINAL and all(k in record for k in _EXPLANATION_FIELDS):
+        explanation = {"model_version": row["model_version"], "method": row["method"]}
+        explanation.update((k, record[k]) for k in _EXPLANATION_FIELDS)
+    row.update(
+        attempts=int(record.get("attempts") or 0), source=str(record.get("source")),
+        request=record["request"],
+        explanation=explanation, cache_hit=record.get("cache_hit") if explanation is not None else None,
+        reason_code=record.get("reason_code"), reason=record.get("reason"), timings=record["timings"],
+    )  # fmt: skip
+    return row

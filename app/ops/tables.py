@@ -21,7 +21,9 @@ from typing import Any
 
 import orjson
 
+from app import topics
 from app.admin import client_config
+from app.explain.state import from_record
 from app.settings import Settings
 
 
@@ -41,9 +43,11 @@ class TableSpec:
     help: str
     group: Callable[[Settings], str]  # the Faust app id that prefixes its changelog topic
     moment: Callable[[Mapping[str, Any]], float | None]  # the row's time, for --since
+    topic: str | None = None  # a changelog that is an output topic (explanations: its updates)
+    decode: Callable[[Any], Any] | None = None  # a changelog record -> the row (None: not a row)
 
     def changelog(self, settings: Settings) -> str:
-        return f"{self.group(settings)}-{self.name}-changelog"
+        return self.topic or f"{self.group(settings)}-{self.name}-changelog"
 
 
 def _scorer(settings: Settings) -> str:
@@ -75,6 +79,15 @@ TABLES: dict[str, TableSpec] = {
             "explanations",
             "explainer",
             "transaction_id → explanation status, priority, timings, result",
+            _explainer,
+            lambda row: _parse_time((row.get("timings") or {}).get("verdict_at")),
+            topic=topics.EXPLANATION_UPDATES,
+            decode=from_record,
+        ),
+        TableSpec(
+            "explanation_waiting",
+            "explainer",
+            "transaction_id → a row never published: sampled_out, or requested before its verdict",
             _explainer,
             lambda row: _parse_time((row.get("timings") or {}).get("verdict_at")),
         ),
@@ -145,7 +158,7 @@ def replay(settings: Settings, spec: TableSpec, timeout_s: float = 60.0) -> Snap
                     partition_of.pop(key, None)
                 else:
                     try:
-                        rows[key] = orjson.loads(value)
+                        rows[key] = _row(spec, orjson.loads(value))
                     except orjson.JSONDecodeError:
                         unreadable += 1
                         rows[key] = value.decode("utf-8", "replace")
@@ -155,6 +168,12 @@ def replay(settings: Settings, spec: TableSpec, timeout_s: float = 60.0) -> Snap
         return Snapshot(rows, partition_of, len(tps), unreadable)
     finally:
         consumer.close()
+
+
+def _row(spec: TableSpec, value: Any) -> Any:
+    """The row a changelog value holds; a record that is no row is shown as it is."""
+    row = spec.decode(value) if spec.decode is not None else None
+    return value if row is None else row
 
 
 def scan(

@@ -379,3 +379,31 @@ def test_on_demand_request_before_its_verdict_is_remembered(stack: Stack, models
     assert set(by_id) == {early_tree["transaction_id"], early_interventional["transaction_id"]}, (
         "a verdict nobody asked for was explained despite sampling 0"
     )
+
+
+def test_records_per_transaction(stack: Stack) -> None:
+    """Issue 18, target 3, as a count (not a timing): an explained transaction costs the broker
+    its three updates, which are also the ``explanations`` table's changelog, one request, its
+    verdict and the scorer's two table rows; no explainer table writes a changelog of its own
+    (the cache has none, the table-only rows are not written at sampling 1.0)."""
+    from bench.records import settled_offsets
+
+    stack.start_worker("scorer")
+    stack.start_worker("explainer")
+    updates = stack.reader("explanation.updates")
+    warm = list(generate_transactions(20, seed=61))
+    stack.produce_transactions(warm)
+    wait_complete(updates, {tx["transaction_id"] for tx in warm}, 180)
+    before = settled_offsets(stack.bootstrap)
+    transactions = list(generate_transactions(200, seed=62))
+    stack.produce_transactions(transactions)
+    wait_complete(updates, {tx["transaction_id"] for tx in transactions}, 240)
+    after = settled_offsets(stack.bootstrap)
+
+    added = {t: n - before.get(t, 0) for t, n in after.items() if n != before.get(t, 0)}
+    count = len(transactions)
+    assert added["explanation.updates"] == 3 * count, added
+    assert sum(added.get(f"explain.{p}", 0) for p in ("high", "normal", "low")) == count, added
+    assert [t for t in added if t.startswith(EXPLAINER_GROUP)] == [], added
+    total = sum(n for t, n in added.items() if t != "transactions")
+    assert total <= 7 * count, f"{total / count:.2f} records per transaction: {added}"

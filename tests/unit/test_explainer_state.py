@@ -18,10 +18,12 @@ from app.explain.state import (
     calculating,
     failed,
     finished,
+    from_record,
     new_row,
     on_demand_wanted,
     requested_row,
     route_action,
+    to_record,
     update_message,
     work_action,
 )
@@ -111,6 +113,53 @@ def test_every_status_update_validates(models_dir: Path, verdicts: list[dict[str
         assert message["status"] == row["status"]
     assert update_message(complete, T3)["timings"]["verdict_to_complete_ms"] == 3000.0
     assert update_message(complete, T3)["contributions"] == explanation.contributions
+
+
+def test_a_row_is_its_update_record_and_back(models_dir: Path, verdicts: list[dict[str, Any]]) -> None:
+    """The ``explanations`` table stores each row as its ``explanation.updates`` record (the
+    table's changelog is that topic): the record is the update a reader expects, valid against
+    the schema, with the row's source and request; reading it back gives the row, so dedup,
+    replays and re-queues work from a store recovered from the topic alone."""
+    request = request_of(verdicts[1], "normal")
+    pending = new_row(request, "pending", "verdicts:3:7")
+    started = calculating(pending, request, T2)
+    explanation = (
+        ExplainerCache(models_dir)
+        .get(request["model_version"])
+        .explain_batch(np.array([list(request["features"].values())]))[0]
+    )
+    complete = finished(started, explanation, True, T3)
+    gave_up = failed(started, FailureCode.ATTEMPTS_EXHAUSTED, "started 3 times", T3)
+    for row, updated in ((pending, T1), (started, T2), (complete, T3), (gave_up, T3)):
+        record = to_record(row)
+        validate_message("explanation", record)
+        assert {k: v for k, v in record.items() if k not in ("source", "request")} == update_message(
+            row, updated
+        )
+        assert record["source"] == "verdicts:3:7" and record["request"] == request
+        assert from_record(record) == row, row["status"]
+        assert to_record(from_record(record) or {}) == record  # the same bytes when re-announced
+    assert (
+        route_action(from_record(to_record(pending)), request["model_version"], "verdicts:3:7")
+        is RouteAction.RESEND
+    )
+    assert work_action(from_record(to_record(complete)), request, 3) is WorkAction.ANNOUNCE
+    with pytest.raises(ValueError):
+        to_record(new_row(request, SAMPLED_OUT, "verdicts:3:8"))  # never published
+
+
+@pytest.mark.parametrize(
+    "stranger",
+    [None, [], "x", {"status": "complete"}, {"status": "bogus", "request": {}, "timings": {}}],
+)
+def test_a_record_no_explainer_wrote_is_no_row(stranger: Any) -> None:
+    """``explanation.updates`` is readable and writable by others: their records are no rows."""
+    example = {
+        "transaction_id": "t", "status": "pending", "priority": "low", "model_version": "a" * 12,
+        "method": "tree", "updated_at": T1, "timings": {"verdict_at": T0, "queued_at": T1},
+    }  # fmt: skip
+    assert from_record(stranger) is None
+    assert from_record(example) is None  # a valid update, but without the explainer's request
 
 
 def test_batch_with_cache_hits_and_failures(models_dir: Path, verdicts: list[dict[str, Any]]) -> None:
