@@ -214,7 +214,7 @@ class Scenario:
         """Stop the load, wait until the stack settles, print the ledger and check it."""
         self.load.finish()
         self.note("load stopped; settling")
-        broker_lost = self._excuse_broker_losses()
+        broker_lost, lost_after_verdict = self._excuse_broker_losses()
         self.ledger.settle()
         restarted = self.supervisor.restarts() if self.supervisor is not None else {}
         restarted_pids = {pid for exits in restarted.values() for pid, _ in exits}
@@ -227,8 +227,10 @@ class Scenario:
         if self.supervisor is not None:
             self.note(f"restarted after a non-zero exit (role: [(pid, code)]): {restarted or 'none'}")
         if self.outages:
+            before, after = sorted(broker_lost), sorted(lost_after_verdict)
             self.note(
-                f"acked by the broker, then lost by its SIGKILL: {len(broker_lost)} {sorted(broker_lost)[:5]}"
+                f"acked by the broker, then lost by its SIGKILL: {len(before) + len(after)} ({len(before)} "
+                f"before their verdict {before[:3]}, {len(after)} after it, unexplained {after[:3]})"
             )
             self.note(
                 f"orphans: {self.orphans or 'none'}; caught up after the broker was back: {self.catch_ups}"
@@ -322,19 +324,23 @@ class Scenario:
         self.catch_ups.append((fault, round(time.monotonic() - back_at, 1)))
         self.note(f"all sent before have their verdicts {self.catch_ups[-1][1]} s after the broker was back")
 
-    def _excuse_broker_losses(self) -> set[str]:
-        """Inputs the broker acked and then lost to a SIGKILL cannot get a verdict: they leave the
-        ledger's expectations (and are counted and printed instead); one that got its verdict
-        all the same stays in."""
+    def _excuse_broker_losses(self) -> tuple[set[str], set[str]]:
+        """Inputs the broker acked and then lost to a SIGKILL: those without a verdict (or DLQ
+        record) yet cannot get one and leave the ledger's expectations; those whose verdict was
+        already out keep it (checked as any other) but their explanation is not expected: the
+        records that carried it (request, rows, updates) went with the input. Both are counted
+        and printed instead. Returns (lost without a verdict, lost after their verdict)."""
         lost: set[str] = set()
         for _, killed_at, _ in self.outages:
             lost |= self.load.lost_by_kill(killed_at)
-        lost -= set(self.tap.verdicts) | set(self.tap.dlq)
-        for name in lost:
+        answered = lost & (set(self.tap.verdicts) | set(self.tap.dlq))
+        unanswered = lost - answered
+        for name in unanswered:
             self.load.valid.pop(name, None)
             self.load.bad.pop(name, None)
-        self.load.valid_order[:] = [t for t in self.load.valid_order if t not in lost]
-        return lost
+        self.load.valid_order[:] = [t for t in self.load.valid_order if t not in unanswered]
+        self.ledger.unexplainable |= answered
+        return unanswered, answered
 
 
 def wipe(path: Path) -> None:

@@ -113,6 +113,8 @@ class Tap:
     dlq: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by original key
     updates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # txid -> what the tap read of it, in order, with where (for a problem's diagnosis)
+    where: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -143,9 +145,15 @@ class Tap:
         topic = message.topic()
         if topic == "verdicts":
             self.verdicts.setdefault(message.key().decode(), []).append(message.value())
+            self.where.setdefault(message.key().decode(), []).append(
+                f"verdict {message.partition()}@{message.offset()}"
+            )
         elif topic == "explanation.updates":
             update = orjson.loads(message.value())
             self.updates.setdefault(update["transaction_id"], []).append(update)
+            self.where.setdefault(update["transaction_id"], []).append(
+                f"{update.get('status')} {message.partition()}@{message.offset()}"
+            )
         else:
             record = orjson.loads(message.value())
             raw_key = record.get("original_key_b64")
@@ -225,6 +233,8 @@ class Ledger:
     def __init__(self, stack: Stack, load: ChaosLoad, tap: Tap, low_sample_rate: float) -> None:
         self.stack, self.load, self.tap = stack, load, tap
         self.routing = ExpectedRouting.from_settings(low_sample_rate)
+        # inputs a broker lost after their verdict was out: no explanation is expected of them
+        self.unexplainable: set[str] = set()
 
     # -- what is still outstanding ---------------------------------------------------------
 
@@ -240,7 +250,7 @@ class Ledger:
         out = {}
         for txid, transaction in self.load.valid.items():
             values = self.tap.verdicts.get(txid)
-            if values:
+            if values and txid not in self.unexplainable:
                 decision = orjson.loads(values[0])["decision"]
                 priority = self.routing.priority(decision, float(transaction["amount"]))
                 if self.routing.explained_unasked(priority, txid):
@@ -373,6 +383,9 @@ class Ledger:
         for name, items in f.problems.items():
             if items:
                 lines.append(f"  PROBLEM     {name}: {len(items)}, e.g. {items[:5]}")
+                lines += [
+                    f"    {t}: read {self.tap.where.get(t, [])}" for t in items[:3] if t in self.tap.where
+                ]
         print("\n" + "\n".join(lines), flush=True)
         return f
 
