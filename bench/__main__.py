@@ -29,6 +29,7 @@ BENCHES = (
     "validator",
     "records",
     "explainer_cost",
+    "cost",
     "scorer",
     "broker_store",
     "isolation",

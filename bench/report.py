@@ -127,6 +127,34 @@ def _explainer_cost(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _cost(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    per_tx, cores, parts = s["cpu_ms_per_explained_tx"], s["cores"], s["floor_parts_ms"]
+    roles = [[role, _num(ms), _num(cores.get(role))] for role, ms in per_tx.items()]
+    phases = [
+        [name, _num(p["explained_per_s"]), _num(p["explainer_ms_per_explanation"]),
+         _num(p["shap_ms_per_row"]), f"**{p['explainer_over_shap']}×**", _num(p["mean_batch"]),
+         _num(p["records_per_explanation"]),
+         _num(p["broker_us_per_record"]["shim"]), _num(p["broker_us_per_record"]["noida"])]
+        for name, p in s["phases"].items()
+    ]  # fmt: skip
+    header = ["phase", "explained/s", "explainer CPU-ms / explanation", "SHAP CPU-ms / row", "ratio",
+              "mean batch", "records / explanation", "shim CPU-µs / record",
+              "noida-db CPU-µs / record"]  # fmt: skip
+    return [
+        f"{_num(s['rate'])} tx/s ({s['offered_tx_per_s']} offered), one explainer, a relay with one client; "
+        "CPU time (user + system) per fully explained transaction. The floor, measured in the same run "
+        f"on the same rows in the explainer's own batches: SHAP {_num(parts['shap'])} + features "
+        f"{parts['features']} + predict {parts['predict']} = {_num(s['floor_ms'])} CPU-ms; "
+        f"**whole stack {s['whole_stack_over_floor']}× the floor**. Where the explainer's time goes: "
+        "[docs/cost.md](docs/cost.md).",
+        "",
+        *_table(["role", "CPU-ms / explained tx", "cores"], roles),
+        "",
+        *_table(header, phases),
+    ]
+
+
 def _relay(b: Mapping[str, Any]) -> list[str]:
     rows = [
         [r["clients"], _num(r["rate"]), _ms(r["p50_ms"]), _ms(r["p99_ms"]),
@@ -186,6 +214,7 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "sync": ("Synchronous baseline: explanation inline vs async", _sync),
     "explainer": ("Explanation gap per priority at 500 tx/s, and drain", _explainer),
     "explainer_cost": ("Explainer cost", _explainer_cost),
+    "cost": ("Whole-stack CPU per explained transaction, and the explainer's beside SHAP's", _cost),
     "relay": ("Relay fan-out", _relay),
     "memory": ("Memory per role", _memory),
     "validator": ("Validator", _validator),
