@@ -407,3 +407,31 @@ def test_records_per_transaction(stack: Stack) -> None:
     assert [t for t in added if t.startswith(EXPLAINER_GROUP)] == [], added
     total = sum(n for t, n in added.items() if t != "transactions")
     assert total <= 7 * count, f"{total / count:.2f} records per transaction: {added}"
+
+
+def test_a_new_explainer_rebuilds_the_table_from_the_updates(stack: Stack, models_dir: Path) -> None:
+    """The ``explanations`` table's changelog is ``explanation.updates``: an explainer with an
+    empty data dir rebuilds every row from that topic, so verdicts re-sent after the swap are
+    recognised (no second request, no new update) and a finished row is not computed again."""
+    from bench.records import end_offsets
+
+    verdicts = list(scored_verdicts(models_dir, 8000, 5)[4000:4300])
+    wanted = {v["transaction_id"] for v in verdicts}
+    first = stack.start_worker("explainer", FRAUDLENS_INSTANCE_ID="first")
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", verdicts)
+    wait_complete(updates, wanted, 180)
+    wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the first explainer to commit every verdict")
+    first.stop()
+
+    stack.start_worker("explainer", FRAUDLENS_INSTANCE_ID="second")  # its own, empty, data dir
+    before = end_offsets(stack.bootstrap)  # counted, not read: consumed requests are trimmed
+    send(stack, "verdicts", verdicts)  # the same verdicts again, at new offsets
+    wait_until(lambda: group_caught_up(stack, "verdicts"), 120, "the second explainer to take them all")
+    after = end_offsets(stack.bootstrap)
+    assert after["verdicts"] - before["verdicts"] == len(verdicts)
+    for topic in ("explain.high", "explain.normal", "explain.low"):
+        assert after[topic] == before[topic], f"a re-sent verdict was queued again on {topic}"
+    assert after["explanation.updates"] == before["explanation.updates"] == 3 * len(verdicts), (
+        "a re-sent verdict was announced or explained again"
+    )
