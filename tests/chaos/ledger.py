@@ -329,7 +329,7 @@ class Ledger:
             for t, p in auto.items()
             if t in tap.updates and {u["priority"] for u in tap.updates[t]} != {p}
         ]
-        sampled_out = [t for t in with_verdict if t not in auto]
+        sampled_out = [t for t in with_verdict if t not in auto and t not in self.unexplainable]
         problems["sampled-out verdicts explained unasked"] = [t for t in sampled_out if t in tap.updates]
 
         lost = len(valid - with_verdict) + len(bad - set(tap.dlq)) + (len(auto) - complete)
