@@ -69,6 +69,7 @@ class Options:
     window_s: float = 30.0
     backlog: int = 5000
     warmup_s: float = 10.0
+    idle_s: float = 10.0
     profile: Path | None = None
 
 
@@ -501,9 +502,9 @@ def on_stack(models: Path, quick: bool) -> dict[str, Any]:
             members = role_members(stack, relay)
             taps = [Tap(stack, "explanation.updates"), Tap(stack, "verdicts")]
             phases = {"steady": steady(stack, members, consumer, taps)}
-            phases["saturated"] = saturated(
-                stack, members, consumer, taps, phases["steady"]["python_threads"]
-            )
+            python = phases["steady"]["python_threads"]
+            idle = idle_cores(members, consumer, taps, python)
+            phases["saturated"] = saturated(stack, members, consumer, taps, python)
             features = taps[1].features
         finally:
             if consumer is not None:
@@ -513,7 +514,24 @@ def on_stack(models: Path, quick: bool) -> dict[str, Any]:
         rows = [[features[t] for t in batch] for batch in phase["batches"]]
         phase["shap_ms_per_row"] = shap_ms_per_row(models, rows)
         phase["shap_ms_per_row_batch_1"] = shap_ms_per_row(models, [[r] for b in rows for r in b][:500])
-    return phases
+    return {**phases, "idle": idle}
+
+
+def idle_cores(
+    members: Mapping[str, Sequence[psutil.Process]],
+    consumer: Consumer,
+    taps: Sequence[Tap],
+    python: Mapping[int, str],
+) -> dict[str, Any]:
+    """Cores each role uses with no traffic at all (every client connected, polling): the fixed
+    cost under the per-record one."""
+    _settled(taps[0])
+    window = measure(members, consumer, lambda: _polling(taps, OPTIONS.idle_s), "idle", python)
+    seconds = window.ended - window.began
+    return {
+        "seconds": round(seconds, 2),
+        "cores": {r: round(s / seconds, 3) for r, s in window.cpu_s.items()},
+    }
 
 
 def _ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
@@ -555,6 +573,7 @@ def summarize(phases: Mapping[str, Any], scorer_work: Mapping[str, float]) -> di
     total = _ratio(1000 * sum(steady["cpu_s"].values()), steady["complete"], 3)
     shap = steady["shap_ms_per_row"]
     floor = None if shap is None else shap + scorer_work["features_ms"] + scorer_work["predict_ms"]
+    offered = steady["offered_tx_per_s"] * steady["seconds"]  # a share below 1: fell behind
     return {
         "rate": RATE, "offered_tx_per_s": steady["offered_tx_per_s"],
         "cpu_ms_per_explained_tx": per_tx | {"total": total},
@@ -562,14 +581,16 @@ def summarize(phases: Mapping[str, Any], scorer_work: Mapping[str, float]) -> di
         "floor_ms": _round(floor), "floor_parts_ms": {"shap": _round(shap)} | {
             k.removesuffix("_ms"): _round(v, 4) for k, v in scorer_work.items()},
         "whole_stack_over_floor": _ratio(total, floor),
-        "phases": {name: phase_figures(phase) for name, phase in phases.items()},
+        "explained_share_of_offered": _ratio(steady["complete"], offered),
+        "idle_cores": phases.get("idle", {}).get("cores"),
+        "phases": {name: phase_figures(phases[name]) for name in ("steady", "saturated")},
     }  # fmt: skip
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
     global OPTIONS
     if quick:
-        OPTIONS = Options(window_s=5.0, backlog=300, warmup_s=2.0, profile=OPTIONS.profile)
+        OPTIONS = Options(window_s=5.0, backlog=300, warmup_s=2.0, idle_s=2.0, profile=OPTIONS.profile)
     phases = on_stack(models, quick)
     scorer_work = features_and_predict_ms_per_row(models, 500 if quick else 5000)
     summary = summarize(phases, scorer_work)

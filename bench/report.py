@@ -127,10 +127,15 @@ def _explainer_cost(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _share(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, int | float) else "—"
+
+
 def _cost(b: Mapping[str, Any]) -> list[str]:
     s = b["summary"]
     per_tx, cores, parts = s["cpu_ms_per_explained_tx"], s["cores"], s["floor_parts_ms"]
-    roles = [[role, _num(ms), _num(cores.get(role))] for role, ms in per_tx.items()]
+    idle = s.get("idle_cores") or {}
+    roles = [[role, _num(ms), _num(cores.get(role)), _num(idle.get(role))] for role, ms in per_tx.items()]
     phases = [
         [name, _num(p["explained_per_s"]), _num(p["explainer_ms_per_explanation"]),
          _num(p["shap_ms_per_row"]), f"**{p['explainer_over_shap']}×**", _num(p["mean_batch"]),
@@ -149,7 +154,10 @@ def _cost(b: Mapping[str, Any]) -> list[str]:
         f"**whole stack {s['whole_stack_over_floor']}× the floor**. Where the explainer's time goes: "
         "[docs/cost.md](docs/cost.md).",
         "",
-        *_table(["role", "CPU-ms / explained tx", "cores"], roles),
+        *_table(["role", "CPU-ms / explained tx", "cores", "cores idle (no traffic)"], roles),
+        "",
+        f"Explained in the window: {_share(s.get('explained_share_of_offered'))} of the transactions offered "
+        "(below ~97% the explainer fell behind and every per-transaction figure is inflated).",
         "",
         *_table(header, phases),
     ]

@@ -132,6 +132,6 @@ def test_the_readme_block_shows_the_cost_figures_and_targets() -> None:
                "machine": machine, "benchmarks": {"cost": bench}}  # fmt: skip
     block = render(results)
     assert "**whole stack 2.83× the floor**" in block
-    assert "| explainer | 5 | 0.50 |" in block and "| total | 8.50 | — |" in block
+    assert "| explainer | 5 | 0.50 | — |" in block and "| total | 8.50 | — | — |" in block
     assert "| steady | 100 | 5 | 2.50 | **2.0×** |" in block
     assert "| explainer ≤ 1.3× SHAP | 2.00 | **miss** |" in block
