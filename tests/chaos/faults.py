@@ -335,7 +335,8 @@ class Scenario:
             lost_here = self.load.lost_by_kill(killed_at)
             acked_at = [killed_at - at for at, name, _, _ in list(self.load.spots) if name in lost_here]
             if acked_at:  # the window noida-db lost: README Limits quotes these lines
-                self.note(f"{fault}: lost {len(lost_here)} inputs acked up to {max(acked_at):.2f} s before the kill")
+                window = max(acked_at)
+                self.note(f"{fault}: lost {len(lost_here)} inputs acked up to {window:.2f} s before the kill")
             lost |= lost_here
         answered = lost & (set(self.tap.verdicts) | set(self.tap.dlq))
         unanswered = lost - answered
