@@ -43,6 +43,9 @@ class _Reading:
 class RecoveryReport:
     records: dict[tuple[str, int], int] = field(default_factory=dict)  # (table, partition) → read
     seconds: float = 0.0
+    # changelog partitions whose end is below what the store holds: the broker lost acked writes
+    # (or the topic was trimmed or recreated)
+    ahead: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -77,8 +80,9 @@ def recover(
             quiet,
         )
     )
+    ahead: list[str] = []
     try:
-        readings = _plan(consumer, settings.app_id, tables, partitions)
+        readings = _plan(consumer, settings.app_id, tables, partitions, ahead)
         if readings:
             consumer.assign(
                 [TopicPartition(topic, r.partition, r.start) for (topic, _), r in readings.items()]
@@ -86,13 +90,13 @@ def recover(
             _read(consumer, readings, stall_s)
     finally:
         consumer.close()
-    report = RecoveryReport({(r.table.name, r.partition): r.records for r in readings.values()})
+    report = RecoveryReport({(r.table.name, r.partition): r.records for r in readings.values()}, ahead=ahead)
     report.seconds = time.monotonic() - began
     return report
 
 
 def _plan(
-    consumer: Any, app_id: str, tables: Iterable[LocalTable], partitions: Iterable[int]
+    consumer: Any, app_id: str, tables: Iterable[LocalTable], partitions: Iterable[int], ahead: list[str]
 ) -> dict[tuple[str, int], _Reading]:
     from confluent_kafka import TopicPartition
 
@@ -109,6 +113,7 @@ def _plan(
                     "%s[%d]: the store holds offset %d but the changelog ends at %d (trimmed or recreated)",
                     topic, partition, persisted, high,
                 )  # fmt: skip
+                ahead.append(f"{topic}[{partition}] holds {persisted}, ends at {high}")
             if start < high:
                 readings[(topic, partition)] = _Reading(table, partition, start, high)
     return readings

@@ -141,6 +141,7 @@ class ScorerLoop:
         self.outage.on_fatal = self._failed_for_good
         self.probed_at = 0.0
         self.failing = False
+        self.lost_writes: str | None = None  # set by the assign callback, acted on by the loop
         self.consumer: Any = consumer_factory(quiet_client_logs(consumer_config(settings), self.outage))
         self.owned: set[int] = set()
         self.unacked: dict[int, int] = {}  # partition → next offset, sent but not yet acked
@@ -157,6 +158,8 @@ class ScorerLoop:
         try:
             while not stop.is_set():
                 batch = self.next_batch(0.5)
+                if self.lost_writes is not None:
+                    self._failed_for_good(self.lost_writes)
                 if batch:
                     self.process(batch)
                 elif self.outage.active:
@@ -328,6 +331,12 @@ class ScorerLoop:
             report = retry(recover_tables, self.outage, retriable=_recovery_retriable)
         except BrokerUnreachable as exc:
             _unavailable(exc)
+        if report.ahead and self.sink.acked_any:
+            # The broker lost writes it had acked to this producer: its idempotent sequence
+            # numbers are now ahead of the broker's and its next produce fails for good (seen
+            # 3 s later). The loop stops before it scores anything (not from inside this
+            # callback, where the consumer cannot leave its group); a new producer starts clean.
+            self.lost_writes = f"the broker lost acked writes ({report.ahead[0]})"
         for table in TABLES:
             for partition in wanted:
                 table.open(partition)

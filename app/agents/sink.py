@@ -85,6 +85,11 @@ class Sink:
         self._lost: list[str] = []
         self._rebuild_mark = rebuild_mark
 
+    @property
+    def acked_any(self) -> bool:
+        """Whether the broker acked anything of this producer yet (it has sequence state)."""
+        return bool(self._acked)
+
     def produce(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, about: str = ""
     ) -> None:

@@ -7,6 +7,7 @@ worker no longer owns are never scored; a revocation settles and commits before 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,50 @@ def test_delivery_failed_is_what_a_refusal_raises(tmp_path: Path) -> None:
     sink.produce("verdicts", b"k", b"v")
     with pytest.raises(DeliveryFailed):
         sink.flush_now()
+
+
+@pytest.mark.parametrize("acked_before", [True, False])
+def test_stores_ahead_of_the_broker_stop_a_scorer_whose_producer_it_acked(
+    loop: Any, monkeypatch: pytest.MonkeyPatch, acked_before: bool
+) -> None:
+    """A broker that lost writes it acked to this producer: its idempotent sequence numbers are
+    ahead and its next produce fails for good, so the loop stops before scoring (exit 75). A
+    new scorer (nothing acked yet) with stores ahead goes on (the stored verdicts are re-sent)."""
+    failed: list[str] = []
+
+    def client_failed(error: str) -> None:
+        failed.append(error)
+        raise SystemExit(75)
+
+    monkeypatch.setattr(scoring, "_client_failed", client_failed)
+    if acked_before:
+        loop._assigned(loop.consumer, [_Partition(0)])
+        loop.consumer.queue = _records(0, 2, seed=9)
+        _one_batch(loop)
+        loop.settle()
+    ahead = RecoveryReport(ahead=["fraudlens-predictions-changelog[0] holds 9, ends at 4"])
+    monkeypatch.setattr(scoring, "recover", lambda *_a, **_k: ahead)
+    loop.consumer.queue = _records(0, 2, seed=10, first_offset=2)
+    loop.consumer.callbacks = {}
+    loop._assigned(loop.consumer, [_Partition(0)])
+    stop = threading.Event()
+    first_batch = loop.next_batch
+
+    def one_turn(timeout: float) -> list[Any]:
+        stop.set()  # one turn of the loop, whatever it does
+        batch: list[Any] = first_batch(timeout)
+        return batch
+
+    loop.next_batch = one_turn
+    produced = len([e for e in loop.log if e[0] == "produce"])
+    if acked_before:
+        with pytest.raises(SystemExit):
+            loop.run(stop)
+        assert failed == [
+            "the broker lost acked writes (fraudlens-predictions-changelog[0] holds 9, ends at 4)"
+        ]
+        assert len([e for e in loop.log if e[0] == "produce"]) == produced  # nothing scored after
+    else:
+        loop.run(stop)
+        assert failed == [] and loop.lost_writes is None
+        assert len([e for e in loop.log if e[0] == "produce"]) > produced  # scored and sent
