@@ -387,10 +387,9 @@ _last_error_log = [0.0]
 
 
 def _log_consumer_error(error: Any, outage: Outage) -> None:
-    if error.fatal():
-        log.critical("the consumer failed for good (%s): stopping the worker", error)
-        logging.shutdown()
-        os._exit(70)
+    if error.fatal():  # the loop's on_fatal leaves the group first; either way exit 75
+        (outage.on_fatal or _client_failed)(f"consumer: {error.str()}")
+        return
     if error.code() in UNREACHABLE_CODES:
         outage.down(error.str())
         return

@@ -311,3 +311,37 @@ def test_stores_ahead_of_the_broker_stop_a_scorer_whose_producer_it_acked(
         loop.run(stop)
         assert failed == [] and loop.lost_writes is None
         assert len([e for e in loop.log if e[0] == "produce"]) > produced  # scored and sent
+
+
+def test_a_fatal_consumer_error_leaves_the_group_then_stops_with_75(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One way out for a client that failed for good, consumer or producer: the group is left
+    (the restarted scorer is assigned at once) and the code is 75, as for the sink's."""
+    failed: list[str] = []
+
+    def client_failed(error: str) -> None:
+        failed.append(error)
+        raise SystemExit(75)
+
+    class FatalError:
+        def fatal(self) -> bool:
+            return True
+
+        def str(self) -> str:
+            return "Broker: Fenced instance id"
+
+        def code(self) -> int:
+            return KafkaError._FATAL
+
+    class Fatal(FakeMessage):
+        def error(self) -> Any:  # type: ignore[override]
+            return FatalError()
+
+    monkeypatch.setattr(scoring, "_client_failed", client_failed)
+    loop._assigned(loop.consumer, [_Partition(0)])
+    loop.consumer.queue = [Fatal(0, 0, None, None)]
+    with pytest.raises(SystemExit):
+        loop.next_batch(0)
+    assert failed == ["consumer: Broker: Fenced instance id"]
+    assert loop.consumer.closed  # left the group first
