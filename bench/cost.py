@@ -177,7 +177,9 @@ def batches_of(done: Iterable[dict[str, Any]]) -> list[list[str]]:
 
 # -- where the explainer's time goes: py-spy's raw stacks by category ------------------------------
 
-SELECT = "event loop: select (epoll)"
+# A thread sampled blocked in select or in an idle pool thread's queue get: woken and waiting for
+# a core (py-spy samples wall time), not work.
+WAITING = "waiting: select, idle pool thread (woken, waiting for a core)"
 # (category, what a frame contains). A stack goes to the category of its innermost frame that
 # matches a rule (rules tried in this order on each frame, leaf first, up to the boundary where
 # the loop or a pool runs the work): LightGBM's, numpy's and asyncio's frames match nothing, so
@@ -214,8 +216,10 @@ OTHER = "other"
 
 def categorize(frames: Sequence[str]) -> str:
     """The category of a stack (root first, as py-spy writes it)."""
-    if frames and "(selectors.py" in frames[-1]:
-        return SELECT
+    if frames and any(
+        wait in frames[-1] for wait in ("(selectors.py", "_worker (concurrent/futures/thread.py:81")
+    ):
+        return WAITING
     for frame in reversed(frames):
         for category, needles in (*PROFILE_RULES, *BOUNDARIES):
             if any(needle in frame for needle in needles):
@@ -241,19 +245,19 @@ def attribute(counts: Mapping[str, Counter[str]], thread_ms: Mapping[str, float]
     """Each thread's measured CPU (ms per explanation, from /proc) split over the categories in
     proportion to its samples. py-spy samples wall time of threads not idle: on a loaded machine
     a runnable thread waiting for a core is sampled too, in whatever stack it stopped, so samples
-    only apportion the thread's CPU; the samples still inside ``select`` are a woken thread
-    waiting for a core, not work, and are left out. A thread py-spy cannot see (librdkafka's,
-    OpenMP's) keeps its CPU under its own name."""
-    out: Counter[str] = Counter()
+    only apportion the thread's CPU; the samples still in ``select`` or in an idle pool thread's
+    queue get (``WAITING``) are a woken thread waiting for a core, not work: left out. A thread
+    py-spy cannot see (librdkafka's, OpenMP's) keeps its CPU under its own name."""
+    out: dict[str, float] = {}
     for thread, ms in thread_ms.items():
-        work = {c: n for c, n in counts.get(thread, Counter()).items() if c != SELECT}
+        work = {c: n for c, n in counts.get(thread, Counter()).items() if c != WAITING}
         total = sum(work.values())
         if not total:
-            out[f"thread {thread} (no Python samples)"] += ms
+            out[f"thread {thread} (no Python samples)"] = ms
             continue
         for category, n in work.items():
-            out[category] += ms * n / total
-    return {category: round(ms, 3) for category, ms in out.most_common()}
+            out[category] = out.get(category, 0.0) + ms * n / total
+    return {category: round(ms, 3) for category, ms in sorted(out.items(), key=lambda item: -item[1])}
 
 
 # -- the floor: the same rows, the same batches, this process's thread CPU --------------------------

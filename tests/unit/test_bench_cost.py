@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.cost import (
-    SELECT,
+    WAITING,
     attribute,
     batches_of,
     categorize,
@@ -94,8 +94,9 @@ def test_a_stack_goes_to_its_innermost_recognised_frame() -> None:
         categorize(
             ["run (mode/threads.py:1)", "_run_once (asyncio/base_events.py:1)", "select (selectors.py:468)"]
         )
-        == SELECT
+        == WAITING
     )
+    assert categorize(["run (threading.py:982)", "_worker (concurrent/futures/thread.py:81)"]) == WAITING
     loop = ["start (mode/worker.py:1)", "_run_once (asyncio/base_events.py:1)", "_run (asyncio/events.py:80)"]
     assert categorize(loop) == "event loop: scheduling, callbacks"  # the loop's own, not Faust's
     assert categorize(["f (elsewhere.py:1)"]) == "other"
