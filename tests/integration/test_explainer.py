@@ -437,3 +437,24 @@ def test_a_new_explainer_rebuilds_the_table_from_the_updates(stack: Stack, model
     assert after["explanation.updates"] == before["explanation.updates"] == 3 * len(verdicts), (
         "a re-sent verdict was announced or explained again"
     )
+
+
+def test_a_full_queue_publishes_the_requests_it_cannot_hold(stack: Stack, models_dir: Path) -> None:
+    """Requests go straight to the workers while their queue has room; past it (a queue of 20
+    here) the router publishes them on ``explain.<priority>`` instead, the topic holding the
+    backlog. Every one completes once, whichever way it went."""
+    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_QUEUE_MAX="20")
+    from bench.records import end_offsets
+
+    verdicts = list(scored_verdicts(models_dir, 8000, 5)[4300:5100])
+    wanted = {v["transaction_id"] for v in verdicts}
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", verdicts)
+    wait_complete(updates, wanted, 300)
+    published = sum(end_offsets(stack.bootstrap).get(f"explain.{p}", 0) for p in ("high", "normal", "low"))
+    assert 0 < published < len(verdicts), f"{published} requests published: no overflow, or no hand-over"
+    wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "every verdict acked")
+    updates.read_to_end()
+    by_id = updates_by_id(updates)
+    assert set(by_id) == wanted
+    assert all([u["status"] for u in seq] == ["pending", "calculating", "complete"] for seq in by_id.values())
