@@ -180,7 +180,8 @@ def test_an_ack_at_an_offset_acked_before_means_the_broker_lost_writes(kind: str
     send()
     send()
     with pytest.raises(
-        DeliveryFailed, match=r"lost acked writes.*acked at offset 1 after offset 2 was acked \(\+1 more\)"
+        DeliveryFailed,
+        match=r"lost acked writes.*: [a-z._-]+\[1\]: acked at offset 1 after offset 2 was acked$",
     ):
         sink.flush_now()
     assert marks == [f"{topic}[1] acked at 1 after 2"]
@@ -189,9 +190,14 @@ def test_an_ack_at_an_offset_acked_before_means_the_broker_lost_writes(kind: str
 
 
 def test_acks_rising_per_partition_are_no_loss() -> None:
-    sink, _, marks = _marked_sink()
+    sink, producer, marks = _marked_sink()
     for partition in (0, 1, 0, 1, 2):  # each partition's own offsets rise; they interleave
         sink.changelog("t-changelog", partition, b"k", b"v")
         sink.produce("verdicts", b"k", b"v", partition=partition)
     assert sink.flush_now() == {("t-changelog", 0): 1, ("t-changelog", 1): 1, ("t-changelog", 2): 0}
+    # an ack at the highest offset again: noida-db's answer to a batch retried across its
+    # restart (nothing lost), not a loss
+    producer.offsets[("t-changelog", 2)] = -1
+    sink.changelog("t-changelog", 2, b"k", b"v")
+    sink.flush_now()
     assert marks == []
