@@ -314,13 +314,26 @@ class Scenario:
         wait_until(resolved, 120, f"the load's messages queued during the outage ({fault}) acked")
         acked = set(self.load.valid)
 
-        def caught_up() -> bool:
-            lost = self.load.lost_by_kill(outage[1])
-            return not (acked - lost - set(self.tap.verdicts))
+        def missing() -> set[str]:
+            return acked - self.load.lost_by_kill(outage[1]) - set(self.tap.verdicts)
 
-        wait_until(
-            caught_up, 180, f"verdicts for every transaction sent before the broker was back ({fault})", 0.2
-        )
+        try:
+            wait_until(
+                lambda: not missing(),
+                180,
+                f"verdicts for every transaction sent before the broker was back ({fault})",
+                0.2,
+            )
+        except AssertionError:
+            spots = {
+                name: (partition, offset, round(at - outage[1], 2))
+                for at, name, partition, offset in self.load.spots
+            }
+            print(
+                f"  missing {len(missing())}: {[(t, spots.get(t)) for t in sorted(missing())[:10]]}",
+                flush=True,
+            )
+            raise
         self.catch_ups.append((fault, round(time.monotonic() - back_at, 1)))
         self.note(f"all sent before have their verdicts {self.catch_ups[-1][1]} s after the broker was back")
 
