@@ -18,6 +18,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.broker.embedded import free_port
+from app.lifetime import PARENT_PID_ENV
 from app.model.generator import generate_transactions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,8 +118,9 @@ class Stack:
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "app.cli.main", *args],
-                cwd=REPO, env=self.env(**env), stdout=out, stderr=subprocess.STDOUT,
-                process_group=0 if own_group else None,
+                # ends with this test process however it ends (a CI timeout, a Ctrl-C): no orphan
+                cwd=REPO, env=self.env(**{PARENT_PID_ENV: str(os.getpid()), **env}), stdout=out,
+                stderr=subprocess.STDOUT, process_group=0 if own_group else None,
             )  # fmt: skip
         process = Process(name, popen, log)
         self.processes.append(process)
