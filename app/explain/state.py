@@ -48,12 +48,12 @@ class RouteAction(StrEnum):
 
 class WorkAction(StrEnum):
     COMPUTE = "compute"
-    # Already finished for this model version and method: compute nothing, but publish the final
-    # update again. Only a replay gets here (the router drops re-sent verdicts and on-demand
-    # requests for finished rows): a worker stopped after its final rows were acked but before
-    # their updates were may have announced nothing, and the row alone would leave the
-    # transaction "calculating" for every reader of explanation.updates. The re-sent update is
-    # byte-identical (its time is the row's completed_at).
+    # Already finished for this model version and method: compute nothing, but write the final
+    # row again (its record is the final update). Only a replayed request record gets here (the
+    # router drops re-sent verdicts and on-demand requests for finished rows): the local store
+    # may hold a final row whose record a SIGKILL lost, which would leave the transaction
+    # "calculating" for every reader of explanation.updates. The record is byte-identical (its
+    # time is the row's completed_at).
     ANNOUNCE = "announce"
     EXHAUSTED = "exhausted"  # started max_attempts times without finishing (crashes each time?)
 
