@@ -314,8 +314,9 @@ class Scenario:
         wait_until(resolved, 120, f"the load's messages queued during the outage ({fault}) acked")
         acked = set(self.load.valid)
 
-        def missing() -> set[str]:
-            return acked - self.load.lost_by_kill(outage[1]) - set(self.tap.verdicts)
+        def missing() -> set[str]:  # inputs lost by this or an earlier kill can get no verdict
+            lost = set().union(*(self.load.lost_by_kill(killed_at) for _, killed_at, _ in self.outages))
+            return acked - lost - set(self.tap.verdicts)
 
         try:
             wait_until(
