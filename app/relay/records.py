@@ -66,6 +66,11 @@ def read_record(topic: str, value: bytes | None, max_bytes: int) -> dict[str, An
         validate_message(contract, message)
     except ContractViolation as exc:
         raise Skip(SkipReason.CONTRACT, f"violates {contract}.schema.json at {exc.path or '/'}") from None
+    if topic == topics.EXPLANATION_UPDATES:
+        # The explainer's own bookkeeping (the topic is also its table's changelog): not for
+        # clients, and ~1 KB of features per update the relay would keep and send for nothing.
+        message.pop("source", None)
+        message.pop("request", None)
     return message
 
 

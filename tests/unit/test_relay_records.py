@@ -38,6 +38,13 @@ def test_valid_records_pass() -> None:
     assert read_record("explanation.updates", orjson.dumps(UPDATE), 65536) == UPDATE
 
 
+def test_the_explainers_bookkeeping_is_not_passed_on() -> None:
+    """An update carries the explainer's ``source`` and ``request`` (its table's changelog is the
+    topic): valid, but dropped before the relay keeps or sends it."""
+    record = {**UPDATE, "source": "verdicts:3:7", "request": {"transaction_id": UPDATE["transaction_id"]}}
+    assert read_record("explanation.updates", orjson.dumps(record), 65536) == UPDATE
+
+
 def test_each_kind_of_bad_record_has_its_reason() -> None:
     assert reason("verdicts", None) is SkipReason.TOMBSTONE
     assert reason("verdicts", b"") is SkipReason.EMPTY
