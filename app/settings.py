@@ -128,9 +128,7 @@ class Settings(BaseSettings):
         "it bounds how long new high-priority work waits for the batch in flight.",
     )
     explain_fast_path: bool = Field(
-        True,
-        description="The router hands requests straight to this process's workers (no explain.* "
-        "record) while their queue has room.",
+        True, description="The router hands high requests straight to this process's workers too."
     )
     explain_aged_share: float = Field(
         0.25,

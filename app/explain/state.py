@@ -38,11 +38,7 @@ Row = dict[str, Any]
 
 class RouteAction(StrEnum):
     NEW = "new"  # no row for this model version: route it
-    # The very message that wrote the row, replayed after a stop (its event was not acked: a
-    # request handed straight to the workers is acked only once its explanation is final).
-    RESEND = "resend"  # row pending: written again (its update may be what the stop lost), queued
-    REQUEUE = "requeue"  # row calculating: queued again (the worker counts the attempt)
-    ANNOUNCE = "announce"  # row finished: written again, byte for byte (same reason as RESEND)
+    RESEND = "resend"  # the very verdict that created the pending row, replayed after a crash
     SKIP = "skip"  # already pending, calculating, finished or sampled out: no second computation
 
 
@@ -103,21 +99,9 @@ def route_action(row: Mapping[str, Any] | None, model_version: str, source: str)
     """
     if row is None or row["model_version"] != model_version:
         return RouteAction.NEW
-    return replay_action(row, source) or RouteAction.SKIP
-
-
-def replay_action(row: Mapping[str, Any], source: str) -> RouteAction | None:
-    """What a replay of the message that wrote ``row`` needs (None: this is not that message,
-    or its row is one never published: nothing was left undone)."""
-    if row["source"] != source:
-        return None
-    if row["status"] == "pending":
+    if row["status"] == "pending" and row["source"] == source:
         return RouteAction.RESEND
-    if row["status"] == "calculating":
-        return RouteAction.REQUEUE
-    if row["status"] in TERMINAL:
-        return RouteAction.ANNOUNCE
-    return None
+    return RouteAction.SKIP
 
 
 def on_demand_wanted(row: Mapping[str, Any], method: str) -> bool:
