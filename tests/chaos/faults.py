@@ -81,18 +81,20 @@ class AckedLoad(ChaosLoad):
 
         return acked
 
-    def lost_by_kill(self, killed_at: float) -> set[str]:
-        """Acked before ``killed_at`` at an offset the broker handed out again after it (every
-        ack after a kill comes from the restarted broker)."""
+    def lost_by_kill(self, restarted_at: float) -> set[str]:
+        """Acked before the broker was started again at ``restarted_at``, at an offset the
+        restarted broker handed out again (an ack read a moment after the kill was still the
+        killed broker's: one acked at the kill's very instant was missed when the split was
+        the kill)."""
         spots = list(self.spots)
         first_after: dict[int, int] = {}
         for at, _, partition, offset in spots:
-            if at > killed_at:
+            if at > restarted_at:
                 first_after[partition] = min(offset, first_after.get(partition, offset))
         return {
             name
             for at, name, partition, offset in spots
-            if at < killed_at and partition in first_after and offset >= first_after[partition]
+            if at < restarted_at and partition in first_after and offset >= first_after[partition]
         }
 
 
@@ -156,7 +158,8 @@ class Scenario:
         self.load = AckedLoad(self.stack, self.rate, self.rng.randrange(2**31), BAD_SHARE)
         self.ledger = Ledger(self.stack, self.load, self.tap, float(LOW_SAMPLE_RATE))
         self.supervisor = Supervisor(self.stack) if self.supervised else None
-        self.outages: list[tuple[str, float, float]] = []  # (fault, killed at, back at)
+        # (fault, killed at, back at, started again at)
+        self.outages: list[tuple[str, float, float, float]] = []
         self.orphans: list[str] = []
         self.catch_ups: list[tuple[str, float]] = []
 
@@ -284,10 +287,11 @@ class Scenario:
             self.note(f"SIGKILL {fault}: {'group of ' if victim < 0 else ''}pid {abs(victim)}")
             self._expect_ended(tree)
             time.sleep(KILLED_FOR_S)  # the outage's length, not a synchronisation
+            restarted_at = time.monotonic()
             broker = start_broker(self.stack)
             self.tap.rewind()
         back_at = time.monotonic()
-        self.outages.append((fault, killed_at, back_at))
+        self.outages.append((fault, killed_at, back_at, back_at if fault == "sigstop" else restarted_at))
         self.note(f"broker pid {broker.pid} answering again")
         self._catch_up(fault, back_at)
 
@@ -315,7 +319,7 @@ class Scenario:
         acked = set(self.load.valid)
 
         def missing() -> set[str]:  # inputs lost by this or an earlier kill can get no verdict
-            lost = set().union(*(self.load.lost_by_kill(killed_at) for _, killed_at, _ in self.outages))
+            lost = set().union(*(self.load.lost_by_kill(started) for *_, started in self.outages))
             return acked - lost - set(self.tap.verdicts)
 
         try:
@@ -345,8 +349,8 @@ class Scenario:
         records that carried it (request, rows, updates) went with the input. Both are counted
         and printed instead. Returns (lost without a verdict, lost after their verdict)."""
         lost: set[str] = set()
-        for fault, killed_at, _ in self.outages:
-            lost_here = self.load.lost_by_kill(killed_at)
+        for fault, killed_at, _, started in self.outages:
+            lost_here = self.load.lost_by_kill(started)
             acked_at = [killed_at - at for at, name, _, _ in list(self.load.spots) if name in lost_here]
             if acked_at:  # the window noida-db lost: README Limits quotes these lines
                 window = max(acked_at)
