@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     explain_cache_max: int = Field(
         10_000,
         ge=0,
-        description="Explanations kept in the in-memory cache (~3 KB each; the table keeps them all).",
+        description="Explanations kept in the in-memory cache per process (~3 KB each; not kept on restart).",
     )
     explain_stats_every_s: float = Field(10.0, gt=0, description="How often an explainer logs its counts.")
     explainer_nice: int = Field(10, ge=0, le=19, description="os.nice increment of explainer processes.")
