@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +59,7 @@ from app.validation import InvalidInput, build_dlq_record, dlq_key, validate_exp
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+DLQ_SOURCES_KEPT = 10_000  # rejected requests remembered per process (see Router)
 
 ROUTE_BATCH_MAX = 1000
 ROUTE_BATCH_WITHIN_S = 0.002
@@ -77,6 +78,11 @@ class Router:
         self.writer, self.rules, self.method = writer, rules, method
         self.skips = skips or Skips(settings.explain_stats_every_s)
         self.counts: Counter[str] = Counter()
+        # Sources of the rejected requests this process sent to the DLQ (bounded, oldest out):
+        # a record read again in the same process (the offset guard seeking back after Faust
+        # delivered past a start-up seek; a rebalance that hands a partition back) gets no
+        # second DLQ record. Across a restart a replay may still repeat one (at least once).
+        self._dlq_sent: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def route(self, stream: StreamT, event: EventT, now: str) -> list[Send]:
         """Bad input never stops the router: an on-demand request no contract allows gets a
@@ -89,6 +95,13 @@ class Router:
                     message.value, message.key, METHODS, settings.max_message_bytes
                 )
             except InvalidInput as exc:
+                source = (message.partition, message.offset)
+                if source in self._dlq_sent:
+                    self.counts["rejected_requests_read_again"] += 1
+                    return []
+                self._dlq_sent[source] = None
+                if len(self._dlq_sent) > DLQ_SOURCES_KEPT:
+                    self._dlq_sent.popitem(last=False)
                 self.counts["rejected_requests"] += 1
                 return [_dlq_send(event, exc)]
             return self._guarded(stream, event, self._on_demand, asked, now)

@@ -87,3 +87,16 @@ def test_a_bad_verdict_is_a_counted_skip(router: Router, key: bytes, value: byte
     sends = router.route(None, Event(Message("verdicts", key, value)), "2026-11-28T12:00:00.000000Z")  # type: ignore[arg-type]
     assert sends == []
     assert router.counts["invalid"] == 1 and router.skips.total == {"verdicts": 1}
+
+
+def test_a_bad_request_read_again_in_the_same_process_gets_no_second_dlq_record(router: Router) -> None:
+    """The offset guard seeks a partition back when Faust delivered past a start-up seek: the
+    requests read again must not be sent to the DLQ twice (seen: explain.requests[3]@0 and @1
+    twice in test_hostile_records). Another offset of the same bad bytes is another record."""
+    bad = Event(Message("explain.requests", b"tx-1", b'{"transaction_id": 5}', partition=3, offset=0))
+    now = "2026-11-28T12:00:00.000000Z"
+    assert len(router.route(None, bad, now)) == 1  # type: ignore[arg-type]
+    assert router.route(None, bad, now) == []  # type: ignore[arg-type]
+    later = Event(Message("explain.requests", b"tx-1", b'{"transaction_id": 5}', partition=3, offset=1))
+    assert len(router.route(None, later, now)) == 1  # type: ignore[arg-type]
+    assert router.counts["rejected_requests"] == 2 and router.counts["rejected_requests_read_again"] == 1
