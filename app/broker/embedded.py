@@ -13,11 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from app.broker.datadir import (
     DataDirBusy,
@@ -30,8 +27,6 @@ from app.broker.datadir import (
 )
 from app.broker.shim import BrokerShim
 from app.lifetime import parent_death_signal
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +146,21 @@ async def serve(
             ready_file.write_text(f"{host}:{port}\n")
         retention = asyncio.create_task(_retention_loop(f"{host}:{upstream_port}", max_retention_s))
         try:
-            return await _supervise(noida, stop)
+            code = await _supervise(noida, stop)
         finally:
             retention.cancel()
     finally:
         await shim.close()
         stop_process(noida)
         lock.release()
+    if code != 0:
+        # noida-db died under us: a retention pass may be blocked in librdkafka calls against it
+        # for their timeouts (5-10 s each), and asyncio.run joins that thread before it returns:
+        # the broker took over 10 s to end (the fault suite's orphan check). Nothing is left to
+        # clean up (the shim is closed, the lock released): end now.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _reclaim(previous: Owner | None, noida_dir: Path) -> None:
@@ -195,48 +198,18 @@ def _create_app_topics(host: str, port: int) -> None:
 async def _retention_loop(bootstrap: str, max_retention_s: float, interval_s: float = 5.0) -> None:
     from app.broker.retention import RetentionTask
 
-    task = await _in_daemon_thread(lambda: RetentionTask(bootstrap, max_retention_s))
+    task = await asyncio.to_thread(RetentionTask, bootstrap, max_retention_s)
     try:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                deleted = await _in_daemon_thread(task.run_once)
+                deleted = await asyncio.to_thread(task.run_once)
                 if deleted:
                     log.debug("retention deleted %d records", deleted)
             except Exception as exc:  # never let housekeeping stop the broker
                 log.warning("retention pass failed: %s", exc)
     finally:
-        await _in_daemon_thread(task.close)
-
-
-def _in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
-    """``asyncio.to_thread`` on a daemon thread: the broker's exit never waits for housekeeping.
-    With noida-db gone, a retention pass blocks in librdkafka calls for their timeouts (5-10 s
-    each), and the default executor's threads are joined at exit: a broker whose noida-db was
-    SIGKILLed took over 10 s to end (the fault suite's orphan check)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # the awaiting task was cancelled
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        result: T | None = None
-        error: BaseException | None = None
-        try:
-            result = work()
-        except BaseException as exc:  # handed to the awaiting task
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(deliver, result, error)
-
-    threading.Thread(target=run, name="broker-housekeeping", daemon=True).start()
-    return future
+        await asyncio.to_thread(task.close)
 
 
 async def _supervise(noida: subprocess.Popen[bytes], stop: asyncio.Event) -> int:
