@@ -86,7 +86,13 @@ class TableWriter:
         """What ``table[key] = value`` does, with the changelog record sent through the sink."""
         focus(stream, event)
         table.data[key] = value
-        self.sink.changelog(table.changelog_topic_name, event.message.partition, key, value)
+        try:
+            self.sink.changelog(table.changelog_topic_name, event.message.partition, key, value)
+        except DeliveryFailed as exc:
+            # Refused at once, e.g. the changelog topic is gone (a broker that lost its last
+            # second also loses topics created in it): stop; the restarted worker declares its
+            # topics again. Raised into the agent it crashed and was restarted in a loop.
+            give_up(exc)
         self.pending += 1
 
     async def flush(self) -> None:

@@ -99,7 +99,9 @@ def rebuild_stores_ahead(
 def rebuild_faust_stores_ahead(app: Any, worker_dir: Path, client_config: dict[str, Any]) -> list[StoreFile]:
     """``rebuild_marked``, then ``rebuild_stores_ahead``, for the tables of a Faust ``app`` not
     started yet."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    GONE = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC}
 
     tables = [
         (table.name, table.changelog_topic.get_topic_name(), (table.options or {}).get("ttl"))
@@ -112,13 +114,17 @@ def rebuild_faust_stores_ahead(app: Any, worker_dir: Path, client_config: dict[s
         return marked
     group = f"fraudlens-stores-{uuid.uuid4().hex[:8]}"
     consumer = Consumer({**client_config, "group.id": group, "log_level": 2})
+
+    def changelog_end(topic: str, partition: int) -> int:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1])
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() in GONE:  # the broker lost the topic: it ends at 0
+                return 0
+            raise
+
     try:
-        return rebuild_stores_ahead(
-            stores,
-            lambda topic, partition: consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=30
-            )[1],
-        )
+        return rebuild_stores_ahead(stores, changelog_end)
     finally:
         consumer.close()
 
