@@ -150,9 +150,13 @@ async def serve(
         finally:
             retention.cancel()
     finally:
+        # each step logged: a stop that hangs says where (seen once in a full make test, not alone)
+        log.info("stopping: closing the shim")
         await shim.close()
+        log.info("stopping: shim closed; stopping noida-db pid %s", noida.pid)
         stop_process(noida)
         lock.release()
+        log.info("stopped: noida-db ended (code %s), data dir released", noida.returncode)
     if code != 0:
         # noida-db died under us: a retention pass may be blocked in librdkafka calls against it
         # for their timeouts (5-10 s each), and asyncio.run joins that thread before it returns:
