@@ -96,17 +96,25 @@ def test_worker_dedup_and_attempts(verdicts: list[dict[str, Any]]) -> None:
     assert work_action(done, {**request, "method": "interventional"}, 3) is WorkAction.COMPUTE
 
 
-def test_every_status_update_validates(models_dir: Path, verdicts: list[dict[str, Any]]) -> None:
-    request = request_of(verdicts[0], "high")
-    pending = new_row(request, "pending", "verdicts:0:1")
+def _lifecycle(models_dir: Path, request: dict[str, Any], source: str, cached: bool) -> tuple[Any, ...]:
+    """One row through every status: pending, calculating, complete and failed (and the
+    explanation computed for it)."""
+    pending = new_row(request, "pending", source)
     started = calculating(pending, request, T2)
     explanation = (
         ExplainerCache(models_dir)
         .get(request["model_version"])
         .explain_batch(np.array([list(request["features"].values())]))[0]
     )
-    complete = finished(started, explanation, False, T3)
+    complete = finished(started, explanation, cached, T3)
     gave_up = failed(started, FailureCode.ATTEMPTS_EXHAUSTED, "started 3 times", T3)
+    return pending, started, complete, gave_up, explanation
+
+
+def test_every_status_update_validates(models_dir: Path, verdicts: list[dict[str, Any]]) -> None:
+    pending, started, complete, gave_up, explanation = _lifecycle(
+        models_dir, request_of(verdicts[0], "high"), "verdicts:0:1", cached=False
+    )
     for row, updated in ((pending, T1), (started, T2), (complete, T3), (gave_up, T3)):
         message = update_message(row, updated)
         validate_message("explanation", message)
@@ -121,15 +129,7 @@ def test_a_row_is_its_update_record_and_back(models_dir: Path, verdicts: list[di
     the schema, with the row's source and request; reading it back gives the row, so dedup,
     replays and re-queues work from a store recovered from the topic alone."""
     request = request_of(verdicts[1], "normal")
-    pending = new_row(request, "pending", "verdicts:3:7")
-    started = calculating(pending, request, T2)
-    explanation = (
-        ExplainerCache(models_dir)
-        .get(request["model_version"])
-        .explain_batch(np.array([list(request["features"].values())]))[0]
-    )
-    complete = finished(started, explanation, True, T3)
-    gave_up = failed(started, FailureCode.ATTEMPTS_EXHAUSTED, "started 3 times", T3)
+    pending, started, complete, gave_up, _ = _lifecycle(models_dir, request, "verdicts:3:7", cached=True)
     for row, updated in ((pending, T1), (started, T2), (complete, T3), (gave_up, T3)):
         record = to_record(row)
         validate_message("explanation", record)
