@@ -147,6 +147,18 @@ class Settings(BaseSettings):
     )
     explain_stats_every_s: float = Field(10.0, gt=0, description="How often an explainer logs its counts.")
     explainer_nice: int = Field(10, ge=0, le=19, description="os.nice increment of explainer processes.")
+    explainer_sched_idle: bool = Field(
+        True,
+        description="Run explainers under SCHED_IDLE: a woken broker or scorer preempts them at once "
+        "(app/priority.py); off leaves them at explainer_nice only.",
+    )
+    verdict_path_nice: int = Field(
+        -5,
+        ge=-20,
+        le=0,
+        description="Nice of the broker and the scorer where the process may raise its priority "
+        "(root or CAP_SYS_NICE); otherwise they stay where they are.",
+    )
     explanation_retention_s: float = Field(
         86400.0, gt=0, description="How long explanation rows (and dedup of re-sent verdicts) are kept."
     )

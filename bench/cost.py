@@ -502,7 +502,7 @@ def on_stack(models: Path, quick: bool) -> dict[str, Any]:
                 # Its default nice 10 yields to the verdict path; on this shared machine it then
                 # fell behind at 100 tx/s (24% explained in a window at load 9-11). Priority does
                 # not change the CPU an explanation costs; falling behind does (larger batches).
-                FRAUDLENS_EXPLAINER_NICE="0",
+                FRAUDLENS_EXPLAINER_NICE="0", FRAUDLENS_EXPLAINER_SCHED_IDLE="false",
             )  # fmt: skip
             relay = start_relay(stack)
             _relay_client(relay)

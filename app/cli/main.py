@@ -63,8 +63,11 @@ def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retent
     SIGTERM or SIGHUP. One broker per data directory: a directory held by a running broker is
     refused; a noida-db left running there by a broker that was killed is stopped first."""
     from app.broker.embedded import BrokerStartError, serve
+    from app.priority import favour_verdict_path
     from app.settings import get_settings
 
+    # Before noida-db is forked (it inherits the nice) and before any thread starts.
+    favour_verdict_path("broker", get_settings().verdict_path_nice)
     directory = data_dir or get_settings().data_dir / "broker"
     try:
         sys.exit(asyncio.run(serve(port, directory, ready_file=ready_file, max_retention_s=max_retention)))

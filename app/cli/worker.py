@@ -19,12 +19,14 @@ def _prepare_explainer() -> None:
     """Own consumer group (an explainer joining or dying never rebalances the scorer), lower OS
     priority than the scorer, and its topics created with the configured partition count."""
     from app.admin import ensure_topics
+    from app.priority import yield_to_verdict_path
     from app.settings import Settings, get_settings
 
     wanted = Settings()
     os.environ["FRAUDLENS_APP_ID"] = wanted.explainer_group
     get_settings.cache_clear()
-    os.nice(wanted.explainer_nice)
+    applied = yield_to_verdict_path(wanted.explainer_nice, wanted.explainer_sched_idle)
+    logging.getLogger(__name__).info("explainer: scheduled at %s, below the verdict path", applied)
     ensure_topics(get_settings())
 
 
@@ -50,8 +52,10 @@ def _run_role(role: str) -> None:
     if role == "scorer":  # not a Faust worker: a librdkafka loop (app/agents/scoring.py)
         from app.admin import ensure_topics
         from app.agents.scoring import run_scorer
+        from app.priority import favour_verdict_path
         from app.settings import get_settings as settings_now
 
+        favour_verdict_path("scorer", settings_now().verdict_path_nice)  # before its threads start
         ensure_topics(settings_now())  # the app's topics exist with the configured partitions
         raise SystemExit(run_scorer())
     _prepare_explainer()

@@ -1,0 +1,49 @@
+"""The verdict path before the explanations, at the operating system's scheduler (issue 18, target 4).
+
+The explainers are background work: when they are saturated, the broker and the scorer must
+still get a core the moment a transaction arrives. Two levers, each measured by
+``bench.isolation`` (windows alternating, one run):
+
+- **Explainers under ``SCHED_IDLE``** (:func:`yield_to_verdict_path`). A nice value only weighs
+  the share of CPU; under Linux's EEVDF scheduler a woken nice-0 task may still wait for the
+  running nice-10 task's slice to end, and the verdict path wakes at every hop (client → shim
+  → noida-db → shim → scorer → …). A task of any normal policy that wakes preempts a
+  ``SCHED_IDLE`` task at once. Any user may lower its own policy. The explainers still run
+  whenever a core is free; they only ever wait for the verdict path (and for other work on the
+  machine, which is why it is a setting).
+- **Broker and scorer at a negative nice** (:func:`favour_verdict_path`), where the process may
+  (root, or ``CAP_SYS_NICE``): a larger share of a contended core. Without the permission
+  nothing changes and one line says so.
+
+Linux applies both per thread, and new threads inherit them from the thread that creates them:
+call these from the main thread before the role starts its threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def yield_to_verdict_path(nice: int, sched_idle: bool) -> str:
+    """Lower this process below the verdict path; returns what was applied (for the log)."""
+    os.nice(nice)
+    if not sched_idle:
+        return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    return "SCHED_IDLE"
+
+
+def favour_verdict_path(role: str, nice: int) -> str:
+    """Move this process to ``nice`` (≤ 0) if it runs above that and may; returns what holds."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice >= current:
+        return f"nice {current}"
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        log.info("%s: stays at nice %d (nice %d needs root or CAP_SYS_NICE)", role, current, nice)
+        return f"nice {current}"
+    return f"nice {nice}"
