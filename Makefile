@@ -48,9 +48,9 @@ test: lint $(FOREIGN)
 # bench/results-soak.json and .png; fails if anything grows without bound (README: soak).
 # Not in CI. The broker-only 10-minute conformance run: `pytest -m slow tests`.
 SOAK_MINUTES ?= 30
-SOAK_RATE ?= 500
+SOAK_RATE ?= 300
 SOAK_EXPLAINERS ?= 1
-SOAK_LOW_SAMPLE_RATE ?= 0.1
+SOAK_LOW_SAMPLE_RATE ?= 1.0
 soak: $(STAMP) models/CURRENT
 	$(BIN)/python -m tests.integration.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) \
 		--explainers $(SOAK_EXPLAINERS) --low-sample-rate $(SOAK_LOW_SAMPLE_RATE)
@@ -65,7 +65,7 @@ bench-explainer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.explainer --models models $(if $(QUICK),--quick)
 
 clean:
-	rm -rf $(VENV) data models bench/results-*quick* bench/results-soak* tests/foreign/node_modules  # bench/results.json and its plots are tracked
+	rm -rf $(VENV) data models bench/results-*quick* bench/results-soak-* tests/foreign/node_modules  # bench/results.json and its plots are tracked
 
 # The fault suite (tests/chaos, ~15 min): scorer, explainer, relay and broker faults under
 # 500 msg/s; each scenario prints its ledger. CHAOS_SEED=N replays a run's fault moments.

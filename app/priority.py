@@ -4,13 +4,13 @@ The explainers are background work: when they are saturated, the broker and the 
 still get a core the moment a transaction arrives. Two levers, each measured by
 ``bench.isolation`` (windows alternating, one run):
 
-- **Explainers under ``SCHED_IDLE``** (:func:`yield_to_verdict_path`). A nice value only weighs
-  the share of CPU; under Linux's EEVDF scheduler a woken nice-0 task may still wait for the
-  running nice-10 task's slice to end, and the verdict path wakes at every hop (client → shim
-  → noida-db → shim → scorer → …). A task of any normal policy that wakes preempts a
-  ``SCHED_IDLE`` task at once. Any user may lower its own policy. The explainers still run
-  whenever a core is free; they only ever wait for the verdict path (and for other work on the
-  machine, which is why it is a setting).
+- **Explainers at nice 10, or under ``SCHED_IDLE``** (:func:`yield_to_verdict_path`). A nice
+  value only weighs the share of CPU; under Linux's EEVDF scheduler a woken nice-0 task may
+  still wait for the running nice-10 task's slice to end, and the verdict path wakes at every
+  hop (client → shim → noida-db → shim → scorer → …). A task of any normal policy that wakes
+  preempts a ``SCHED_IDLE`` task at once; any user may lower its own policy. It is off by
+  default: it did not buy isolation in the measurements (README → Performance), and it leaves
+  the explainers only what every other process on the machine leaves.
 - **Broker and scorer at a negative nice** (:func:`favour_verdict_path`), where the process may
   (root, or ``CAP_SYS_NICE``): a larger share of a contended core. Without the permission
   nothing changes and one line says so.

@@ -148,9 +148,9 @@ class Settings(BaseSettings):
     explain_stats_every_s: float = Field(10.0, gt=0, description="How often an explainer logs its counts.")
     explainer_nice: int = Field(10, ge=0, le=19, description="os.nice increment of explainer processes.")
     explainer_sched_idle: bool = Field(
-        True,
-        description="Run explainers under SCHED_IDLE: a woken broker or scorer preempts them at once "
-        "(app/priority.py); off leaves them at explainer_nice only.",
+        False,
+        description="Run explainers under SCHED_IDLE (a woken broker or scorer preempts them at once; "
+        "app/priority.py) instead of at explainer_nice only.",
     )
     verdict_path_nice: int = Field(
         -5,

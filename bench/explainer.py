@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import re
 import tempfile
@@ -45,6 +46,8 @@ STAMP = "2026-11-28T12:00:00.000000Z"
 
 
 HIGH_P95_TARGET_MS = 500.0
+GAP_P95_TARGET_MS = 2000.0
+GAP_RUNS = ((2, 500.0), (1, 300.0))  # (explainers, tx/s) of issue 18's target 5
 DRAIN_RATIO_TARGET = 1.6
 STATS_LINE = re.compile(r"explainer pid (\d+): explained (\d+) ")
 
@@ -102,6 +105,17 @@ def _percentiles(values: list[float]) -> dict[str, float]:
         **{f"p{q}_ms": round(float(np.percentile(array, q)), 1) for q in (50, 95)},
         "max_ms": round(float(array.max()), 1),
     }
+
+
+def _p95_counting_unfinished(gaps: list[float], routed: int) -> float | None:
+    """p95 of the gap over every routed request, an unfinished one counting as endless (None:
+    more than 5% unfinished, or none routed): the target's figure, which a backlog left at the
+    end of a run cannot flatter."""
+    if not routed:
+        return None
+    ordered = sorted(gaps) + [float("inf")] * (routed - len(gaps))
+    value = ordered[math.ceil(0.95 * routed) - 1]
+    return round(value, 1) if math.isfinite(value) else None
 
 
 def _stages(timings: list[dict[str, Any]]) -> dict[str, float]:
@@ -245,6 +259,7 @@ def end_to_end(models: Path, rate: float, seconds: float, explainers: int) -> di
                 by_priority[priority] = {
                     "routed": len(ids), **_percentiles(gaps), **_stages([u["timings"] for u in done]),
                     "published": _percentiles(published),
+                    "p95_all_ms": _p95_counting_unfinished(published, len(ids)),
                 }  # fmt: skip
             return {
                 "rate": rate, "offered_tx_per_s": round(offered, 1), "seconds": seconds,
@@ -312,9 +327,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     high_p95 = max(high.get("p95_ms", float("inf")), high["published"].get("p95_ms", float("inf")))
     drain_one, drain_two = results["drain"]
     ratio = round(drain_one["drain_s"] / drain_two["drain_s"], 2)
-    return {
+    summary: dict[str, Any] = {
         "gap_ms_p50_p95_published_p95": {
-            f"{run['explainers']} explainer(s)": {
+            f"{run['explainers']} explainer(s) at {run['rate']:.0f} tx/s": {
                 p: [g.get("p50_ms"), g.get("p95_ms"), g["published"].get("p95_ms"), f"{g['n']}/{g['routed']}"]
                 for p, g in run["gap_by_priority"].items()
             }
@@ -339,6 +354,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         },
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+    for run in results["end_to_end"]:  # issue 18, target 5: every priority, lows sampled at 1.0
+        if (run["explainers"], run["rate"]) in GAP_RUNS:
+            worst = [g["p95_all_ms"] for g in run["gap_by_priority"].values()]
+            value = None if None in worst else max(worst)
+            who = f"{run['explainers']} explainer(s) at {run['rate']:.0f} tx/s"
+            name = f"gap_p95_le_2s_{run['explainers']}_explainers_at_{run['rate']:.0f}"
+            summary["targets"][name] = target(
+                f"every priority's gap p95 ≤ 2 s, {who}, unfinished counted", value, GAP_P95_TARGET_MS
+            )
+    return summary
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -402,7 +427,8 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
         "drain": [drain(models, backlog, warm, n) for n in (1, 2)],
         "end_to_end": [
             end_to_end(models, 500.0, 4.0 if quick else 15.0, n) for n in ((1,) if quick else (1, 2))
-        ],
+        ]
+        + ([] if quick else [end_to_end(models, 300.0, 15.0, 1)]),
     }
     summary = summarize(results)
     targets = summary.pop("targets")

@@ -1,13 +1,23 @@
 """Isolation: does explainer load cost the verdict path? Verdict p99 at a paced rate with the
 explainers saturated (a backlog of low-priority work, interventional SHAP) divided by verdict p99
 with the explainers stopped (SIGSTOP: no CPU, no I/O), measured in one run in alternating
-windows off/on/off/on. Target: ratio ≤ 1.2.
+windows. Target: ratio ≤ 1.2 with the product's defaults.
+
+Each saturated window runs under one *lever* (issue 18, target 4; ``app/priority.py``), set on
+every thread of the running processes before the window, and each follows a stopped window:
+``nice10`` (before: explainers at nice 10, verdict path at 0), ``idle`` (explainers under
+SCHED_IDLE), ``nice10+vp`` (broker and scorer at the verdict-path nice), ``idle+vp`` (both). The
+target is judged on the lever ``Settings`` defaults to. The levers that raise a priority need
+root; without it only the default's unprivileged part runs.
 
     python -m bench.isolation [--quick] [--models DIR]
 """
 
 from __future__ import annotations
 
+import ast
+import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -16,13 +26,21 @@ from typing import Any
 import orjson
 import psutil
 
+from app.settings import Settings
 from bench.common import cdf_points, cpu_seconds, load_average, percentiles, plot_cdfs, start_scorer, target
 from bench.explainer import _explained_by, _verdicts
 from bench.scorer import _paced
 from tests.integration.harness import Stack, wait_until
 
 RATIO_TARGET = 1.2
-WINDOW_KEYS = ("explainers", "explainers_cpu_cores", "broker_cpu_cores", "scorer_cpu_cores", "load_average")
+WINDOW_KEYS = (
+    "explainers",
+    "lever",
+    "explainers_cpu_cores",
+    "broker_cpu_cores",
+    "scorer_cpu_cores",
+    "load_average",
+)
 
 
 def _low_backlog(models: Path, count: int) -> list[dict[str, Any]]:
@@ -38,6 +56,55 @@ def _set_running(pids: list[int], running: bool) -> None:
         process = psutil.Process(pid)
         for member in [process, *process.children(recursive=True)]:
             member.resume() if running else member.suspend()
+
+
+# lever → (explainers under SCHED_IDLE, explainers' nice, broker's and scorer's nice)
+def levers() -> tuple[dict[str, tuple[bool, int, int]], str]:
+    """The levers this process may set, and the name of the one ``Settings`` defaults to."""
+    defaults = Settings()
+    vp = defaults.verdict_path_nice
+    table = {
+        "nice10": (False, 10, 0), "idle": (True, 10, 0),
+        "nice10+vp": (False, 10, vp), "idle+vp": (True, 10, vp),
+    }  # fmt: skip
+    wanted = (defaults.explainer_sched_idle, defaults.explainer_nice, vp)
+    default = next(name for name, lever in table.items() if lever == wanted)
+    if os.geteuid() != 0:  # raising a priority (or leaving SCHED_IDLE) needs root
+        table = {"idle": table["idle"]} if defaults.explainer_sched_idle else {"nice10": table["nice10"]}
+        default = next(iter(table))
+    return table, default
+
+
+def _threads(pids: list[int]) -> list[int]:
+    tids = []
+    for pid in pids:
+        process = psutil.Process(pid)
+        for member in [process, *process.children(recursive=True)]:
+            tids += [t.id for t in member.threads()]
+    return tids
+
+
+def _apply(lever: tuple[bool, int, int], explainers: list[int], verdict_path: list[int]) -> None:
+    """Every thread of the explainers and of the verdict path's processes, as the lever says."""
+    idle, explainer_nice, vp_nice = lever
+    for tid in _threads(explainers):
+        os.sched_setscheduler(tid, os.SCHED_IDLE if idle else os.SCHED_OTHER, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, tid, explainer_nice)
+    for tid in _threads(verdict_path):
+        os.setpriority(os.PRIO_PROCESS, tid, vp_nice)
+
+
+QUEUED = re.compile(r"explainer pid (\d+): explained .* queued (\{[^}]*\})")
+
+
+def _queued_at_end(stack: Stack) -> dict[int, int]:
+    """Requests each explainer held in its queues at its latest stats line."""
+    queued: dict[int, int] = {}
+    for process in stack.processes:
+        if process.name == "explainer" and process.log.exists():
+            for match in QUEUED.finditer(process.log.read_text(errors="replace")):
+                queued[int(match.group(1))] = sum(ast.literal_eval(match.group(2)).values())
+    return queued
 
 
 def _send(stack: Stack, verdicts: list[dict[str, Any]]) -> None:
@@ -60,8 +127,12 @@ def measure(stack: Stack, quick: bool, models: Path) -> dict[str, Any]:
     wait_until(lambda: len(_explained_by(stack)) >= 1, 120, "an explainer to start on the backlog", 0.5)
     pids = [p.pid for p in explainers]
     roles = {"explainers": pids, "broker": [stack.processes[0].pid], "scorer": [stack.processes[1].pid]}
+    table, floor = levers()  # a stopped window runs with the defaults: the floor of every lever
+    names = sorted({"nice10", floor}) if quick else list(table)
+    plan = [(state, lever) for _ in range(2) for lever in names for state in ("off", "on")]
     windows = []
-    for index, state in enumerate(("off", "on", "off", "on")):
+    for index, (state, lever) in enumerate(plan):
+        _apply(table[lever if state == "on" else floor], pids, roles["broker"] + roles["scorer"])
         _set_running(pids, state == "on")
         cpu_before = {role: cpu_seconds(members) for role, members in roles.items()}
         began = time.monotonic()
@@ -71,11 +142,17 @@ def measure(stack: Stack, quick: bool, models: Path) -> dict[str, Any]:
             f"{r}_cpu_cores": round((cpu_seconds(m) - cpu_before[r]) / elapsed, 2) for r, m in roles.items()
         }
         windows.append({
-            "explainers": state, "rate": rate, "seconds": seconds, "latency_ms": run["latency_ms"],
+            "explainers": state, "lever": lever if state == "on" else "-", "rate": rate,
+            "seconds": seconds, "latency_ms": run["latency_ms"],
             **busy, "load_average": load_average(), "samples": run["samples"],
         })  # fmt: skip
     _set_running(pids, True)
-    return {"windows": windows, "backlog": len(backlog), "explained_by_process": _explained_by(stack)}
+    explained, queued = _explained_by(stack), _queued_at_end(stack)
+    # every saturated window must have had work: a drained queue would flatter the ratio
+    assert len(queued) == len(pids) and all(queued.values()), f"an explainer ran out of work: {queued}"
+    return {"windows": windows, "backlog": len(backlog), "explained_by_process": explained, "default": floor,
+            "levers": {name: dict(zip(("explainers_sched_idle", "explainers_nice", "verdict_path_nice"),
+                                      table[name], strict=True)) for name in names}}  # fmt: skip
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
@@ -86,15 +163,18 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
             raw = measure(stack, quick, models)
         finally:
             stack.stop_all()
-    pooled = {
-        state: [s for w in raw["windows"] if w["explainers"] == state for s in w["samples"]]
-        for state in ("off", "on")
+    off = [s for w in raw["windows"] if w["explainers"] == "off" for s in w["samples"]]
+    on = {
+        lever: [s for w in raw["windows"] if w["lever"] == lever for s in w["samples"]]
+        for lever in raw["levers"]
     }
-    stats = {state: percentiles(samples) for state, samples in pooled.items()}
-    ratio = round(stats["on"]["p99"] / stats["off"]["p99"], 2) if stats["off"].get("p99") else None
+    stats = {"off": percentiles(off)} | {lever: percentiles(samples) for lever, samples in on.items()}
+    ratios = {lever: round(stats[lever]["p99"] / stats["off"]["p99"], 2) for lever in on}
+    headline = raw["default"]
     name = "isolation-quick.png" if quick else "isolation.png"
     plot_cdfs(
-        {f"explainers {state} ({len(s)} verdicts)": s for state, s in pooled.items()},
+        {f"explainers stopped ({len(off)} verdicts)": off}
+        | {f"saturated, {lever} ({len(s)} verdicts)": s for lever, s in on.items()},
         out / name, f"Verdict latency at {raw['windows'][0]['rate']:.0f} tx/s, explainers stopped/saturated",
         "produce → verdict consumed, ms",
     )  # fmt: skip
@@ -102,8 +182,12 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
         window["cdf_ms"] = cdf_points(window.pop("samples"))
     summary = {
         "rate": raw["windows"][0]["rate"], "window_s": raw["windows"][0]["seconds"],
-        "p99_ms_off": stats["off"].get("p99"), "p99_ms_on": stats["on"].get("p99"), "p99_ratio": ratio,
-        "p50_ms_off": stats["off"].get("p50"), "p50_ms_on": stats["on"].get("p50"),
+        "lever_of_target": headline, "levers": raw["levers"],
+        "p99_ms_off": stats["off"].get("p99"), "p99_ms_on": stats[headline].get("p99"),
+        "p99_ratio": ratios[headline], "p50_ms_off": stats["off"].get("p50"),
+        "p50_ms_on": stats[headline].get("p50"),
+        "by_lever": {lever: {"p50_ms": stats[lever].get("p50"), "p99_ms": stats[lever].get("p99"),
+                             "p99_ratio": ratios[lever]} for lever in on},
         "windows": [
             {k: w[k] for k in WINDOW_KEYS} | {
                 "p50_ms": w["latency_ms"]["p50"], "p99_ms": w["latency_ms"]["p99"]}
@@ -111,7 +195,9 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
         ],
     }  # fmt: skip
     targets = {
-        "isolation_p99_ratio": target("verdict p99 explainers saturated / stopped ≤ 1.2", ratio, RATIO_TARGET)
+        "isolation_p99_ratio": target(
+            f"verdict p99 explainers saturated ({headline}) / stopped ≤ 1.2", ratios[headline], RATIO_TARGET
+        )
     }
     return {"summary": summary, "targets": targets, "raw": raw, "plots": [name]}
 

@@ -63,17 +63,30 @@ def _isolation(b: Mapping[str, Any]) -> list[str]:
          w.get("broker_cpu_cores", "—"), w.get("scorer_cpu_cores", "—"), w.get("load_average", "—")]
         for w in s["windows"]
     ]  # fmt: skip
+    rows = [[w.get("lever", "—"), *row] for w, row in zip(s["windows"], rows, strict=True)]
+    levers = [
+        [name, "SCHED_IDLE" if lever["explainers_sched_idle"] else f"nice {lever['explainers_nice']}",
+         f"nice {lever['verdict_path_nice']}", _ms(s["by_lever"][name]["p50_ms"]),
+         _ms(s["by_lever"][name]["p99_ms"]), f"{s['by_lever'][name]['p99_ratio']}"]
+        for name, lever in s.get("levers", {}).items()
+    ]  # fmt: skip
     return [
         f"{_num(s['rate'])} tx/s, {_num(s['window_s'])} s windows, two explainers on interventional "
-        "SHAP with a low-priority backlog, stopped (SIGSTOP) in the off windows. Pooled p99: off "
-        f"{_ms(s['p99_ms_off'])}, on {_ms(s['p99_ms_on'])}, **ratio {s['p99_ratio']}** "
-        f"(p50 {_ms(s['p50_ms_off'])} → {_ms(s['p50_ms_on'])}).",
+        "SHAP with a low-priority backlog, stopped (SIGSTOP) in the off windows; each saturated window "
+        "under one scheduling lever (`app/priority.py`), set on every thread before it. Pooled p99: off "
+        f"{_ms(s['p99_ms_off'])}, on with the defaults ({s.get('lever_of_target', '—')}) "
+        f"{_ms(s['p99_ms_on'])}, **ratio {s['p99_ratio']}** (p50 {_ms(s['p50_ms_off'])} → "
+        f"{_ms(s['p50_ms_on'])}).",
+        "",
+        *_table(["lever", "explainers", "broker and scorer", "verdict p50", "verdict p99", "p99 ÷ off"],
+                levers),
         "",
         *_table(
-            ["explainers", "verdict p50", "verdict p99", "CPU cores: explainers", "broker", "scorer", "load"],
+            ["lever", "explainers", "verdict p50", "verdict p99", "CPU cores: explainers", "broker", "scorer",
+             "load"],
             rows,
         ),
-    ]
+    ]  # fmt: skip
 
 
 def _sync(b: Mapping[str, Any]) -> list[str]:
@@ -207,6 +220,31 @@ def _broker_store(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _records(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    rows = [[topic, _num(n)] for topic, n in sorted(s["per_topic"].items(), key=lambda kv: -kv[1])]
+    return [
+        f"{_num(s['transactions'])} transactions through broker, scorer and one explainer, every "
+        f"explanation complete: **{_num(s['records_per_tx'])} broker records per transaction** "
+        "(end offsets after − before; DESIGN-NOTES says what each is for).",
+        "",
+        *_table(["topic", "records per transaction"], rows),
+    ]
+
+
+def _soak(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    if not s.get("found"):
+        return [f"No soak result: {s.get('why', 'not run')}."]
+    failed = [c["series"] for c in s["checks"] if not c["ok"]]
+    return [
+        f"`{s['command']}` ({s['date']}, commit `{s['git_commit']}`): {_num(s['minutes'])} minutes at "
+        f"{_num(s['rate'])} tx/s, {s['explainers']} explainer(s), lows sampled at {s['low_sample_rate']}; "
+        f"sent {_num(s['sent'])}, lost {_num(s['lost'])}; **{'passed' if s['passed'] else 'failed'}**"
+        + (f" (grew: {', '.join(failed)})." if failed else "."),
+    ]
+
+
 def _validator(b: Mapping[str, Any]) -> list[str]:
     s = b["summary"]
     return [
@@ -223,6 +261,8 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "explainer": ("Explanation gap per priority at 500 tx/s, and drain", _explainer),
     "explainer_cost": ("Explainer cost", _explainer_cost),
     "cost": ("Whole-stack CPU per explained transaction, and the explainer's beside SHAP's", _cost),
+    "records": ("Broker records per transaction", _records),
+    "soak": ("Soak (`make soak`, run apart: 30 minutes)", _soak),
     "relay": ("Relay fan-out", _relay),
     "memory": ("Memory per role", _memory),
     "validator": ("Validator", _validator),

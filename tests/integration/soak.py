@@ -254,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     """``make soak``: the real stack at a steady rate; JSON + PNG report; exit 1 if anything grows."""
     import argparse
     import os
+    import sys
     import tempfile
+    from datetime import UTC, datetime
     from pathlib import Path
 
     import orjson
 
+    from bench.common import git_commit
     from tests.integration import soak_report
     from tests.integration.harness import start_relay
 
@@ -266,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     positive = _positive_float
     # string defaults go through ``type`` too, so a bad SOAK_MINUTES is reported like a bad option
     parser.add_argument("--minutes", type=positive, default=os.environ.get("SOAK_MINUTES", "30"))
-    parser.add_argument("--rate", type=positive, default=os.environ.get("SOAK_RATE", "500"))
+    parser.add_argument("--rate", type=positive, default=os.environ.get("SOAK_RATE", "300"))
     parser.add_argument("--sample-s", type=positive, default=None, help="sampling period [run/180, ≥ 5 s]")
     parser.add_argument("--explainers", type=int, choices=range(1, 9), default=1, metavar="1..8")
-    parser.add_argument("--low-sample-rate", type=_share, default="0.1", help="explainers' low sampling")
+    parser.add_argument("--low-sample-rate", type=_share, default="1.0", help="explainers' low sampling")
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results-soak"), help="writes OUT.json and OUT.png"
@@ -288,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         report = run_full_soak(stack, url, args.rate, args.minutes, sample_s)
     finally:
         stack.stop_all()
-    report |= {"explainers": args.explainers, "low_sample_rate": args.low_sample_rate}
+    report |= {
+        "explainers": args.explainers, "low_sample_rate": args.low_sample_rate,
+        "command": "python -m tests.integration.soak " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
+    }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out.with_suffix(".json"), args.out.with_suffix(".png")
     json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

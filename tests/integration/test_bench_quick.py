@@ -39,7 +39,7 @@ def test_every_benchmark_runs_in_its_quick_form(tmp_path: Path, models_dir: Path
             assert (tmp_path / plot).stat().st_size > 1000, (name, plot)
         assert len(bench["load_average_before"]) == 3 and len(bench["load_average_after"]) == 3
     # the benchmarks with targets in the issue report them
-    for name in ("scorer", "isolation", "sync", "explainer", "relay", "memory"):
+    for name in ("scorer", "isolation", "sync", "explainer", "relay", "memory", "records", "cost", "soak"):
         assert results["benchmarks"][name]["targets"], name
     assert "**Targets**" in render(results)
     assert (REPO / "README.md").read_text() == readme_before, "a quick run must not regenerate the README"
