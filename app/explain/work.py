@@ -69,41 +69,56 @@ class ExplanationMemo:
             self._entries.popitem(last=False)
 
 
+# Why a request's model version cannot be loaded, the first matching kind first.
+_LOAD_FAILURES: tuple[tuple[type[Exception], FailureCode], ...] = (
+    (UnknownModelVersion, FailureCode.UNKNOWN_MODEL_VERSION),
+    (IncompatibleModelError, FailureCode.INCOMPATIBLE_MODEL),
+    (UnsupportedModel, FailureCode.UNSUPPORTED_METHOD),
+    (RegistryError, FailureCode.UNKNOWN_MODEL_VERSION),
+)
+
+
 def prepare(
     explainers: ExplainerCache, requests: Sequence[Mapping[str, Any]], default_method: str
 ) -> list[Prepared]:
     """Load each request's model version (cached per version) and build its row and signature."""
-    out = []
-    for request in requests:
-        method = str(request.get("method") or default_method)
-        item = Prepared(request, method)
-        out.append(item)
-        if method not in METHODS:
-            item.failure = (FailureCode.UNSUPPORTED_METHOD, f"unknown explanation method {method!r}")
-            continue
-        try:
-            item.explainer = explainers.get(str(request["model_version"]))
-            if method != "tree":
-                item.explainer.warm(method)
-        except UnknownModelVersion as exc:
-            item.failure = (FailureCode.UNKNOWN_MODEL_VERSION, str(exc))
-            continue
-        except IncompatibleModelError as exc:
-            item.failure = (FailureCode.INCOMPATIBLE_MODEL, str(exc))
-            continue
-        except UnsupportedModel as exc:
-            item.failure = (FailureCode.UNSUPPORTED_METHOD, str(exc))
-            continue
-        except RegistryError as exc:
-            item.failure = (FailureCode.UNKNOWN_MODEL_VERSION, str(exc))
-            continue
-        try:
-            item.row = features_matrix([request["features"]], item.explainer.feature_names)
-        except (ValueError, TypeError, KeyError) as exc:
-            item.failure = (FailureCode.INVALID_REQUEST, f"features: {exc}")
-            continue
-        item.cache_key = item.explainer.signatures(item.row)[0].cache_key(method)
+    out = [_prepared(explainers, request, default_method) for request in requests]
+    _sign(out)
     return out
+
+
+def _prepared(explainers: ExplainerCache, request: Mapping[str, Any], default_method: str) -> Prepared:
+    """One request's explainer and feature row, or why not (its cache key comes from ``_sign``)."""
+    method = str(request.get("method") or default_method)
+    item = Prepared(request, method)
+    if method not in METHODS:
+        item.failure = (FailureCode.UNSUPPORTED_METHOD, f"unknown explanation method {method!r}")
+        return item
+    try:
+        item.explainer = explainers.get(str(request["model_version"]))
+        if method != "tree":
+            item.explainer.warm(method)
+    except (UnknownModelVersion, IncompatibleModelError, UnsupportedModel, RegistryError) as exc:
+        item.failure = (next(code for kind, code in _LOAD_FAILURES if isinstance(exc, kind)), str(exc))
+        return item
+    try:
+        item.row = features_matrix([request["features"]], item.explainer.feature_names)
+    except (ValueError, TypeError, KeyError) as exc:
+        item.failure = (FailureCode.INVALID_REQUEST, f"features: {exc}")
+    return item
+
+
+def _sign(prepared: Sequence[Prepared]) -> None:
+    """Cache keys, one ``signatures`` call per model version on its rows stacked: its cost is a
+    ``searchsorted`` per feature per call, whatever the rows (docs/cost.md, lever 5)."""
+    by_version: dict[str, list[Prepared]] = {}
+    for item in prepared:
+        if item.explainer is not None and item.row is not None:
+            by_version.setdefault(item.explainer.version, []).append(item)
+    for items in by_version.values():
+        signatures = items[0].explainer.signatures(np.vstack([item.row for item in items]))  # type: ignore[union-attr,misc]
+        for item, signature in zip(items, signatures, strict=True):
+            item.cache_key = signature.cache_key(item.method)
 
 
 def compute(prepared: Sequence[Prepared], cached: Sequence[Explanation | None]) -> list[Outcome]:

@@ -11,6 +11,8 @@ import pytest
 
 from app.contracts import validate_message
 from app.explain import ExplainerCache, FailureCode, explain_request
+from app.explain.core import Explainer
+from app.explain.messages import features_matrix
 from app.explain.state import (
     SAMPLED_OUT,
     RouteAction,
@@ -187,6 +189,32 @@ def test_batch_with_cache_hits_and_failures(models_dir: Path, verdicts: list[dic
         assert hit.explanation.contributions == fresh.explanation.contributions
         assert hit.explanation.raw_score == fresh.explanation.raw_score
     assert Registry(models_dir).current() in explainers.loaded()
+
+
+def test_a_batch_is_signed_in_one_call_per_model_version(
+    models_dir: Path, verdicts: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cache key is its row's own signature, from one ``signatures`` call for the batch."""
+    explainers = ExplainerCache(models_dir)
+    requests = [request_of(v) for v in verdicts[:12]]
+    unknown = {**requests[0], "model_version": "0123456789ab"}
+    broken = {**requests[1], "features": {"amount": 1.0}}
+    explainer = explainers.get(requests[0]["model_version"])
+    alone = [
+        explainer.signatures(features_matrix([r["features"]], explainer.feature_names))[0].cache_key("tree")
+        for r in requests
+    ]
+    calls: list[int] = []
+    signatures = Explainer.signatures
+
+    def counted(self: Explainer, matrix: np.ndarray) -> Any:
+        calls.append(len(matrix))
+        return signatures(self, matrix)
+
+    monkeypatch.setattr(Explainer, "signatures", counted)
+    prepared = prepare(explainers, [requests[0], unknown, *requests[1:], broken], "tree")
+    assert [item.cache_key for item in prepared] == [alone[0], None, *alone[1:], None]
+    assert len(set(alone)) > 1 and calls == [12]
 
 
 def test_memo_is_bounded() -> None:
