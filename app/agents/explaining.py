@@ -53,7 +53,7 @@ from faust.types import EventT, StreamT
 
 from app import metrics
 from app.agents.explain_io import TableWriter, named_sink, source_of, stored_json, utc_now
-from app.agents.skips import Skips, contract_problem
+from app.agents.skips import Skips, checked_record
 from app.app import app, explain_topics
 from app.explain.core import ExplainerCache, Explanation
 from app.explain.messages import FailureCode
@@ -74,10 +74,6 @@ class Work:
     stream: StreamT
     event: EventT
     fast_request: bytes | None = None  # handed over by the router; ``event`` is then the verdict
-
-    @property
-    def request(self) -> bytes:
-        return self.event.message.value or b"" if self.fast_request is None else self.fast_request
 
 
 class WorkQueue:
@@ -298,12 +294,15 @@ class Explaining:
             work = queued.item
             stream, event = work.stream, work.event
             message = event.message
-            problem = None if work.fast_request else contract_problem(message.value, message.key, SCHEMA)
-            if problem is not None:  # only a misconfigured client writes these topics
-                self.skips.skip(event.message.topic, source_of(event), problem)
-                self.stats.counts["invalid"] += 1
-                continue  # acked with its batch: skipped, counted, logged (rate-limited)
-            request = dict(orjson.loads(work.request))
+            if work.fast_request is not None:
+                request = dict(orjson.loads(work.fast_request))
+            else:  # parsed once: the checked object is the request (docs/cost.md, lever 6)
+                checked, problem = checked_record(message.value, message.key, SCHEMA)
+                if checked is None:  # only a misconfigured client writes these topics
+                    self.skips.skip(event.message.topic, source_of(event), str(problem))
+                    self.stats.counts["invalid"] += 1
+                    continue  # acked with its batch: skipped, counted, logged (rate-limited)
+                request = checked
             key = str(request["transaction_id"]).encode()
             request.setdefault("method", settings.explain_method)
             row = from_record(stored_json(self.writer.get(stream, event, explanations, key)))

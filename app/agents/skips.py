@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -52,15 +53,25 @@ def contract_problem(value: bytes | None, key: bytes | None, schema: str) -> str
 
     Checked: a JSON object valid against ``schemas/<schema>.schema.json``, keyed by its
     ``transaction_id`` (the partition that owns the transaction's row)."""
+    return checked_record(value, key, schema)[1]
+
+
+def checked_record(
+    value: bytes | None, key: bytes | None, schema: str
+) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """``contract_problem`` with the object it parsed: (object, None), or (None, why not).
+
+    The caller uses that object instead of parsing the value again (docs/cost.md, lever 6); the
+    schemas have no ``default``, so validation leaves it as parsed."""
     if not value:
-        return "null value (a tombstone)" if value is None else "empty value"
+        return None, "null value (a tombstone)" if value is None else "empty value"
     try:
         obj = orjson.loads(value)
         contracts.validator(schema)(obj)
     except orjson.JSONDecodeError as exc:
-        return f"not JSON: {str(exc)[:120]}"
+        return None, f"not JSON: {str(exc)[:120]}"
     except fastjsonschema.JsonSchemaException as exc:
-        return f"not a valid {schema}: {ascii(str(exc))[:160]}"
+        return None, f"not a valid {schema}: {ascii(str(exc))[:160]}"
     if key != obj["transaction_id"].encode():
-        return f"key {ascii(key[:64]) if key is not None else 'None'} is not its transaction_id"
-    return None
+        return None, f"key {ascii(key[:64]) if key is not None else 'None'} is not its transaction_id"
+    return obj, None

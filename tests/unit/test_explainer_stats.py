@@ -14,7 +14,7 @@ import pytest
 from app import metrics
 from app.agents import explaining
 from app.agents import skips as skips_module
-from app.agents.skips import Skips, contract_problem
+from app.agents.skips import Skips, checked_record, contract_problem
 from app.explain.scheduler import AgingScheduler
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,6 +135,16 @@ def test_contract_problem_names_what_is_wrong(value: bytes | None, key: bytes | 
 
 def test_a_valid_verdict_has_no_contract_problem() -> None:
     assert contract_problem(VERDICT, VERDICT_KEY, "verdict") is None
+
+
+@pytest.mark.parametrize("schema", ["verdict", "explain_request"])
+def test_a_checked_record_is_the_record_as_parsed(schema: str) -> None:
+    """The worker uses the checked object as its request: it must be the record, unchanged."""
+    value = (REPO / "schemas" / "examples" / f"{schema}.valid.json").read_bytes()
+    key = orjson.loads(value)["transaction_id"].encode()
+    assert checked_record(value, key, schema) == (orjson.loads(value), None)
+    stranger = b"somebody-else"
+    assert checked_record(value, stranger, schema) == (None, contract_problem(value, stranger, schema))
 
 
 def test_skips_are_counted_each_and_logged_at_most_once_per_interval(
