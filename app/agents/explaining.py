@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from faust.types import EventT, StreamT
@@ -55,7 +55,7 @@ from app import metrics
 from app.agents.explain_io import TableWriter, named_sink, source_of, stored_json, utc_now
 from app.agents.skips import Skips, checked_record
 from app.app import app, explain_topics
-from app.explain.core import ExplainerCache, Explanation
+from app.explain.core import ExplainerCache
 from app.explain.messages import FailureCode
 from app.explain.scheduler import AgingScheduler, BatchSizer, Queued
 from app.explain.state import WorkAction, calculating, failed, finished, from_record, to_record, work_action
@@ -342,20 +342,13 @@ class Explaining:
             return []
         loop = asyncio.get_running_loop()
         requests = [job.request for job in jobs]
-        prepared = await loop.run_in_executor(
-            self.executor, prepare, self.explainers, requests, settings.explain_method
+        computed = await loop.run_in_executor(
+            self.executor, _explain_on_thread, self.explainers, self.memo, requests, settings.explain_method
         )
-        for job, item in zip(jobs, prepared, strict=True):
+        for job, item in zip(jobs, computed.prepared, strict=True):
             job.cache_key = item.cache_key
-        cached = [self._cached(job) for job in jobs]
-        outcomes, cpu_s = await loop.run_in_executor(self.executor, _timed_compute, prepared, cached)
-        self.sizer.measured(sum(c is None for c in cached), cpu_s)
-        return outcomes
-
-    def _cached(self, job: _Job) -> Explanation | None:
-        """The in-memory cache only: a changelog-backed cache table cost one broker record per
-        computed explanation and added no hits on generator traffic (DESIGN-NOTES)."""
-        return None if job.cache_key is None else self.memo.get(job.cache_key)
+        self.sizer.measured(computed.misses, computed.cpu_s)
+        return computed.outcomes
 
     def _finish(self, job: _Job, outcome: Outcome, completed_at: str) -> None:
         stream, event = job.queued.item.stream, job.queued.item.event
@@ -385,15 +378,29 @@ def _observe(row: dict[str, Any], outcome: Outcome) -> None:
         metrics.EXPLANATION_GAP.labels(priority=priority).observe(gap_ms / 1000)
 
 
-def _timed_compute(
-    prepared: Sequence[Prepared], cached: Sequence[Explanation | None]
-) -> tuple[list[Outcome], float]:
-    """``compute`` and the CPU time it took on this thread (what batch sizing measures: wall
-    time would also count the waits for a core on a busy machine, and shrink batches until
-    their fixed costs dominate)."""
+class _Computed(NamedTuple):
+    prepared: list[Prepared]
+    outcomes: list[Outcome]
+    misses: int  # requests without a cached explanation
+    cpu_s: float  # compute's CPU time on the thread
+
+
+def _explain_on_thread(
+    explainers: ExplainerCache, memo: ExplanationMemo, requests: Sequence[dict[str, Any]], method: str
+) -> _Computed:
+    """``prepare``, the memo lookups and ``compute`` in one executor hand-off (docs/cost.md,
+    lever 4). The cache is the in-memory memo alone (a changelog-backed cache table cost one
+    broker record per computed explanation and added no hits on generator traffic: DESIGN-NOTES);
+    only the loop writes it (``_finish``), after this call returned and before the next begins.
+
+    ``cpu_s`` is ``compute``'s CPU time on this thread, what batch sizing measures: wall time
+    would also count the waits for a core on a busy machine, and shrink batches until their
+    fixed costs dominate."""
+    prepared = prepare(explainers, requests, method)
+    cached = [None if item.cache_key is None else memo.get(item.cache_key) for item in prepared]
     began = time.thread_time()
     outcomes = compute(prepared, cached)
-    return outcomes, time.thread_time() - began
+    return _Computed(prepared, outcomes, sum(c is None for c in cached), time.thread_time() - began)
 
 
 def _current(event: EventT) -> bool:

@@ -1,8 +1,8 @@
 """One SHAP batch: requests in, explanations (or failures) out. No Kafka, no Faust.
 
-The worker calls ``prepare`` and ``compute`` on a thread (explainer construction and SHAP are
-CPU work that must not block the event loop) and does the cache lookups between the two on
-the loop, where the ``explanation_cache`` table can be read under each request's own event.
+The worker calls ``prepare``, its lookups in the in-memory cache (``ExplanationMemo``) and
+``compute`` in one call on a thread (explainer construction and SHAP are CPU work that must not
+block the event loop).
 Requests are grouped by (model version, method): each group is one ``explain_batch`` call for
 the cache misses and one ``explain_from_cache`` call for the hits.
 """

@@ -217,6 +217,27 @@ def test_a_batch_is_signed_in_one_call_per_model_version(
     assert len(set(alone)) > 1 and calls == [12]
 
 
+def test_one_hand_off_prepares_looks_up_the_memo_and_computes(
+    models_dir: Path, verdicts: list[dict[str, Any]]
+) -> None:
+    """The worker's thread call: a second batch of the same rows is all memo hits."""
+    from app.agents.explaining import _explain_on_thread
+
+    explainers, memo = ExplainerCache(models_dir), ExplanationMemo(100)
+    requests = [request_of(v) for v in verdicts[:10]]
+    unknown = {**requests[0], "model_version": "0123456789ab"}
+    first = _explain_on_thread(explainers, memo, [*requests, unknown], "tree")
+    assert first.misses == 11 and first.cpu_s >= 0.0
+    assert [o.cache_hit for o in first.outcomes] == [False] * 11
+    for item, outcome in zip(first.prepared[:10], first.outcomes[:10], strict=True):
+        assert item.cache_key is not None and outcome.explanation is not None
+        memo.put(item.cache_key, outcome.explanation)
+    again = _explain_on_thread(explainers, memo, [*requests, unknown], "tree")
+    assert again.misses == 1 and [o.cache_hit for o in again.outcomes] == [True] * 10 + [False]
+    assert [o.explanation for o in again.outcomes[:10]] == [o.explanation for o in first.outcomes[:10]]
+    assert again.outcomes[10].failure is not None
+
+
 def test_memo_is_bounded() -> None:
     memo = ExplanationMemo(2)
     for key in "abc":
