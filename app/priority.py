@@ -15,8 +15,9 @@ still get a core the moment a transaction arrives. Two levers, each measured by
   (root, or ``CAP_SYS_NICE``): a larger share of a contended core. Without the permission
   nothing changes and one line says so.
 
-Linux applies both per thread, and new threads inherit them from the thread that creates them:
-call these from the main thread before the role starts its threads.
+Linux applies both per thread, and a new thread inherits them from the thread that creates it:
+these set every thread the process has (the parent watch of :mod:`app.lifetime` starts first),
+from the main thread, before the role starts its own.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ import os
 log = logging.getLogger(__name__)
 
 
+def _threads() -> list[int]:
+    return [int(tid) for tid in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+
+
 def yield_to_verdict_path(nice: int, sched_idle: bool) -> str:
     """Lower this process below the verdict path; returns what was applied (for the log)."""
-    os.nice(nice)
-    if not sched_idle:
-        return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    return "SCHED_IDLE"
+    lowered = min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19)
+    for tid in _threads():
+        os.setpriority(os.PRIO_PROCESS, tid, lowered)
+        if sched_idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    return "SCHED_IDLE" if sched_idle else f"nice {lowered}"
 
 
 def favour_verdict_path(role: str, nice: int) -> str:
@@ -42,7 +48,8 @@ def favour_verdict_path(role: str, nice: int) -> str:
     if nice >= current:
         return f"nice {current}"
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        for tid in _threads():
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
     except PermissionError:
         log.info("%s: stays at nice %d (nice %d needs root or CAP_SYS_NICE)", role, current, nice)
         return f"nice {current}"

@@ -3,6 +3,7 @@ dedup, priority with aging under overload, SIGKILL recovery, two workers, cache,
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import orjson
+import psutil
 import shap
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -141,6 +143,21 @@ def explained_counts(stack: Stack) -> dict[int, int]:
 # ------------------------------------------------------------------------------------------
 
 
+def assert_scheduled_below_the_verdict_path(stack: Stack) -> None:
+    """Every thread of the broker (noida-db included) and the scorer at the verdict-path nice
+    where this user may raise a priority (root: CI), every explainer thread 10 above ours."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    verdict_path = min(ours, -5) if os.geteuid() == 0 else ours  # FRAUDLENS_VERDICT_PATH_NICE
+    wanted = {"broker": verdict_path, "scorer": verdict_path, "explainer": min(ours + 10, 19)}
+    seen: dict[str, set[int]] = {}
+    for process in stack.processes:
+        root = psutil.Process(process.pid)
+        for member in [root, *root.children(recursive=True)]:
+            for thread in member.threads():
+                seen.setdefault(process.name, set()).add(os.getpriority(os.PRIO_PROCESS, thread.id))
+    assert seen == {name: {nice} for name, nice in wanted.items()}, seen
+
+
 def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack, models_dir: Path) -> None:
     """500 generator transactions through scorer and explainer: one complete explanation each,
     updates pending → calculating → complete, values equal to shap within 1e-6, additive;
@@ -152,6 +169,7 @@ def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack,
     wanted = {tx["transaction_id"] for tx in transactions}
     updates = stack.reader("explanation.updates")
     wait_complete(updates, wanted, 240)
+    assert_scheduled_below_the_verdict_path(stack)
 
     verdicts = stack.reader("verdicts")
     verdicts.read_until(lambda m: len(m) >= 500, 30, "500 verdicts")
