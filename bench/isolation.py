@@ -112,7 +112,7 @@ def _send(stack: Stack, verdicts: list[dict[str, Any]]) -> None:
 
 
 def measure(stack: Stack, quick: bool, models: Path) -> dict[str, Any]:
-    rate, seconds = (200.0, 3.0) if quick else (1000.0, 15.0)
+    rate, seconds = (200.0, 3.0) if quick else (1000.0, 10.0)  # 16 windows: 8 saturated, 2 per lever
     start_scorer(stack)
     explainer_env = {
         "FRAUDLENS_EXPLAIN_METHOD": "interventional",
