@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from app.broker.datadir import (
@@ -29,6 +30,25 @@ from app.broker.shim import BrokerShim
 from app.lifetime import parent_death_signal
 
 log = logging.getLogger(__name__)
+
+FETCH_COALESCE_ENV = "FRAUDLENS_BROKER_FETCH_COALESCE_MS"
+DEFAULT_FETCH_COALESCE_MS = 50.0  # measured: docs/cost.md, lever 1
+
+
+def fetch_coalesce_ms(environ: Mapping[str, str] = os.environ) -> float:
+    """The shim's coalescing window for background fetches (``BrokerShim``), from
+    ``FRAUDLENS_BROKER_FETCH_COALESCE_MS``; 0 turns it off. Read here, beside the broker it
+    tunes, because no role but the broker uses it."""
+    raw = environ.get(FETCH_COALESCE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FETCH_COALESCE_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1000:
+        raise BrokerStartError(f"{FETCH_COALESCE_ENV} must be 0-1000 (ms), not {raw!r}")
+    return value
 
 
 def noida_binary() -> Path:
@@ -119,9 +139,12 @@ async def serve(
     host: str = "127.0.0.1",
     ready_file: Path | None = None,
     max_retention_s: float = 60.0,
+    fetch_coalesce: float | None = None,
 ) -> int:
     """Run noida-db + shim until SIGINT/SIGTERM/SIGHUP; returns the exit code. Raises
-    BrokerStartError when the data directory is taken or noida-db does not start."""
+    BrokerStartError when the data directory is taken, noida-db does not start or a setting is
+    invalid. ``fetch_coalesce`` (ms): the shim's window [``FRAUDLENS_BROKER_FETCH_COALESCE_MS``]."""
+    coalesce_ms = fetch_coalesce_ms() if fetch_coalesce is None else fetch_coalesce
     data_dir = data_dir.resolve()
     lock = DataDirLock(data_dir)
     try:
@@ -131,7 +154,7 @@ async def serve(
     upstream_port = free_port(host)
     noida = start_noida(data_dir / "noida", upstream_port)
     lock.record(Owner(os.getpid(), process_started(os.getpid()), noida.pid, process_started(noida.pid)))
-    shim = BrokerShim(upstream=(host, upstream_port), listen=(host, port))
+    shim = BrokerShim(upstream=(host, upstream_port), listen=(host, port), fetch_coalesce_ms=coalesce_ms)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: a closed terminal
@@ -141,7 +164,10 @@ async def serve(
         await shim.start()
         await wait_for_metadata(host, port, 30)
         await asyncio.to_thread(_create_app_topics, host, port)
-        log.info("broker ready on %s:%s (noida-db pid %s, data in %s)", host, port, noida.pid, data_dir)
+        log.info(
+            "broker ready on %s:%s (noida-db pid %s, data in %s, background fetches coalesced %g ms)",
+            host, port, noida.pid, data_dir, coalesce_ms,
+        )  # fmt: skip
         if ready_file is not None:
             ready_file.write_text(f"{host}:{port}\n")
         retention = asyncio.create_task(_retention_loop(f"{host}:{upstream_port}", max_retention_s))

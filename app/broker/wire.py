@@ -114,15 +114,16 @@ class RequestHeader:
     api_version: int
     correlation_id: int
     body_offset: int  # where the request body starts in the frame
+    client_id: str | None = None
 
 
 def parse_request_header(frame: bytes) -> RequestHeader:
     reader = Reader(frame)
     api_key, api_version, correlation_id = reader.i16(), reader.i16(), reader.i32()
-    reader.string()  # client_id
+    client_id = reader.string()
     if api_key == API_API_VERSIONS and api_version >= 3:
         _skip_tagged_fields(reader)
-    return RequestHeader(api_key, api_version, correlation_id, reader.pos)
+    return RequestHeader(api_key, api_version, correlation_id, reader.pos, client_id)
 
 
 def _read_uvarint(reader: Reader) -> int:
