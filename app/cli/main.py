@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from app.broker.embedded import DEFAULT_FETCH_COALESCE_MS
 from app.settings import DEFAULT_BROKER_PORT
 
 
@@ -58,7 +59,18 @@ def cli(log_level: str) -> None:
     envvar="FRAUDLENS_BROKER_MAX_RETENTION_S",
     help="Seconds any deletable record is kept (noida-db's cost grows with what it stores).",
 )
-def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retention: float) -> None:
+@click.option(
+    "--fetch-coalesce-ms",
+    default=DEFAULT_FETCH_COALESCE_MS,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1000),
+    envvar="FRAUDLENS_BROKER_FETCH_COALESCE_MS",
+    help="How long a parked fetch of a Faust client (the explainer), woken by a produce, waits for "
+    "more records; every other client is answered at once (0: nobody waits).",
+)
+def broker(
+    port: int, data_dir: Path | None, ready_file: Path | None, max_retention: float, fetch_coalesce_ms: float
+) -> None:
     """Run the embedded Kafka-protocol broker (noida-db behind the fraudlens shim) until Ctrl-C,
     SIGTERM or SIGHUP. One broker per data directory: a directory held by a running broker is
     refused; a noida-db left running there by a broker that was killed is stopped first."""
@@ -70,7 +82,10 @@ def broker(port: int, data_dir: Path | None, ready_file: Path | None, max_retent
     favour_verdict_path("broker", get_settings().verdict_path_nice)
     directory = data_dir or get_settings().data_dir / "broker"
     try:
-        sys.exit(asyncio.run(serve(port, directory, ready_file=ready_file, max_retention_s=max_retention)))
+        sys.exit(asyncio.run(serve(
+            port, directory, ready_file=ready_file, max_retention_s=max_retention,
+            fetch_coalesce=fetch_coalesce_ms,
+        )))  # fmt: skip
     except BrokerStartError as exc:
         raise click.ClickException(str(exc)) from None
 
