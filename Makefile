@@ -77,7 +77,7 @@ chaos: $(STAMP)
 chaos-broker-loss: $(STAMP)
 	CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest -q -s -m "chaos and broker_loss" tests/chaos
 
-# Every benchmark on the real stack (≤ 20 minutes): bench/results.json, bench/*.png, and README's
+# Every benchmark on the real stack (about 25 minutes): bench/results.json, bench/*.png, and README's
 # performance block regenerated from them. QUICK=1: the short forms (CI), into results-quick.json.
 .PHONY: bench
 bench: $(STAMP) models/CURRENT

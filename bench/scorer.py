@@ -248,7 +248,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
-    """For ``python -m bench``: 15 s windows per rate, 50,000 drained (the budget is 20 minutes)."""
+    """For ``python -m bench``: 15 s windows per rate, 50,000 drained (make bench: ~25 minutes)."""
     plan = {"rates": [1000], "drain": 3000} if quick else {"drain": 50_000}
     results = measure_all(quick, models, 3 if quick else 15, plan)
     summary = summarize(results)

@@ -1,5 +1,5 @@
 """Issue 18, target 6: ``make soak`` (30 minutes at 300 tx/s, one explainer) passes its own
-criteria. The soak is too long for ``make bench`` (≤ 20 minutes): this benchmark reads the
+criteria. The soak is too long for ``make bench`` (about 25 minutes): this benchmark reads the
 latest ``make soak`` report (``bench/results-soak.json``, kept in git) and judges it; a report
 of another length, rate or explainer count is no pass.
 
