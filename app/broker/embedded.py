@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 from app.broker.datadir import (
     DataDirBusy,
@@ -140,8 +141,9 @@ async def serve(
     ready_file: Path | None = None,
     max_retention_s: float = 60.0,
     fetch_coalesce: float | None = None,
-) -> int:
-    """Run noida-db + shim until SIGINT/SIGTERM/SIGHUP; returns the exit code. Raises
+) -> NoReturn:
+    """Run noida-db + shim until SIGINT/SIGTERM/SIGHUP, then end the process (``os._exit``: 0,
+    or 1 if noida-db died) once everything is cleaned up; for a process of its own. Raises
     BrokerStartError when the data directory is taken, noida-db does not start or a setting is
     invalid. ``fetch_coalesce`` (ms): the shim's window [``FRAUDLENS_BROKER_FETCH_COALESCE_MS``]."""
     coalesce_ms = fetch_coalesce_ms() if fetch_coalesce is None else fetch_coalesce
@@ -183,14 +185,16 @@ async def serve(
         stop_process(noida)
         lock.release()
         log.info("stopped: noida-db ended (code %s), data dir released", noida.returncode)
-    if code != 0:
-        # noida-db died under us: a retention pass may be blocked in librdkafka calls against it
-        # for their timeouts (5-10 s each), and asyncio.run joins that thread before it returns:
-        # the broker took over 10 s to end (the fault suite's orphan check). Nothing is left to
-        # clean up (the shim is closed, the lock released): end now.
-        logging.shutdown()
-        os._exit(code)
-    return code
+    # Nothing is left to clean up (the shim is closed, noida-db ended, the lock released): end
+    # now, whatever the code. Returning would let asyncio.run cancel the retention task and join
+    # its thread, which may be blocked in librdkafka calls against the noida-db just stopped (or
+    # dead) for their timeouts: a broker took over 10 s to end after a noida-db death (the fault
+    # suite's orphan check), and under `up` a broker that logged "stopped" was still there 15 s
+    # and 120 s later in two full clean-clone `make test` runs (test_up: closed-stdout, ctrl-c).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _reclaim(previous: Owner | None, noida_dir: Path) -> None:

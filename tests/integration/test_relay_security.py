@@ -312,7 +312,8 @@ def test_hostile_frames_and_requests_get_errors_and_the_relay_keeps_serving(secu
     for role, port in ports.items():  # the relay's HTTP side and every role's /metrics server
         for request in RAW_REQUESTS:
             answer = _raw(port, request)
-            status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/1.1 ") else b""
+            # aiohttp answers a request line it cannot parse as HTTP/1.0 (its version unknown)
+            status = answer.split(b" ", 2)[1] if answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) else b""
             assert not answer or status.startswith(b"4"), (role, request[:60], answer)
             assert RELAY_TOKEN_SECRET.encode() not in answer
 
