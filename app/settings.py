@@ -15,7 +15,8 @@ DEFAULT_BROKER_PORT = 9092
 class Settings(BaseSettings):
     """Every knob of every role; agents never read ``os.environ`` themselves."""
 
-    model_config = SettingsConfigDict(env_prefix="FRAUDLENS_", extra="ignore")
+    # Every number finite: "inf" or "nan" in an environment variable is an error at start.
+    model_config = SettingsConfigDict(env_prefix="FRAUDLENS_", extra="ignore", allow_inf_nan=False)
 
     broker: str = Field(
         f"kafka://127.0.0.1:{DEFAULT_BROKER_PORT}",

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -32,24 +31,7 @@ from app.lifetime import parent_death_signal
 
 log = logging.getLogger(__name__)
 
-FETCH_COALESCE_ENV = "FRAUDLENS_BROKER_FETCH_COALESCE_MS"
 DEFAULT_FETCH_COALESCE_MS = 50.0  # measured: docs/cost.md, lever 1
-
-
-def fetch_coalesce_ms(environ: Mapping[str, str] = os.environ) -> float:
-    """The shim's coalescing window for background fetches (``BrokerShim``), from
-    ``FRAUDLENS_BROKER_FETCH_COALESCE_MS``; 0 turns it off. Read here, beside the broker it
-    tunes, because no role but the broker uses it."""
-    raw = environ.get(FETCH_COALESCE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_FETCH_COALESCE_MS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1000:
-        raise BrokerStartError(f"{FETCH_COALESCE_ENV} must be 0-1000 (ms), not {raw!r}")
-    return value
 
 
 def noida_binary() -> Path:
@@ -140,13 +122,12 @@ async def serve(
     host: str = "127.0.0.1",
     ready_file: Path | None = None,
     max_retention_s: float = 60.0,
-    fetch_coalesce: float | None = None,
+    fetch_coalesce_ms: float = DEFAULT_FETCH_COALESCE_MS,
 ) -> NoReturn:
     """Run noida-db + shim until SIGINT/SIGTERM/SIGHUP, then end the process (``os._exit``: 0,
     or 1 if noida-db died) once everything is cleaned up; for a process of its own. Raises
-    BrokerStartError when the data directory is taken, noida-db does not start or a setting is
-    invalid. ``fetch_coalesce`` (ms): the shim's window [``FRAUDLENS_BROKER_FETCH_COALESCE_MS``]."""
-    coalesce_ms = fetch_coalesce_ms() if fetch_coalesce is None else fetch_coalesce
+    BrokerStartError when the data directory is taken or noida-db does not start.
+    ``fetch_coalesce_ms``: the shim's window for background fetches (``BrokerShim``)."""
     data_dir = data_dir.resolve()
     lock = DataDirLock(data_dir)
     try:
@@ -156,7 +137,9 @@ async def serve(
     upstream_port = free_port(host)
     noida = start_noida(data_dir / "noida", upstream_port)
     lock.record(Owner(os.getpid(), process_started(os.getpid()), noida.pid, process_started(noida.pid)))
-    shim = BrokerShim(upstream=(host, upstream_port), listen=(host, port), fetch_coalesce_ms=coalesce_ms)
+    shim = BrokerShim(
+        upstream=(host, upstream_port), listen=(host, port), fetch_coalesce_ms=fetch_coalesce_ms
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: a closed terminal
@@ -168,7 +151,7 @@ async def serve(
         await asyncio.to_thread(_create_app_topics, host, port)
         log.info(
             "broker ready on %s:%s (noida-db pid %s, data in %s, background fetches coalesced %g ms)",
-            host, port, noida.pid, data_dir, coalesce_ms,
+            host, port, noida.pid, data_dir, fetch_coalesce_ms,
         )  # fmt: skip
         if ready_file is not None:
             ready_file.write_text(f"{host}:{port}\n")
@@ -260,7 +243,7 @@ def main() -> None:  # pragma: no cover - manual entry point for experiments
     logging.basicConfig(level=logging.INFO)
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9092
     data_dir = Path(sys.argv[2] if len(sys.argv) > 2 else os.environ.get("FRAUDLENS_DATA_DIR", "data"))
-    raise SystemExit(asyncio.run(serve(port, data_dir / "broker")))
+    asyncio.run(serve(port, data_dir / "broker"))
 
 
 if __name__ == "__main__":  # pragma: no cover

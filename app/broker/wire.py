@@ -117,8 +117,10 @@ class RequestHeader:
     client_id: str | None = None
 
 
-def parse_request_header(frame: bytes) -> RequestHeader:
-    reader = Reader(frame)
+def parse_request_header(frame: bytes, start: int = 0) -> RequestHeader:
+    """The header of the request that starts at ``start`` (4: a frame with its size prefix);
+    ``body_offset`` counts from the frame's first byte."""
+    reader = Reader(frame, start)
     api_key, api_version, correlation_id = reader.i16(), reader.i16(), reader.i32()
     client_id = reader.string()
     if api_key == API_API_VERSIONS and api_version >= 3:

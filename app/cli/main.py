@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from app.broker.embedded import DEFAULT_FETCH_COALESCE_MS
+from app.cli.types import FiniteRange
 from app.settings import DEFAULT_BROKER_PORT
 
 
@@ -55,7 +56,7 @@ def cli(log_level: str) -> None:
     "--max-retention",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=1),
+    type=FiniteRange(min=1),
     envvar="FRAUDLENS_BROKER_MAX_RETENTION_S",
     help="Seconds any deletable record is kept (noida-db's cost grows with what it stores).",
 )
@@ -63,7 +64,7 @@ def cli(log_level: str) -> None:
     "--fetch-coalesce-ms",
     default=DEFAULT_FETCH_COALESCE_MS,
     show_default=True,
-    type=click.FloatRange(min=0, max=1000),
+    type=FiniteRange(min=0, max=1000),
     envvar="FRAUDLENS_BROKER_FETCH_COALESCE_MS",
     help="How long a parked fetch of a Faust client (the explainer), woken by a produce, waits for "
     "more records; every other client is answered at once (0: nobody waits).",
@@ -82,10 +83,10 @@ def broker(
     favour_verdict_path("broker", get_settings().verdict_path_nice)
     directory = data_dir or get_settings().data_dir / "broker"
     try:
-        sys.exit(asyncio.run(serve(
+        asyncio.run(serve(  # ends the process itself, with noida-db's outcome (0, or 1)
             port, directory, ready_file=ready_file, max_retention_s=max_retention,
-            fetch_coalesce=fetch_coalesce_ms,
-        )))  # fmt: skip
+            fetch_coalesce_ms=fetch_coalesce_ms,
+        ))  # fmt: skip
     except BrokerStartError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -137,7 +138,7 @@ def train(rows: int, seed: int, data: Path | None, label: str | None) -> None:
     "--rate",
     default=100.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     help="Messages per second.",
 )
 @click.option("--count", default=None, type=click.IntRange(min=0), help="Stop after N (default: forever).")
@@ -152,7 +153,7 @@ def train(rows: int, seed: int, data: Path | None, label: str | None) -> None:
     "--bad-fraction",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteRange(0, 1),
     help="Share of deliberately malformed messages.",
 )
 @click.option("--seed", default=1, show_default=True, type=int)
@@ -176,7 +177,7 @@ def produce(
     "--rate",
     default=50.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     help="Paced producer rate (0: no producer).",
 )
 @click.option(
@@ -188,11 +189,11 @@ def produce(
     help="Restarts in a row of a failing child, each failing within --restart-window, before giving up.",
 )  # fmt: skip
 @click.option(
-    "--restart-window", default=60.0, show_default=True, type=click.FloatRange(min=0),
+    "--restart-window", default=60.0, show_default=True, type=FiniteRange(min=0),
     envvar="FRAUDLENS_UP_RESTART_WINDOW_S", help="A run this long (seconds) was healthy: the count restarts.",
 )  # fmt: skip
 @click.option(
-    "--restart-backoff", default=1.0, show_default=True, type=click.FloatRange(min=0),
+    "--restart-backoff", default=1.0, show_default=True, type=FiniteRange(min=0),
     envvar="FRAUDLENS_UP_RESTART_BACKOFF_S",
     help="First restart delay (seconds); doubles per failure, up to 30.",
 )  # fmt: skip
@@ -216,14 +217,14 @@ def up(
     "--every",
     default=2.0,
     show_default=True,
-    type=click.FloatRange(min=0.2),
+    type=FiniteRange(min=0.2),
     help="Seconds between refreshes.",
 )
 @click.option(
-    "--window", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Sliding window, seconds."
+    "--window", default=60.0, show_default=True, type=FiniteRange(min=1), help="Sliding window, seconds."
 )
 @click.option(
-    "--target", default=60.0, show_default=True, type=click.FloatRange(min=1),
+    "--target", default=60.0, show_default=True, type=FiniteRange(min=1),
     help="Drain time the scaling hint aims for, seconds.",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON (one object per refresh) instead of a table.")
@@ -236,9 +237,7 @@ def lag(watch: bool, every: float, window: float, target: float, as_json: bool) 
 
 @cli.command()
 @click.argument("transaction_id")
-@click.option(
-    "--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait."
-)
+@click.option("--timeout", default=60.0, show_default=True, type=FiniteRange(min=1), help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="The explanation update as JSON.")
 def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
     """Request the explanation of TRANSACTION_ID on demand (high priority) and print it when done."""

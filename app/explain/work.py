@@ -98,7 +98,7 @@ def _prepared(explainers: ExplainerCache, request: Mapping[str, Any], default_me
         item.explainer = explainers.get(str(request["model_version"]))
         if method != "tree":
             item.explainer.warm(method)
-    except (UnknownModelVersion, IncompatibleModelError, UnsupportedModel, RegistryError) as exc:
+    except tuple(kind for kind, _ in _LOAD_FAILURES) as exc:
         item.failure = (next(code for kind, code in _LOAD_FAILURES if isinstance(exc, kind)), str(exc))
         return item
     try:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from app.cli.types import FiniteRange
+
 if TYPE_CHECKING:
     from app.settings import Settings
 
@@ -48,7 +50,7 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--ttl", type=click.FloatRange(min=1), default=None, envvar="FRAUDLENS_TOKEN_TTL_S",
+@click.option("--ttl", type=FiniteRange(min=1), default=None, envvar="FRAUDLENS_TOKEN_TTL_S",
               help="Lifetime in seconds [8 hours].")  # fmt: skip
 @click.option("--subject", default="console", show_default=True, help="Who the token is for (shown in logs).")
 @click.option("--url", "as_url", is_flag=True, help="Print the console URL with the token instead.")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from app.broker import wire
-from app.broker.embedded import BrokerStartError, fetch_coalesce_ms, free_port
+from app.broker.embedded import free_port
 from app.broker.shim import BrokerShim, read_frame, tolerates_coalescing
 
 TOPIC = "verdicts"
@@ -65,10 +65,10 @@ class FakeNoida:
         try:
             while True:
                 frame = await read_frame(reader)
-                header = wire.parse_request_header(frame[4:])
+                header = wire.parse_request_header(frame, 4)
                 correlation = struct.pack(">i", header.correlation_id)
                 if header.api_key == wire.API_PRODUCE:
-                    self.records.append(_produced_record(frame[4 + header.body_offset :]))
+                    self.records.append(_produced_record(frame[header.body_offset :]))
                     writer.write(_sized(correlation))  # the shim does not read produce answers
                 else:
                     self.fetches += 1
@@ -133,10 +133,10 @@ async def shim_over_fake(window_ms: float) -> AsyncIterator[tuple[FakeNoida, Con
 
 
 async def _parked(noida: FakeNoida) -> None:
-    """Until the shim holds the fetch: noida-db answered it empty, and the shim had time to park."""
+    """Until noida-db answered the fetch empty: a produce from then on wakes it (the shim compares
+    its produce count with the one at forwarding time, so it need not be parked yet)."""
     while noida.fetches == 0:
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -205,10 +205,25 @@ def test_the_explainer_waits_and_the_scorer_does_not_by_the_client_ids_they_send
     assert not tolerates_coalescing(consumer_config(settings)["client.id"])
 
 
-def test_the_window_setting_reads_milliseconds_and_refuses_nonsense() -> None:
-    assert fetch_coalesce_ms({}) > 0
-    assert fetch_coalesce_ms({"FRAUDLENS_BROKER_FETCH_COALESCE_MS": "0"}) == 0
-    assert fetch_coalesce_ms({"FRAUDLENS_BROKER_FETCH_COALESCE_MS": " 35 "}) == 35
-    for bad in ("-1", "soon", "5000", "nan"):
-        with pytest.raises(BrokerStartError):
-            fetch_coalesce_ms({"FRAUDLENS_BROKER_FETCH_COALESCE_MS": bad})
+def test_the_window_setting_reads_milliseconds_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fraudlens broker --fetch-coalesce-ms`` / ``FRAUDLENS_BROKER_FETCH_COALESCE_MS``: a
+    number of ms in 0-1000 (50 by default), anything else a one-line usage error before start."""
+    from click.testing import CliRunner
+
+    from app.cli.main import cli
+
+    def started(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a value the option should refuse started the broker")
+
+    monkeypatch.setattr("app.broker.embedded.serve", started)
+    runner = CliRunner()
+    assert "--fetch-coalesce-ms FINITE FLOAT RANGE" in runner.invoke(cli, ["broker", "--help"]).output
+    assert "[default: 50.0;" in " ".join(runner.invoke(cli, ["broker", "--help"]).output.split())
+    for bad in ("-1", "soon", "5000", "nan", "inf"):
+        for args, env in (
+            (["--fetch-coalesce-ms", bad], {}),
+            ([], {"FRAUDLENS_BROKER_FETCH_COALESCE_MS": bad}),
+        ):
+            result = runner.invoke(cli, ["broker", "--port", "1", *args], env=env)
+            assert result.exit_code == 2, (bad, env, result.output)
+            assert "Invalid value for '--fetch-coalesce-ms'" in result.output, result.output

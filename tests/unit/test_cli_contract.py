@@ -66,3 +66,29 @@ def test_bad_arguments_get_a_usage_error(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert "Error: " in result.output and "Traceback" not in result.output
+
+
+FLOAT_OPTIONS = [
+    (path, param)
+    for path, command in ALL
+    for param in command.params
+    if isinstance(param.type, click.types.FloatParamType)
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "param"), FLOAT_OPTIONS, ids=[f"{' '.join(p)} {q.name}" for p, q in FLOAT_OPTIONS]
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_number_option_takes_nan_or_infinity(
+    path: tuple[str, ...], param: click.Parameter, value: str
+) -> None:
+    """float() reads them and ``nan`` compares false with every range bound; refused before any
+    command starts (the conversion alone is checked: an accepted value would start it)."""
+    with pytest.raises(click.BadParameter, match=r"not a finite number|not in the range"):
+        param.type.convert(value, param, None)
+
+
+def test_every_command_has_number_options_to_check() -> None:
+    names = {(" ".join(path), param.name) for path, param in FLOAT_OPTIONS}
+    assert {("broker", "fetch_coalesce_ms"), ("produce", "rate"), ("lag", "window")} <= names, names
