@@ -42,9 +42,20 @@ def _env(tmp_path: Path, models_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# `up` as a terminal starts it: SIGINT at its default. A test run started in the background by a
+# shell without job control (`make test &`, `nohup make test &`) has SIGINT ignored, which every
+# child inherits across exec, and an `up` started so rightly ignores Ctrl-C (Python installs its
+# KeyboardInterrupt handler only over a default); the tests that send it reset it first.
+UP = [
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'app.cli.main', 'up', *sys.argv[1:]])",
+]  # fmt: skip
+
+
 def _start_up(env: dict[str, str], stdout: int | object, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli.main", "up", *args], cwd=REPO, env=env,
+        [*UP, *args], cwd=REPO, env=env,
         stdout=stdout, stderr=subprocess.STDOUT if stdout != subprocess.PIPE else None,
         start_new_session=True,
     )  # fmt: skip
@@ -157,7 +168,7 @@ def test_no_child_outlives_up(tmp_path: Path, models_dir: Path, ending: str) -> 
     stderr = tmp_path / "up.err"
     with stderr.open("wb") as err:
         up = subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", "up", "--explainers", "1", "--rate", "20"],
+            [*UP, "--explainers", "1", "--rate", "20"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
         )  # fmt: skip
     children: list[psutil.Process] = []
