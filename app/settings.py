@@ -129,7 +129,9 @@ class Settings(BaseSettings):
         "it bounds how long new high-priority work waits for the batch in flight.",
     )
     explain_fast_path: bool = Field(
-        True, description="The router hands high requests straight to this process's workers too."
+        True,
+        description="The router hands requests straight to this process's workers (no explain.* "
+        "record) while their queue has room.",
     )
     explain_aged_share: float = Field(
         0.25,
@@ -141,6 +143,13 @@ class Settings(BaseSettings):
     explain_method: Literal["tree", "interventional"] = Field("tree", description="SHAP method.")
     explain_max_attempts: int = Field(3, ge=1, description="Starts before a request is failed for good.")
     explain_queue_max: int = Field(10_000, ge=1, description="Requests held in memory per priority.")
+    explain_handover_max: int = Field(
+        1_000,
+        ge=0,
+        description="Requests of a priority handed straight to the workers while fewer than this "
+        "wait in memory; past it they are published on explain.<priority>. Bounds how long the "
+        "oldest handed-over request holds its verdict partition's acks (app/agents/acks.py).",
+    )
     explain_cache_max: int = Field(
         10_000,
         ge=0,

@@ -26,14 +26,17 @@ publishing its update.
 Requests of an older consumer generation (a rebalance happened since they were fetched) are
 dropped unacked: the partition's new owner, possibly this worker, gets them again.
 
-Fast path for high priority: the router of this process owns the same partitions (one
-partition owns a transaction), so once a high request and its ``pending`` update are acked by
-the broker it also hands the request straight to the scheduler (``fast_track``), under the
-verdict's event, instead of waiting for the broker round trip and the fetch of
-``explain.high``. The published record stays the durable copy: when it arrives, the request
-is skipped if the fast path has taken it (``fast_taken``), and acked after the fast path's
-batch is durable (batches finish in order). A fast request whose row is no longer ``pending``
-(the record got there first) is dropped; it has no event of its own to ack.
+Hand-over: the router of this process owns the same partitions (one partition owns a
+transaction), so once a request's ``pending`` row (its update) is acked it hands the request
+straight to the scheduler (``hand_over``), under the event that caused it (the verdict or the
+on-demand request), with no ``explain.<priority>`` record: that event is the durable copy. It
+stays unacked until the explanation is final (the finishing task marks it done, and
+``router_acks`` acks it once every earlier event of its partition is done too: Faust commits
+past an out-of-order ack, ``app.agents.acks``), so after a stop or a rebalance the partition's
+owner reads it again and the router re-queues what its row says is left (``RouteAction``).
+Only while fewer than ``FRAUDLENS_EXPLAIN_HANDOVER_MAX`` requests of its priority wait (and the
+queue has room) is a request handed over; past that the router publishes the record: the topic
+then holds the backlog, and Faust pauses its fetches while the queue stays full, as before.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app import metrics
+from app.agents.acks import InOrderAcks
 from app.agents.explain_io import TableWriter, named_sink, source_of, stored_json, utc_now
 from app.agents.skips import Skips, checked_record
 from app.app import app, explain_topics
@@ -73,7 +77,7 @@ SCHEMA = "explain_request"  # what a record on explain.high|normal|low must be
 class Work:
     stream: StreamT
     event: EventT
-    fast_request: bytes | None = None  # handed over by the router; ``event`` is then the verdict
+    handed_request: bytes | None = None  # handed over by the router; ``event`` is then its cause
 
 
 class WorkQueue:
@@ -117,16 +121,19 @@ class WorkQueue:
 
 
 work_queue = WorkQueue(settings.explain_aging_s, settings.explain_queue_max, settings.explain_aged_share)
-# Transaction ids of fast-path requests taken into a batch whose ``explain.high`` record has
-# not arrived yet (bounded by the high requests in flight; cleared on every skip).
-fast_taken: set[bytes] = set()
+# The router's events (verdicts, on-demand requests) are acked through this, in offset order per
+# partition: the router's own and the handed-over ones this worker finishes (app.agents.acks).
+router_acks = InOrderAcks()
 
 
-def fast_track(stream: StreamT, verdict_event: EventT, request: bytes) -> bool:
-    """The router's hand-over of a high request already published and acked (see above)."""
+def hand_over(stream: StreamT, cause: EventT, priority: str, request: bytes) -> bool:
+    """The router's hand-over of a request whose pending row is acked (see above); False: no
+    room in that priority's queue (or hand-over off), so the router publishes the record."""
     if not settings.explain_fast_path:
         return False
-    return work_queue.offer("high", Work(stream, verdict_event, request), time.time())
+    if work_queue.scheduler.size(priority) >= settings.explain_handover_max:
+        return False  # a backlog: its topic holds it, not the verdicts' acks (app.agents.acks)
+    return work_queue.offer(priority, Work(stream, cause, request), time.time())
 
 
 async def _feed(stream: StreamT, priority: str) -> None:
@@ -268,9 +275,7 @@ class Explaining:
         jobs = self._start(batch, utc_now())
         outcomes = await self._explain(jobs)
         if not all(_current(q.item.event) for q in batch):
-            # a rebalance since: the new owner of these partitions computes them again
-            fast_taken.difference_update(job.key for job in jobs if job.queued.item.fast_request)
-            return
+            return  # a rebalance since: the new owner of these partitions computes them again
         completed_at = utc_now()
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._finish(job, outcome, completed_at)
@@ -281,8 +286,10 @@ class Explaining:
             done = await self.done.get()
             await self.writer.flush()  # final rows (their updates) acked, then the events
             for queued in done.batch:
-                if queued.item.fast_request is None:  # a fast request's verdict: the router acks
+                if queued.item.handed_request is None:  # a record of explain.<priority>: in order
                     await queued.item.stream.ack(queued.item.event)
+                else:  # a handed-over request's cause, a router event: after its partition's earlier
+                    await router_acks.done(queued.item.event)
             self.stats.batches += 1
             self.stats.log(work_queue.scheduler, self.sizer.size())
 
@@ -294,8 +301,8 @@ class Explaining:
             work = queued.item
             stream, event = work.stream, work.event
             message = event.message
-            if work.fast_request is not None:
-                request = dict(orjson.loads(work.fast_request))
+            if work.handed_request is not None:
+                request = dict(orjson.loads(work.handed_request))
             else:  # parsed once: the checked object is the request (docs/cost.md, lever 6)
                 checked, problem = checked_record(message.value, message.key, SCHEMA)
                 if checked is None:  # only a misconfigured client writes these topics
@@ -307,16 +314,7 @@ class Explaining:
             request.setdefault("method", settings.explain_method)
             row = from_record(stored_json(self.writer.get(stream, event, explanations, key)))
             action = work_action(row, request, settings.explain_max_attempts)
-            if work.fast_request is not None:
-                if key in seen or row is None or row["status"] != "pending":
-                    self.stats.counts["fast_dropped"] += 1  # its record got here first
-                    continue
-                fast_taken.add(key)
-                self.stats.counts["fast"] += 1
-            elif key in fast_taken:
-                fast_taken.discard(key)  # computed by the fast path, whose batch finishes first
-                self.stats.counts["skipped"] += 1
-                continue
+            self.stats.counts["handed" if work.handed_request else "from_topic"] += 1
             if key in seen:
                 self.stats.counts["skipped"] += 1
                 continue

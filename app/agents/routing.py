@@ -35,7 +35,7 @@ from faust.types import EventT, StreamT
 from app import metrics, topics
 from app.agents.batching import micro_batches
 from app.agents.explain_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
-from app.agents.explaining import fast_track
+from app.agents.explaining import hand_over, router_acks
 from app.agents.sink import DeliveryFailed, Sink
 from app.agents.skips import Skips, contract_problem
 from app.app import app, routing_topic
@@ -49,6 +49,7 @@ from app.explain.state import (
     from_record,
     new_row,
     on_demand_wanted,
+    replay_action,
     requested_row,
     route_action,
     to_record,
@@ -62,6 +63,7 @@ settings = get_settings()
 DLQ_SOURCES_KEPT = 10_000  # rejected requests remembered per process (see Router)
 
 ROUTE_BATCH_MAX = 1000
+_PRIORITY_OF = {topic: priority for priority, topic in topics.EXPLAIN_TOPICS.items()}
 ROUTE_BATCH_WITHIN_S = 0.002
 
 # topic, key, value, partition: the routed event's own, so that the row, the request and every
@@ -139,9 +141,8 @@ class Router:
         if action is RouteAction.SKIP:
             self.counts["deduplicated"] += 1
             return []
-        if action is RouteAction.RESEND and row is not None:
-            self.counts["resent"] += 1
-            return self._publish(stream, event, key, row)
+        if action is not RouteAction.NEW and row is not None:
+            return self._replayed(stream, event, key, row, action)
         if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
             self.counts["on_demand"] += 1
             request = explain_request(verdict, "high", now, on_demand=True, method=row["method"])
@@ -170,8 +171,9 @@ class Router:
             waiting = orjson.dumps(requested_row(txid, method, source, now))
             self.writer.write(stream, event, explanation_waiting, key, waiting)
             return []
-        if row["status"] == "pending" and row["source"] == source:
-            return self._publish(stream, event, key, row)  # replayed after a crash
+        replay = replay_action(row, source)
+        if replay is not None:  # replayed after a stop
+            return self._replayed(stream, event, key, row, replay)
         if not on_demand_wanted(row, method):
             self.counts["on_demand_deduplicated"] += 1
             return []
@@ -184,6 +186,22 @@ class Router:
             "method": method,
         }
         return self._publish(stream, event, key, new_row(request, "pending", source))
+
+    def _replayed(
+        self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any], action: RouteAction
+    ) -> list[Send]:
+        """The message that wrote ``row``, replayed after a stop (not acked: a request handed to
+        the workers directly is acked once its explanation is final): whatever it left undone is
+        done again. The local store may hold a row whose record a SIGKILL lost, so a pending or
+        finished row is written again (the same bytes if it was not lost)."""
+        self.counts[f"replayed_{action}"] += 1
+        if action is RouteAction.ANNOUNCE:
+            self.writer.write(stream, event, explanations, key, orjson.dumps(to_record(row)))
+            return []
+        if action is RouteAction.RESEND:
+            return self._publish(stream, event, key, row)
+        request, partition = row["request"], event.message.partition
+        return [(topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), partition)]
 
     def _publish(self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any]) -> list[Send]:
         """The pending row, whose changelog record is the pending update, then the request.
@@ -252,43 +270,43 @@ async def _publish(
 ) -> None:
     """Second stage: makes each routed batch durable and visible, in routing order, while the
     next batch is already being routed (the router does not sit idle through two round trips).
-    Per batch: rows (their records are the pending updates) acked, then requests sent and
-    acked, then the events acked.
+    Per batch: rows (their records are the pending updates) acked; then each request handed
+    straight to this process's workers when their queue has room (no record: the event stays
+    unacked until its explanation is final, so a replay after a stop or a rebalance finds it),
+    else published on its ``explain.<priority>`` topic (a full queue: the topic is the durable
+    backlog) and acked; then every event not handed over is acked.
 
-    High requests go through their own producer (``urgent``), so the fast path hands them to
-    the worker once *they* are acked, not after every low request of the batch is."""
+    High requests go through their own producer (``urgent``): one waiting for room is not
+    held back behind every low request of the batch."""
     sink = writer.sink
-    high = topics.EXPLAIN_TOPICS["high"]
     while True:
         batch = await batches.get()
         began = time.monotonic()
         if batch.rows:
-            await writer.flush()  # rows first: a sent request always has its row and update
+            await writer.flush()  # rows first: a request always has its row and update
         rows_done = time.monotonic()
-        fast: list[tuple[EventT, bytes]] = []
+        handed: set[int] = set()  # ids of the events the workers ack
         try:
             for event, sends in batch.routed:
-                to = urgent if any(topic == high for topic, *_ in sends) else sink
                 for topic, key, value, partition in sends:
+                    priority = _PRIORITY_OF.get(topic)
+                    if priority is not None and hand_over(stream, event, priority, value):
+                        handed.add(id(event))
+                        router.counts["handed_over"] += 1
+                        continue
+                    to = urgent if priority == "high" else sink
                     to.produce(topic, key, value, partition, about=source_of(event))
-                    if topic == high:
-                        fast.append((event, value))
         except DeliveryFailed as exc:  # refused at once, after the sink's retries: stop, never skip
             give_up(exc)
-        # Through the writer: rows of the next batch, routed meanwhile, may be acked by this
-        # flush too, and their stores must learn those persisted offsets.
-        others = asyncio.ensure_future(writer.flush())
         try:
-            if fast:
-                await urgent.flush()
-                for event, value in fast:  # published and acked: the worker may start on them now
-                    if fast_track(stream, event, value):
-                        router.counts["fast_tracked"] += 1
-            await others
+            # Through the writer: rows of the next batch, routed meanwhile, may be acked by this
+            # flush too, and their stores must learn those persisted offsets.
+            await asyncio.gather(urgent.flush(), writer.flush())
         except DeliveryFailed as exc:
             give_up(exc)
-        for event in batch.events:
-            await stream.ack(event)
+        for event in batch.events:  # in offset order behind any handed-over event still open
+            if id(event) not in handed:
+                await router_acks.done(event)
         done = time.monotonic()
         stats.add(
             len(batch.events), queue=began - batch.routed_at, rows=rows_done - began, sends=done - rows_done
@@ -310,13 +328,18 @@ async def route(stream: StreamT) -> AsyncIterator[Any]:
             if publisher.done():
                 publisher.result()  # the publishing stage failed: fail the worker with it
             began, now, rows_before = time.monotonic(), utc_now(), writer.pending
+            for event in events:
+                router_acks.track(stream, event)
             routed = [(event, router.route(stream, event, now)) for event in events]
             routed_at = time.monotonic()
             stats.seconds["route"] += routed_at - began
             await batches.put(_Batch(events, routed, writer.pending - rows_before, routed_at))
             if time.monotonic() - logged_at >= settings.explain_stats_every_s:
                 logged_at = time.monotonic()
-                log.info("router totals: %s; %s", dict(sorted(router.counts.items())), stats.line())
+                log.info(
+                    "router totals: %s; %s; events held for in-order acks %d",
+                    dict(sorted(router.counts.items())), stats.line(), router_acks.held(),
+                )  # fmt: skip
                 stats.__init__()  # type: ignore[misc]
             yield len(events)
     finally:

@@ -38,7 +38,11 @@ Row = dict[str, Any]
 
 class RouteAction(StrEnum):
     NEW = "new"  # no row for this model version: route it
-    RESEND = "resend"  # the very verdict that created the pending row, replayed after a crash
+    # The very message that wrote the row, replayed after a stop (its event was not acked: a
+    # request handed straight to the workers is acked only once its explanation is final).
+    RESEND = "resend"  # row pending: written again (its update may be what the stop lost), queued
+    REQUEUE = "requeue"  # row calculating: queued again (the worker counts the attempt)
+    ANNOUNCE = "announce"  # row finished: written again, byte for byte (same reason as RESEND)
     SKIP = "skip"  # already pending, calculating, finished or sampled out: no second computation
 
 
@@ -99,9 +103,21 @@ def route_action(row: Mapping[str, Any] | None, model_version: str, source: str)
     """
     if row is None or row["model_version"] != model_version:
         return RouteAction.NEW
-    if row["status"] == "pending" and row["source"] == source:
+    return replay_action(row, source) or RouteAction.SKIP
+
+
+def replay_action(row: Mapping[str, Any], source: str) -> RouteAction | None:
+    """What a replay of the message that wrote ``row`` needs (None: this is not that message,
+    or its row is one never published: nothing was left undone)."""
+    if row["source"] != source:
+        return None
+    if row["status"] == "pending":
         return RouteAction.RESEND
-    return RouteAction.SKIP
+    if row["status"] == "calculating":
+        return RouteAction.REQUEUE
+    if row["status"] in TERMINAL:
+        return RouteAction.ANNOUNCE
+    return None
 
 
 def on_demand_wanted(row: Mapping[str, Any], method: str) -> bool:

@@ -2,10 +2,13 @@
 
 What it reports, and where each figure comes from:
 
-- **queue depth** per priority: for every partition of ``explain.<priority>``, the end offset minus
-  the explainer group's committed offset (the earliest retained offset when the group has none).
-  Explainers commit a request only once it is complete or failed, so the depth counts requests
-  waiting *and* in progress.
+- **queue depth** per priority: requests waiting *and* in progress. Most requests are handed
+  straight to an explainer's in-process queue and never appear on ``explain.<priority>`` (only a
+  full queue publishes them there), so the depth is the larger of two counts: transactions
+  whose latest update read is ``pending`` or ``calculating`` (updates are read from the window's
+  start on the first call, so a request routed before it is not seen there), and, for every
+  partition of ``explain.<priority>``, the end offset minus the explainer group's committed
+  offset (the earliest retained offset when the group has none; committed once complete).
 - **gap** per priority (verdict made → explanation complete, ``timings.verdict_to_complete_ms``)
   p50/p95/p99 over the explanations completed in the sliding window, read from
   ``explanation.updates``.
@@ -63,6 +66,7 @@ class GapWindow:
     window_s: float
     finished: deque[tuple[float, str, float | None]] = field(default_factory=deque)  # (t, priority, gap)
     routed: deque[float] = field(default_factory=deque)
+    in_flight: dict[str, str] = field(default_factory=dict)  # txid -> priority, latest not final
     ignored: int = 0
 
     def add(self, update: Mapping[str, Any]) -> None:
@@ -73,6 +77,7 @@ class GapWindow:
         if priority not in PRIORITIES:
             self.ignored += 1
             return
+        self._track(update.get("transaction_id"), status, priority)
         if status == "pending":
             moment = _epoch(timings.get("queued_at")) or _epoch(update.get("updated_at"))
             if moment is None:
@@ -86,6 +91,21 @@ class GapWindow:
                 return
             gap = timings.get("verdict_to_complete_ms") if status == "complete" else None
             self.finished.append((moment, priority, float(gap) if isinstance(gap, (int, float)) else None))
+
+    def _track(self, txid: Any, status: Any, priority: str) -> None:
+        if not isinstance(txid, str):
+            return
+        if status in ("pending", "calculating"):
+            self.in_flight[txid] = priority
+        elif status in FINISHED:
+            self.in_flight.pop(txid, None)
+
+    def waiting(self) -> dict[str, int]:
+        """Requests whose latest update read is pending or calculating, per priority."""
+        counts = {priority: 0 for priority in PRIORITIES}
+        for priority in self.in_flight.values():
+            counts[priority] += 1
+        return counts
 
     def evict(self, now: float) -> None:
         horizon = now - self.window_s
@@ -214,7 +234,8 @@ class LagMonitor:
         self.read_updates()
         now = time.time()
         self.window.evict(now)
-        depths = self.queue_depths()
+        published, waiting = self.queue_depths(), self.window.waiting()
+        depths = {p: max(published[p], waiting[p]) for p in PRIORITIES}
         in_rate, out_rate = self.window.rates(now, self.started - self.window.window_s)
         processes = self.processes()
         backlog = sum(depths.values())

@@ -69,8 +69,12 @@ def test_router_dedup(verdicts: list[dict[str, Any]]) -> None:
     pending = new_row(request, "pending", "verdicts:0:5")
     assert route_action(pending, version, "verdicts:0:5") is RouteAction.RESEND  # crash replay
     assert route_action(pending, version, "verdicts:0:9") is RouteAction.SKIP  # re-sent verdict
-    for status in ("calculating", "complete", "failed", SAMPLED_OUT):
-        assert route_action({**pending, "status": status}, version, "verdicts:0:5") is RouteAction.SKIP
+    # A replay of the verdict that wrote the row: whatever it left undone is done again.
+    replayed = {"calculating": RouteAction.REQUEUE, "complete": RouteAction.ANNOUNCE,
+                "failed": RouteAction.ANNOUNCE, SAMPLED_OUT: RouteAction.SKIP}  # fmt: skip
+    for status, action in replayed.items():
+        assert route_action({**pending, "status": status}, version, "verdicts:0:5") is action, status
+        assert route_action({**pending, "status": status}, version, "verdicts:0:9") is RouteAction.SKIP
     assert route_action(pending, "0123456789ab", "verdicts:0:9") is RouteAction.NEW  # other model
 
 

@@ -94,3 +94,20 @@ def test_render_shows_every_priority_and_the_hint() -> None:
     }  # fmt: skip
     text = render(snapshot)
     assert "high" in text and "1,500" in text and "250 ms" in text and "explainer(s)" in text
+
+
+def test_requests_in_flight_are_counted_from_the_updates() -> None:
+    """Requests handed straight to an explainer never reach explain.<priority>: the depth counts
+    the transactions whose latest update is pending or calculating."""
+    window = GapWindow(60)
+    at = "2026-12-05T07:00:00.000000Z"
+    timings = {"verdict_at": at, "queued_at": at, "started_at": at, "completed_at": at}
+    for txid, priority, statuses in (
+        ("a", "high", ("pending",)),
+        ("b", "low", ("pending", "calculating")),
+        ("c", "low", ("pending", "calculating", "complete")),
+        ("d", "normal", ("pending", "calculating", "failed")),
+    ):
+        for status in statuses:
+            window.add({"transaction_id": txid, "status": status, "priority": priority, "timings": timings})
+    assert window.waiting() == {"high": 1, "normal": 0, "low": 1}
