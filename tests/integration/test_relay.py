@@ -383,7 +383,16 @@ def test_a_client_that_stops_reading_is_dropped_others_keep_receiving(
         load.stop.set()
         await asyncio.to_thread(load.join, 30)
         sent = {txid for _, txid in load.sent}
-        await asyncio.wait_for(_both_have(fast, other, sent), 120)
+        try:
+            await asyncio.wait_for(_both_have(fast, other, sent), 120)
+        except TimeoutError:  # say which client lacks what, and why its reader stopped
+            raise AssertionError(
+                f"of {len(sent)} verdicts, the fast client lacks {len(sent - fast.verdict_ids())}, "
+                f"the other {len(sent - other.verdict_ids())}; readers: "
+                f"{[repr(t.exception()) if t.done() else 'reading' for t in readers]}; "
+                f"fast's last messages {[m.get('type') for m in fast.messages[-3:]]}; "
+                f"second relay {second.stats()}"
+            ) from None
         for task in readers:
             task.cancel()
         with pytest.raises(ConnectionClosed) as closed:  # it reads again: the rest, then the notice
