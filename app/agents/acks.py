@@ -19,7 +19,8 @@ partitions' new owners read them again.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,20 +29,22 @@ from faust.types import EventT, StreamT
 
 @dataclass
 class _Open:
-    stream: StreamT
     event: EventT
     deliveries: int = 1  # an offset delivered again (a seek back) is done when every delivery is
 
 
 @dataclass
 class _Partition:
-    offsets: deque[int] = field(default_factory=deque)  # sorted: the head is the oldest open one
-    open: dict[int, _Open] = field(default_factory=dict)
+    stream: StreamT
+    open: OrderedDict[int, _Open] = field(default_factory=OrderedDict)  # by offset: head first
 
 
 class InOrderAcks:
-    def __init__(self) -> None:
-        self.generation: int | None = None
+    """``generation``: the consumer generation now (Faust's ``app.consumer_generation_id``)."""
+
+    def __init__(self, generation: Callable[[], int | None]) -> None:
+        self._generation = generation
+        self._seen: int | None = None  # the generation what is held belongs to
         self._partitions: dict[Any, _Partition] = {}
 
     def held(self) -> int:
@@ -51,44 +54,40 @@ class InOrderAcks:
     def track(self, stream: StreamT, event: EventT) -> None:
         """An event as it is delivered, before it is routed."""
         message = event.message
-        if not self._current(_generation(message)):
+        if not self._current(message):
             return
-        partition = self._partitions.setdefault(message.tp, _Partition())
+        partition = self._partitions.setdefault(message.tp, _Partition(stream))
         entry = partition.open.get(message.offset)
         if entry is not None:
             entry.deliveries += 1
-            entry.stream, entry.event = stream, event
+            entry.event = event
             return
-        partition.open[message.offset] = _Open(stream, event)
-        if partition.offsets and message.offset < partition.offsets[-1]:  # rare: a seek back
-            partition.offsets = deque(sorted([*partition.offsets, message.offset]))
-        else:
-            partition.offsets.append(message.offset)
+        last = next(reversed(partition.open), None)
+        partition.open[message.offset] = _Open(event)
+        if last is not None and message.offset < last:  # rare: a seek back
+            partition.open = OrderedDict(sorted(partition.open.items()))
 
     async def done(self, event: EventT) -> None:
         """Its effects are durable: ack it, and every later one of its partition already done,
         once no earlier one is open."""
         message = event.message
-        if _generation(message) != self.generation:
+        if not self._current(message):
             return  # a rebalance since: never acked, the partition's owner reads it again
         partition = self._partitions.get(message.tp)
         entry = partition.open.get(message.offset) if partition is not None else None
         if partition is None or entry is None:
             return  # not tracked (delivered before this generation's first event): not ours
         entry.deliveries -= 1
-        ready: list[_Open] = []
-        while partition.offsets and partition.open[partition.offsets[0]].deliveries <= 0:
-            ready.append(partition.open.pop(partition.offsets.popleft()))
+        ready: list[EventT] = []
+        while partition.open and next(iter(partition.open.values())).deliveries <= 0:
+            ready.append(partition.open.popitem(last=False)[1].event)
         for finished in ready:  # collected first: an ack may yield to another done()
-            await finished.stream.ack(finished.event)
+            await partition.stream.ack(finished)
 
-    def _current(self, generation: int) -> bool:
-        if self.generation is None or generation > self.generation:
-            self.generation = generation  # a rebalance: what was open is the new owners' now
+    def _current(self, message: Any) -> bool:
+        """Whether ``message`` is of the generation now; a new one drops what was held."""
+        now = self._generation()
+        if now != self._seen:
+            self._seen = now  # a rebalance: what was open is the new owners' now
             self._partitions.clear()
-        return generation == self.generation
-
-
-def _generation(message: Any) -> int:
-    generation = message.generation_id
-    return -1 if generation is None else int(generation)
+        return bool(message.generation_id == now)

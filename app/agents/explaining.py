@@ -95,9 +95,10 @@ class WorkQueue:
         self.scheduler.put(priority, work, queued_at)
         self._arrived.set()
 
-    def offer(self, priority: str, work: Work, queued_at: float) -> bool:
-        """``put`` if there is room now (False: not queued)."""
-        if not self.scheduler.has_room(priority):
+    def offer(self, priority: str, work: Work, queued_at: float, below: int) -> bool:
+        """``put`` if there is room now and fewer than ``below`` of its priority wait (False:
+        not queued)."""
+        if not self.scheduler.has_room(priority) or self.scheduler.size(priority) >= below:
             return False
         self.scheduler.put(priority, work, queued_at)
         self._arrived.set()
@@ -123,7 +124,7 @@ class WorkQueue:
 work_queue = WorkQueue(settings.explain_aging_s, settings.explain_queue_max, settings.explain_aged_share)
 # The router's events (verdicts, on-demand requests) are acked through this, in offset order per
 # partition: the router's own and the handed-over ones this worker finishes (app.agents.acks).
-router_acks = InOrderAcks()
+router_acks = InOrderAcks(lambda: app.consumer_generation_id)
 
 
 def hand_over(stream: StreamT, cause: EventT, priority: str, request: bytes) -> bool:
@@ -131,9 +132,10 @@ def hand_over(stream: StreamT, cause: EventT, priority: str, request: bytes) -> 
     room in that priority's queue (or hand-over off), so the router publishes the record."""
     if not settings.explain_fast_path:
         return False
-    if work_queue.scheduler.size(priority) >= settings.explain_handover_max:
-        return False  # a backlog: its topic holds it, not the verdicts' acks (app.agents.acks)
-    return work_queue.offer(priority, Work(stream, cause, request), time.time())
+    # Past the hand-over bound a backlog lives on its topic, not in verdicts held for in-order acks.
+    return work_queue.offer(
+        priority, Work(stream, cause, request), time.time(), settings.explain_handover_max
+    )
 
 
 async def _feed(stream: StreamT, priority: str) -> None:

@@ -42,6 +42,7 @@ from app.settings import Settings
 
 PRIORITIES = ("high", "normal", "low")
 FINISHED = ("complete", "failed")
+IN_FLIGHT = ("pending", "calculating")
 
 
 def percentiles(values: Iterable[float], qs: Iterable[float] = (50, 95, 99)) -> dict[str, float | None]:
@@ -95,7 +96,7 @@ class GapWindow:
     def _track(self, txid: Any, status: Any, priority: str) -> None:
         if not isinstance(txid, str):
             return
-        if status in ("pending", "calculating"):
+        if status in IN_FLIGHT:
             self.in_flight[txid] = priority
         elif status in FINISHED:
             self.in_flight.pop(txid, None)

@@ -53,15 +53,29 @@ def by_priority(verdicts: tuple[dict[str, Any], ...]) -> dict[str, list[dict[str
     return out
 
 
-def send(stack: Stack, topic: str, messages: list[dict[str, Any]]) -> None:
-    """Keyed by transaction_id with the Java client's partitioner, as every fraudlens writer."""
+def send(
+    stack: Stack, topic: str, messages: list[dict[str, Any]], partition: int | None = None
+) -> dict[str, int]:
+    """Keyed by transaction_id with the Java client's partitioner, as every fraudlens writer (or
+    all to ``partition``); the offset each transaction id was written at."""
     producer = Producer(
         {"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"}
     )
+    offsets: dict[str, int] = {}
+
+    def delivered(err: Any, message: Any) -> None:
+        assert err is None, err
+        offsets[orjson.loads(message.value())["transaction_id"]] = message.offset()
+
+    where = {} if partition is None else {"partition": partition}
     for message in messages:
-        producer.produce(topic, key=message["transaction_id"].encode(), value=orjson.dumps(message))
+        producer.produce(
+            topic, key=message["transaction_id"].encode(), value=orjson.dumps(message), on_delivery=delivered,
+            **where,
+        )  # fmt: skip
         producer.poll(0)
     assert producer.flush(30) == 0
+    return offsets
 
 
 def updates_by_id(reader: TopicReader) -> dict[str, list[dict[str, Any]]]:
@@ -484,39 +498,24 @@ def test_the_committed_verdict_offset_never_passes_unfinished_work(stack: Stack,
     on ``explain.high`` past the hand-over bound). Its verdict event holds the partition: the
     explainer group's committed offset must not pass it until it is complete (Faust commits the
     first run of acked offsets, so an out-of-order ack would), else a SIGKILL then loses it."""
-    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_AGING_S="600", FRAUDLENS_EXPLAIN_STATS_EVERY_S="2")
-    pool = list(scored_verdicts(models_dir, 8000, 5))
-    rules = by_priority(tuple(pool))
-    low = rules["low"][0]
-    highs = [{**v, "amount": 5000.0} for v in [*rules["normal"], *rules["low"][1:]][:6000]]
+    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_AGING_S="600")
+    groups = by_priority(scored_verdicts(models_dir, 8000, 5))
+    low = groups["low"][0]
+    highs = [{**v, "amount": 5000.0} for v in [*groups["normal"], *groups["low"][1:]][:6000]]
     assert by_priority(tuple(highs))["high"] == highs and len(highs) == 6000
     warmup, highs = highs[:2000], highs[2000:]
     updates = stack.reader("explanation.updates")
-    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 50})
-    offsets: dict[str, int] = {}
-
-    def delivered(err: Any, message: Any) -> None:
-        assert err is None, err
-        offsets[orjson.loads(message.value())["transaction_id"]] = message.offset()
-
-    def produce(verdicts: list[dict[str, Any]], partition: int) -> None:
-        for verdict in verdicts:
-            producer.produce("verdicts", key=verdict["transaction_id"].encode(), value=orjson.dumps(verdict),
-                             partition=partition, on_delivery=delivered)  # fmt: skip
-            producer.poll(0)
-        assert producer.flush(30) == 0
-
     # First a high backlog on another partition, so the worker is busy with high work when the
     # low request arrives; then, on partition 0, the low one first (the head) and highs after it.
-    produce(warmup, 1)
+    send(stack, "verdicts", warmup, partition=1)
     updates.read_until(lambda _: len(complete_ids(updates)) >= 1, 120, "the high backlog to start")
-    produce([low, *highs], 0)
-    head = offsets[low["transaction_id"]]
+    head = send(stack, "verdicts", [low, *highs], partition=0)[low["transaction_id"]]
     watcher = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": EXPLAINER_GROUP, "log_level": 2})
-    high_ids, passed, highs_done_first = {v["transaction_id"] for v in highs}, [], 0
+    high_ids, highs_done_first = {v["transaction_id"] for v in highs}, 0
+    passed: int | None = None
     try:
         deadline = time.monotonic() + 300
-        while True:
+        while passed is None:
             committed = watcher.committed([TopicPartition("verdicts", 0)], timeout=10)[0].offset
             if committed > head:  # every update written before this read is read now
                 updates.read_to_end()
@@ -526,13 +525,11 @@ def test_the_committed_verdict_offset_never_passes_unfinished_work(stack: Stack,
             if low["transaction_id"] in complete:
                 break  # complete before the commit that passed it, or not passed yet
             assert time.monotonic() < deadline, "the low request never completed"
-            if committed > head:
-                passed.append(committed)
-                break
+            passed = committed if committed > head else None
             highs_done_first = len(high_ids & complete)
     finally:
         watcher.close()
-    assert not passed, f"committed offset {passed[0]} passed the unfinished request at offset {head}"
+    assert passed is None, f"committed offset {passed} passed the unfinished request at offset {head}"
     # The scenario happened: later work of the partition was done while the head waited.
     assert highs_done_first >= 1000, f"only {highs_done_first} high requests finished before the low one"
     wait_until(lambda: group_caught_up(stack, "verdicts"), 120, "the verdicts' offsets committed to the end")

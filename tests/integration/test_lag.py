@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from app.model.generator import generate_transactions
+from bench.records import end_offsets
 from tests.integration.harness import REPO, Stack, wait_until
 
 COUNT = 2000
@@ -31,7 +32,10 @@ def test_lag_sees_the_backlog_then_zero_and_matches_the_updates(stack: Stack) ->
     stack.start_worker("scorer")
     stack.produce_transactions(generate_transactions(COUNT, seed=61))
     stack.reader("verdicts").read_until(lambda m: len(m) >= COUNT, 120, "every verdict")
-    stack.start_worker("explainer")  # starts with the whole stream of verdicts to route and explain
+    # Starts with the whole stream of verdicts to route and explain, every request handed straight
+    # to it (a bound above COUNT): none reaches explain.<priority>, so only the in-flight count
+    # from the updates can show the backlog.
+    stack.start_worker("explainer", FRAUDLENS_EXPLAIN_HANDOVER_MAX=str(COUNT))
     seen: list[dict[str, Any]] = []
 
     def backlog_seen() -> bool:
@@ -49,6 +53,8 @@ def test_lag_sees_the_backlog_then_zero_and_matches_the_updates(stack: Stack) ->
     wait_until(lambda: lag(stack)["backlog"] == 0, 60, "lag to report an empty queue")
     final = lag(stack)
     assert final["queue_depth"] == {"high": 0, "normal": 0, "low": 0}
+    published = end_offsets(stack.bootstrap)
+    assert not any(published.get(f"explain.{p}", 0) for p in ("high", "normal", "low")), published
     assert final["out_per_s"] > 0 and final["hint"]["processes_needed"] == 1
     gaps: dict[str, list[float]] = {"high": [], "normal": [], "low": []}
     for update in updates.values():

@@ -40,79 +40,86 @@ def _event(offset: int, partition: int = 0, generation: int | None = 1) -> Any:
     return _Event(_Message(_TP("verdicts", partition), offset, generation))
 
 
-def _run(acks: InOrderAcks, *events: Any) -> None:
-    async def done() -> None:
-        for event in events:
-            await acks.done(event)
+class _Acks:
+    """An ``InOrderAcks`` on a stream that records its acks, at a generation the test sets."""
 
-    asyncio.run(done())
+    def __init__(self) -> None:
+        self.generation = 1
+        self.stream = _Stream()
+        self.acks = InOrderAcks(lambda: self.generation)
+
+    @property
+    def acked(self) -> list[tuple[int, int]]:
+        return self.stream.acked
+
+    def track(self, *events: Any) -> list[Any]:
+        for event in events:
+            self.acks.track(self.stream, event)  # type: ignore[arg-type]
+        return list(events)
+
+    def done(self, *events: Any) -> None:
+        async def done() -> None:
+            for event in events:
+                await self.acks.done(event)
+
+        asyncio.run(done())
 
 
 def test_an_event_is_acked_only_after_every_earlier_one_of_its_partition() -> None:
-    acks, stream = InOrderAcks(), _Stream()
-    events = [_event(offset) for offset in range(5)]
-    for event in events:
-        acks.track(stream, event)  # type: ignore[arg-type]
-    _run(acks, events[1], events[3], events[4])  # a handed-over event 0 is still open
-    assert stream.acked == []
-    _run(acks, events[0])
-    assert stream.acked == [(0, 0), (0, 1)]  # 2 is open: 3 and 4 wait behind it
-    _run(acks, events[2])
-    assert stream.acked == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
-    assert acks.held() == 0
+    acks = _Acks()
+    events = acks.track(*(_event(offset) for offset in range(5)))
+    acks.done(events[1], events[3], events[4])  # a handed-over event 0 is still open
+    assert acks.acked == []
+    acks.done(events[0])
+    assert acks.acked == [(0, 0), (0, 1)]  # 2 is open: 3 and 4 wait behind it
+    acks.done(events[2])
+    assert acks.acked == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+    assert acks.acks.held() == 0
 
 
 def test_partitions_do_not_wait_for_each_other() -> None:
-    acks, stream = InOrderAcks(), _Stream()
-    a0, b0, b1 = _event(0, partition=0), _event(7, partition=1), _event(8, partition=1)
-    for event in (a0, b0, b1):
-        acks.track(stream, event)  # type: ignore[arg-type]
-    _run(acks, b1, b0)
-    assert stream.acked == [(1, 7), (1, 8)]
-    assert acks.held() == 1
+    acks = _Acks()
+    _a0, b0, b1 = acks.track(_event(0, partition=0), _event(7, partition=1), _event(8, partition=1))
+    acks.done(b1, b0)
+    assert acks.acked == [(1, 7), (1, 8)]
+    assert acks.acks.held() == 1
 
 
 def test_a_rebalance_drops_what_was_open_unacked() -> None:
-    acks, stream = InOrderAcks(), _Stream()
-    old = [_event(offset, generation=1) for offset in range(3)]
-    for event in old:
-        acks.track(stream, event)  # type: ignore[arg-type]
-    new = _event(1, generation=2)  # the partition came back: its uncommitted events again
-    acks.track(stream, new)  # type: ignore[arg-type]
-    _run(acks, *old)  # the old generation's work finishing late acks nothing
-    assert stream.acked == []
-    acks.track(stream, _event(0, generation=1))  # a stale event still in a buffer: not tracked
-    _run(acks, new)
-    assert stream.acked == [(0, 1)]
+    acks = _Acks()
+    old = acks.track(*(_event(offset, generation=1) for offset in range(3)))
+    acks.generation = 2  # the partition came back: its uncommitted events again
+    new = acks.track(_event(1, generation=2))[0]
+    acks.done(*old)  # the old generation's work finishing late acks nothing
+    assert acks.acked == []
+    acks.track(_event(0, generation=1))  # a stale event still in a buffer: not tracked
+    acks.done(new)
+    assert acks.acked == [(0, 1)]
 
 
 def test_an_offset_delivered_twice_is_acked_when_both_deliveries_are_done() -> None:
-    acks, stream = InOrderAcks(), _Stream()
-    first, again = _event(4), _event(4)
-    acks.track(stream, first)  # type: ignore[arg-type]
-    acks.track(stream, again)  # type: ignore[arg-type]
-    _run(acks, again)
-    assert stream.acked == []
-    _run(acks, first)
-    assert stream.acked == [(0, 4)]
+    acks = _Acks()
+    first, again = acks.track(_event(4), _event(4))
+    acks.done(again)
+    assert acks.acked == []
+    acks.done(first)
+    assert acks.acked == [(0, 4)]
 
 
 def test_a_seek_back_puts_the_earlier_offset_at_the_head() -> None:
-    acks, stream = InOrderAcks(), _Stream()
-    later, earlier = _event(9), _event(6)
-    acks.track(stream, later)  # type: ignore[arg-type]
-    acks.track(stream, earlier)  # type: ignore[arg-type]
-    _run(acks, later)
-    assert stream.acked == []
-    _run(acks, earlier)
-    assert stream.acked == [(0, 6), (0, 9)]
+    acks = _Acks()
+    later, earlier = acks.track(_event(9), _event(6))
+    acks.done(later)
+    assert acks.acked == []
+    acks.done(earlier)
+    assert acks.acked == [(0, 6), (0, 9)]
 
 
 def test_an_event_never_tracked_is_not_acked() -> None:
-    acks, stream = InOrderAcks(), _Stream()
-    acks.track(stream, _event(0))  # type: ignore[arg-type]
-    _run(acks, _event(3))
-    assert stream.acked == []
+    acks = _Acks()
+    acks.track(_event(0))
+    acks.done(_event(3))
+    assert acks.acked == []
 
 
 def test_requests_are_handed_over_only_while_few_of_their_priority_wait(monkeypatch: Any) -> None:
