@@ -4,7 +4,9 @@ The router's events (verdicts, on-demand requests) finish out of order: one whos
 handed to this process's workers stays open until its explanation is final, while the events
 after it (sampled out, deduplicated, published) are done at once. Faust commits the first run of
 consecutive acked offsets of a partition (``Consumer._new_offset``) and its check for an unacked
-head is off by one and skipped before the group's first commit, so an out-of-order ack can move
+head (upstream faust-streaming#312, fixed by #313 as ``min(acked) - committed > 1`` where the
+committed offset is already the next one to read) is off by one in 0.15.3 and skipped before the
+group's first commit (``if committed_offset:``), so an out-of-order ack can move
 the committed offset past unfinished work, which a SIGKILL then loses (issue 18: the fault
 suite's ``explainer_sigkill`` lost 563 of 9,677 explanations that way). This keeps what Faust
 assumes: an event is acked only once it and every earlier event of its partition are done.
