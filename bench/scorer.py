@@ -97,7 +97,8 @@ def _paced(
     latencies = [(consumer.received[k] - t) * 1000 for k, t in sent.items() if k in consumer.received]
     return {
         "rate": rate, "seconds": seconds, "warmup_s": warmup_s,
-        "latency_ms": _percentiles(latencies), "samples": latencies,
+        "latency_ms": _percentiles(latencies), "samples": latencies,  # in send order, 1/rate apart
+        "first_sent_at": next(iter(sent.values()), None),  # epoch seconds of the first sample's send
     }  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 A diagnostic, not a target (not in ``make bench``): the broker and one scorer, no explainers,
 generator transactions paced at ``--rate`` for ``--seconds``; each verdict's latency (produce →
-consumed, ``bench.scorer``'s clients) grouped by the second it was sent, beside the CPU of the
+consumed: ``bench.scorer._paced``) grouped by the second it was sent, beside the CPU of the
 broker's shim, its noida-db child and the scorer (``/proc`` via psutil, sampled every 100 ms) and
 every write of noida-db's store files (``kafka.json`` and its ``kafka.tmp``). Found with it
 (2026-12-05): a 300-540 ms stall every 30 s from noida-db compacting the ``compact,delete``
@@ -26,14 +26,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
-from confluent_kafka import Producer
 
-from app.model.generator import generate_transactions
 from bench.common import start_scorer
-from bench.scorer import PRODUCER, _Consumer
-from tests.integration.harness import Stack, wait_until
+from bench.scorer import _paced
+from tests.integration.harness import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,30 +88,15 @@ def trace(rate: float, seconds: float, models: Path) -> dict[str, Any]:
             }
             sampler = _Sampler(processes, Path(tmp) / "data" / "broker" / "noida")
             sampler.start()
-            consumer = _Consumer(stack.bootstrap, "verdicts")
-            consumer.start()
-            producer = Producer({"bootstrap.servers": stack.bootstrap, **PRODUCER})
-            sent: dict[bytes, float] = {}
-            start = time.monotonic()
-            for i, tx in enumerate(generate_transactions(int(rate * seconds), seed=5)):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                sent[tx["transaction_id"].encode()] = time.time()
-                producer.produce("transactions", key=tx["card_id"].encode(), value=orjson.dumps(tx))
-                producer.poll(0)
-            producer.flush(30)
-            wait_until(lambda: len(consumer.received) >= len(sent), 120, "a verdict for every transaction")
-            consumer.stop.set()
-            consumer.join(10)
+            run = _paced(stack, rate, seconds, "transactions", 5, "verdicts", warmup_s=0)
             sampler.stop.set()
             sampler.join(5)
         finally:
             stack.stop_all()
-    first = min(sent.values())
+    first = run["first_sent_at"]
     by_second: dict[int, list[float]] = defaultdict(list)
-    for txid, at in sent.items():
-        by_second[int(at - first)].append((consumer.received[txid] - at) * 1000)
+    for index, latency in enumerate(run["samples"]):  # sent in order, 1/rate apart
+        by_second[int(index / rate)].append(latency)
     seconds_rows = []
     for second in sorted(by_second):
         ordered = sorted(by_second[second])

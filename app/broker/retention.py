@@ -19,11 +19,7 @@ broker process trims, every few seconds, with DeleteRecords:
   compaction removes nothing there and time retention alone bounds them, while each noida-db
   compaction pauses the broker for a time that grows with what it rewrites.
 
-Measured (``python -m bench.stall_trace``, DESIGN-NOTES "The embedded broker's periodic stall",
-2026-12-05, 1,000 tx/s, scorer only, seconds 30-98 of each run): every topic with ``compact`` in its policy
-compacted at 30 s segments: verdict latency p99 190 ms, p99.9 489, max 537 (a 300-540 ms stall
-every 30 s); compact-only topics at 30 s: p99 60-71, p99.9 152-164, max 195-215; at 10 s: p99
-52-66, p99.9 77-91, max 94-112 (two runs each, alternated).
+Measured with ``python -m bench.stall_trace``: DESIGN-NOTES, "The embedded broker's periodic stall".
 """
 
 from __future__ import annotations
