@@ -26,7 +26,7 @@ import asyncio
 import logging
 from typing import Any
 
-from app.outage import RIDE_THROUGH_S, BrokerUnreachable, Outage, backoff
+from app.kafka.outage import RIDE_THROUGH_S, BrokerUnreachable, Outage, backoff
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

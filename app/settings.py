@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests of a priority handed straight to the workers while fewer than this "
         "wait in memory; past it they are published on explain.<priority>. Bounds how long the "
-        "oldest handed-over request holds its verdict partition's acks (app/agents/acks.py).",
+        "oldest handed-over request holds its verdict partition's acks (app/explainer/acks.py).",
     )
     explain_cache_max: int = Field(
         10_000,
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     explainer_sched_idle: bool = Field(
         False,
         description="Run explainers under SCHED_IDLE (a woken broker or scorer preempts them at once; "
-        "app/priority.py) instead of at explainer_nice only.",
+        "app/runtime/priority.py) instead of at explainer_nice only.",
     )
     verdict_path_nice: int = Field(
         -5,

@@ -66,7 +66,7 @@ def _background(bootstrap: str, rate: float, seconds: float) -> None:
 
 def measure(levels: list[tuple[float, float]], rate: float, seconds: float) -> list[dict[str, Any]]:
     """``levels``: (filler MB held, background writes/s during the measurement) in turn."""
-    from app.admin import ensure_topics
+    from app.kafka.admin import ensure_topics
     from app.settings import Settings
 
     rows = []

@@ -51,7 +51,7 @@ from app.explain import ExplainerCache
 from app.explain.messages import features_matrix
 from app.model.features import apply_transaction, features_for
 from app.model.generator import generate_transactions
-from app.model.scorer import ModelScorer
+from app.model.predictor import ModelScorer
 from bench.common import load_average, start_scorer, target
 from bench.explainer import PacedProducer
 from bench.isolation import _set_running
@@ -187,19 +187,19 @@ WAITING = "waiting: select, idle pool thread (woken, waiting for a core)"
 # aiokafka is aiokafka's.
 PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SHAP (pred_contrib)", ("contributions (app/explain/core.py",)),
-    ("raw score for the additivity check", ("raw_scores (app/explain/core.py", "app/model/scorer.py")),
+    ("raw score for the additivity check", ("raw_scores (app/explain/core.py", "app/model/predictor.py")),
     ("assemble: top features, reasons, additivity", ("(app/explain/core.py", "app/explain/reasons.py")),
     ("prepare: feature row, signature", ("app/explain/splits.py", "app/explain/work.py", "messages.py")),
     ("RocksDB (store reads and writes)", ("faust/stores/rocksdb.py", "rocksdict")),
-    ("producing (librdkafka sink: produce, flush)", ("app/agents/sink.py", "confluent_kafka")),
+    ("producing (librdkafka sink: produce, flush)", ("app/kafka/sink.py", "confluent_kafka")),
     ("logging", ("logging/",)),
-    ("metrics (prometheus_client)", ("prometheus_client", "app/metrics.py")),
+    ("metrics (prometheus_client)", ("prometheus_client", "app/runtime/metrics.py")),
     ("consuming (aiokafka: fetch, decode, heartbeats)", ("aiokafka/",)),
     ("Faust tables", ("faust/tables", "faust/stores")),
     ("cross-thread wake-ups (self-pipe writes and reads)", ("_write_to_self", "_read_from_self")),
     ("Faust: consumer thread hand-off (mode MethodQueue)", ("mode/threads.py",)),
     ("Faust: streams, agents, conductor, sensors", ("faust/", "mode/")),
-    ("router (verdicts → explain.*)", ("app/agents/routing.py", "app/explain/routing.py")),
+    ("router (verdicts → explain.*)", ("app/explainer/router.py", "app/explain/policy.py")),
     ("explainer's own code (explaining.py, explain_io, state; orjson calls)", ("app/",)),
 )
 # Where a thread's work starts: frames above these (toward the root) run the loop or the pool,

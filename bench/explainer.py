@@ -35,9 +35,9 @@ import orjson
 from app.explain import ExplainerCache
 from app.explain.messages import explain_request
 from app.explain.work import compute, prepare
+from app.model.batch import BatchScorer, Incoming
 from app.model.generator import generate_transactions
-from app.model.scorer import ModelScorer
-from app.scoring import BatchScorer, Incoming
+from app.model.predictor import ModelScorer
 from bench.common import pyplot, target
 from tests.integration.harness import Stack, TopicReader
 
@@ -52,10 +52,17 @@ DRAIN_RATIO_TARGET = 1.6
 STATS_LINE = re.compile(r"explainer pid (\d+): explained (\d+) ")
 
 
+class _NoRows:
+    """Tables with no rows yet: every transaction is scored afresh."""
+
+    def get(self, partition: int, key: bytes, /) -> bytes | None:
+        return None
+
+
 def _verdicts(models: Path, count: int, seed: int) -> list[dict[str, Any]]:
     """Real verdicts (the scorer's own code) for generator traffic, made in this process."""
     transactions = list(generate_transactions(count, seed=seed))
-    scorer = BatchScorer(ModelScorer(models), {}, {}, 65536, time.time)
+    scorer = BatchScorer(ModelScorer(models), _NoRows(), _NoRows(), 65536, time.time)
     batch = [
         Incoming(tx["card_id"].encode(), orjson.dumps(tx), "transactions", 0, i)
         for i, tx in enumerate(transactions)

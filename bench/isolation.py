@@ -3,7 +3,7 @@ explainers saturated (a backlog of low-priority work, interventional SHAP) divid
 with the explainers stopped (SIGSTOP: no CPU, no I/O), measured in one run in alternating
 windows. Target: ratio ≤ 1.2 with the product's defaults.
 
-Each saturated window runs under one *lever* (issue 18, target 4; ``app/priority.py``), set on
+Each saturated window runs under one *lever* (issue 18, target 4; ``app/runtime/priority.py``), set on
 every thread of the running processes before the window, and each follows a stopped window:
 ``nice10`` (before: explainers at nice 10, verdict path at 0), ``idle`` (explainers under
 SCHED_IDLE), ``nice10+vp`` (broker and scorer at the verdict-path nice), ``idle+vp`` (both). The

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 from websockets.asyncio.client import connect
 
-from app.contracts import SCHEMA_DIR, format_utc
+from app.records.contracts import SCHEMA_DIR, format_utc
 from bench.common import cpu_seconds, target
 from tests.integration.harness import RelayProcess, Stack, start_relay
 

@@ -73,7 +73,8 @@ def _isolation(b: Mapping[str, Any]) -> list[str]:
     return [
         f"{_num(s['rate'])} tx/s, {_num(s['window_s'])} s windows, two explainers on interventional "
         "SHAP with a low-priority backlog, stopped (SIGSTOP) in the off windows; each saturated window "
-        "under one scheduling lever (`app/priority.py`), set on every thread before it. Pooled p99: off "
+        "under one scheduling lever (`app/runtime/priority.py`), set on every thread before it. "
+        "Pooled p99: off "
         f"{_ms(s['p99_ms_off'])}, on with the defaults ({s.get('lever_of_target', '—')}) "
         f"{_ms(s['p99_ms_on'])}, **ratio {s['p99_ratio']}** (p50 {_ms(s['p50_ms_off'])} → "
         f"{_ms(s['p50_ms_on'])}).",

@@ -179,7 +179,7 @@ def _measure(
     seconds = window_s or (5 if quick else 30)
     rates = (plan or {}).get("rates") or ([200, 1000] if quick else [200, 1000, 2000])
     floor_topic = "bench.floor"
-    from app.admin import ensure_topics
+    from app.kafka.admin import ensure_topics
     from app.settings import Settings
 
     ensure_topics(Settings(broker=f"kafka://{stack.bootstrap}"), (floor_topic,))

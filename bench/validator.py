@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from app.malformed import base_transaction, malformed_messages
-from app.validation import InvalidInput, validate_transaction
+from app.records.malformed import base_transaction, malformed_messages
+from app.records.validation import InvalidInput, validate_transaction
 from bench.common import target
 
 VALID_TARGET_US = 15.0

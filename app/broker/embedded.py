@@ -27,7 +27,7 @@ from app.broker.datadir import (
     stop_leftover,
 )
 from app.broker.shim import BrokerShim
-from app.lifetime import parent_death_signal
+from app.runtime.lifetime import parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ async def _noida_ready(host: str, port: int, noida: subprocess.Popen[bytes], noi
 
 
 def _create_app_topics(host: str, port: int) -> None:
-    from app.admin import ensure_topics
+    from app.kafka.admin import ensure_topics
     from app.settings import get_settings
 
     created = ensure_topics(get_settings().model_copy(update={"broker": f"kafka://{host}:{port}"}))

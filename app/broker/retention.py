@@ -30,7 +30,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from app import topics
+from app.kafka import topics
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``fraudlens lag``: the explanation-gap monitor (see :mod:`app.ops.lag`)."""
+"""``fraudlens lag``: the explanation-gap monitor (see :mod:`app.ops.lag_monitor`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 def run_lag(watch: bool, every: float, window: float, target: float, as_json: bool) -> int:
     from confluent_kafka import KafkaException
 
-    from app.ops.lag import LagMonitor, render
+    from app.ops.lag_monitor import LagMonitor, render
     from app.settings import get_settings
 
     settings = get_settings()

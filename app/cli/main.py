@@ -26,7 +26,7 @@ from app.settings import DEFAULT_BROKER_PORT
 def cli(log_level: str) -> None:
     """fraudlens: streaming fraud scoring that answers at once and explains itself later."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from app import logredact
+    from app.runtime import logredact
 
     logredact.install()  # no token or password in any log line, whoever logs it
 
@@ -76,7 +76,7 @@ def broker(
     SIGTERM or SIGHUP. One broker per data directory: a directory held by a running broker is
     refused; a noida-db left running there by a broker that was killed is stopped first."""
     from app.broker.embedded import BrokerStartError, serve
-    from app.priority import favour_verdict_path
+    from app.runtime.priority import favour_verdict_path
     from app.settings import get_settings
 
     # Before noida-db is forked (it inherits the nice) and before any thread starts.
@@ -205,7 +205,7 @@ def up(
     backoff; one that keeps failing stops the stack (exit 1). No child outlives `up`, however
     `up` ends (SIGKILL included: the children get a parent-death signal)."""
     from app.cli.up import run_up
-    from app.restarts import RestartPolicy
+    from app.runtime.restarts import RestartPolicy
 
     policy = RestartPolicy(restart_limit, restart_window, restart_backoff)
     sys.exit(run_up(rate, explainers, policy))
@@ -241,7 +241,7 @@ def lag(watch: bool, every: float, window: float, target: float, as_json: bool) 
 @click.option("--json", "as_json", is_flag=True, help="The explanation update as JSON.")
 def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
     """Request the explanation of TRANSACTION_ID on demand (high priority) and print it when done."""
-    from app.cli.explain import run_explain
+    from app.cli.on_demand import run_explain
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", transaction_id):
         raise click.BadParameter(
@@ -253,7 +253,7 @@ def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
 def _register_groups() -> None:
     from app.cli.models import models
     from app.cli.tables import tables
-    from app.relay.cli import relay, token
+    from app.relay.command import relay, token
 
     cli.add_command(models)
     cli.add_command(tables)
@@ -265,7 +265,7 @@ _register_groups()
 
 
 def main() -> None:
-    from app.lifetime import exit_with_parent
+    from app.runtime.lifetime import exit_with_parent
 
     exit_with_parent()  # a child of `fraudlens up` ends with it, however `up` ends
     cli(prog_name="fraudlens")

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from app import topics
-from app.admin import ensure_topics, producer_config
+from app.kafka import topics
+from app.kafka.admin import ensure_topics, producer_config
 from app.settings import Settings, get_settings
 
 
@@ -27,8 +27,8 @@ def cli_producer_config(settings: Settings) -> dict[str, Any]:
 def _messages(
     file: Path | None, bad_fraction: float, seed: int, live_time: bool
 ) -> Iterator[tuple[bytes | None, bytes | None]]:
-    from app.malformed import malformed_messages
     from app.model.generator import generate_transactions, restamp
+    from app.records.malformed import malformed_messages
 
     rng = random.Random(seed)
     bad = itertools.cycle(malformed_messages(200, seed)) if bad_fraction > 0 else None

@@ -1,4 +1,4 @@
-"""``fraudlens tables``: inspect the changelog-backed tables (see :mod:`app.ops.tables`)."""
+"""``fraudlens tables``: inspect the changelog-backed tables (see :mod:`app.ops.table_scan`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _settings() -> Any:
 def _snapshot(name: str) -> tuple[Any, Any]:
     from confluent_kafka import KafkaException
 
-    from app.ops.tables import UnknownTable, replay, spec_of
+    from app.ops.table_scan import UnknownTable, replay, spec_of
 
     settings = _settings()
     try:
@@ -47,7 +47,7 @@ def tables() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def list_(as_json: bool) -> None:
     """The tables, the role that writes each, and its changelog topic."""
-    from app.ops.tables import TABLES
+    from app.ops.table_scan import TABLES
 
     settings = _settings()
     rows = [
@@ -85,8 +85,8 @@ def scan(
     table: str, status: str | None, priority: str | None, since: str | None, limit: int, as_json: bool
 ) -> None:
     """Rows of TABLE, newest first, filtered by status, priority and time."""
-    from app.ops.tables import scan as do_scan
-    from app.ops.tables import since_epoch
+    from app.ops.table_scan import scan as do_scan
+    from app.ops.table_scan import since_epoch
 
     try:
         since_at = since_epoch(since) if since is not None else None
@@ -108,8 +108,8 @@ def scan(
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 def stats(table: str | None, as_json: bool) -> None:
     """Keys per table and per partition; status counts, cache size and hit rate for explanations."""
-    from app.ops.tables import TABLES
-    from app.ops.tables import stats as do_stats
+    from app.ops.table_scan import TABLES
+    from app.ops.table_scan import stats as do_stats
 
     names = [table] if table else list(TABLES)
     out = []

@@ -1,5 +1,5 @@
 """``fraudlens up``: the whole stack as child processes, supervised, with a live summary line per
-second. No child outlives ``up``: each is tied to it by a parent-death signal (app/lifetime.py),
+second. No child outlives ``up``: each is tied to it by a parent-death signal (app/runtime/lifetime.py),
 so even a SIGKILL of ``up`` ends them; SIGINT, SIGTERM and SIGHUP stop them in order."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 
 import orjson
 
-from app import metrics, topics
-from app.admin import client_config
 from app.broker.embedded import stop_process
-from app.lifetime import child_env
-from app.restarts import RestartPolicy, RestartTracker, is_failure
+from app.kafka import topics
+from app.kafka.admin import client_config
+from app.runtime import metrics
+from app.runtime.lifetime import child_env
+from app.runtime.restarts import RestartPolicy, RestartTracker, is_failure
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Stack:
         """A child in a process group of its own: a terminal's Ctrl-C reaches only ``up``, which
         then stops the children in order (were they in the terminal's group, the broker would
         stop under the workers' shutdown). Spawned from the main thread, without preexec_fn
-        (``up`` has threads): the child arms its parent-death signal itself (app/lifetime.py)."""
+        (``up`` has threads): the child arms its parent-death signal itself (app/runtime/lifetime.py)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{child.name}.log").open("ab") as log_file:
             child.process = subprocess.Popen(
@@ -222,7 +223,7 @@ def _start_all(
 def _start_relay(settings: Settings, stack: Stack, stopping: list[int]) -> str:
     """Start the relay; once it answers, the console URL with a fresh token (made before the
     relay starts, so the two never race to create the data dir's secret file)."""
-    from app.relay.cli import console_url, make_token, relay_answers
+    from app.relay.command import console_url, make_token, relay_answers
 
     url = console_url(settings, make_token(settings))
     stack.start("relay", ["relay"])

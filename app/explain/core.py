@@ -37,8 +37,8 @@ from app.explain.background import DEFAULT_BACKGROUND_ROWS, DEFAULT_POOL_ROWS, D
 from app.explain.reasons import reason
 from app.explain.splits import SplitIndex, UnsupportedModel
 from app.model.features import FEATURE_NAMES
+from app.model.predictor import ModelScorer
 from app.model.registry import MODEL_FILE, Registry, RegistryError
-from app.model.scorer import ModelScorer
 
 Method = Literal["tree", "interventional"]
 METHODS: tuple[Method, ...] = ("tree", "interventional")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import orjson
 
-from app.contracts import format_utc
 from app.explain.core import ExplainerCache
 from app.explain.messages import explain_request
 from app.explain.work import compute, prepare
+from app.records.contracts import format_utc
 
 
 class InlineExplainer:

@@ -19,8 +19,8 @@ import numpy as np
 from app.explain.core import METHODS, Explainer, ExplainerCache, Explanation
 from app.explain.messages import FailureCode, features_matrix
 from app.explain.splits import UnsupportedModel
+from app.model.predictor import IncompatibleModelError
 from app.model.registry import RegistryError, UnknownModelVersion
-from app.model.scorer import IncompatibleModelError
 
 Failure = tuple[FailureCode, str]
 

@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import ServerConnection
 
+from app.relay.history import Event
 from app.relay.outbox import Outbox
 from app.relay.protocol import Filter
 from app.relay.ratelimit import FloodGuard
-from app.relay.state import Event
 from app.relay.tokens import Claims
 
 

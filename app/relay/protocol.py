@@ -11,7 +11,7 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from app.contracts import validator
+from app.records.contracts import validator
 
 PROTOCOL_VERSION = 2  # 2: hello carries protocol and feed; the feed message (interrupted/resumed)
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}

@@ -24,13 +24,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from app import metrics, topics
-from app.contracts import format_utc
-from app.explain.routing import PriorityRules
+from app.explain.policy import PriorityRules
+from app.kafka import topics
+from app.records.contracts import format_utc
 from app.relay import http
 from app.relay.client import Client
 from app.relay.feed import FeedChange
-from app.relay.kafka import ExplainRequester, Record, StreamReader
+from app.relay.history import Event, RelayState
 from app.relay.protocol import (
     DEFAULT_SUBSCRIPTION,
     PROTOCOL_VERSION,
@@ -51,9 +51,10 @@ from app.relay.ratelimit import (
     FrameAction,
     rate_limited_text,
 )
-from app.relay.records import Skip, SkippedRecords, SkipReason, read_record
-from app.relay.state import Event, RelayState
+from app.relay.reading import Skip, SkippedRecords, SkipReason, read_record
+from app.relay.stream import ExplainRequester, Record, StreamReader
 from app.relay.tokens import Claims, TokenError, load_or_create_secret, verify_token
+from app.runtime import metrics
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -404,7 +405,7 @@ class Relay:
 
 async def serve_relay(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    from app.admin import ensure_topics
+    from app.kafka.admin import ensure_topics
 
     logging.getLogger("websockets").setLevel(logging.WARNING)  # request lines would show tokens
     secret = load_or_create_secret(

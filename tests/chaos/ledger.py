@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from app.malformed import MALFORMED_KINDS, malformed_cases
 from app.model.generator import generate_transactions
+from app.records.malformed import MALFORMED_KINDS, malformed_cases
 from app.settings import Settings
 from tests.integration.harness import Stack, wait_until
 

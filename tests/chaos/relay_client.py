@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.broker.embedded import free_port
-from app.masking import with_masked_card
+from app.records.masking import with_masked_card
 from tests.chaos.faults import LOW_SAMPLE_RATE, Scenario
 from tests.integration.harness import RelayProcess, Stack, start_relay, wait_until
 
@@ -142,7 +142,7 @@ def client_shortfall(scenario: Scenario, client: ConsoleClient) -> dict[str, lis
     sent = [t for t in scenario.load.valid_order if t in tap.verdicts]
     return {
         "no verdict": [t for t in sent if t not in client.verdicts],
-        "verdict differs from the topic": [  # the relay masks the card id (app/masking.py)
+        "verdict differs from the topic": [  # the relay masks the card id (app/records/masking.py)
             t
             for t in sent
             if t in client.verdicts

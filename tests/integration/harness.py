@@ -18,8 +18,8 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.broker.embedded import free_port
-from app.lifetime import PARENT_PID_ENV
 from app.model.generator import generate_transactions
+from app.runtime.lifetime import PARENT_PID_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 

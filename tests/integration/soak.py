@@ -206,7 +206,7 @@ def run_full_soak(
     stack: Stack, relay_ws: str, rate: float, minutes: float, sample_s: float
 ) -> dict[str, Any]:
     """Load the running stack at ``rate`` for ``minutes``, sampling every ``sample_s``."""
-    from app.ops.lag import LagMonitor
+    from app.ops.lag_monitor import LagMonitor
     from app.settings import Settings
     from tests.integration import soak_report
 

@@ -16,11 +16,12 @@ import orjson
 import pytest
 from playwright import sync_api as playwright_api
 
-from app.masking import mask_card_id
+from app.model.batch import BatchScorer, Incoming
 from app.model.generator import generate_transactions
-from app.model.scorer import ModelScorer
-from app.scoring import BatchScorer, Incoming
+from app.model.predictor import ModelScorer
+from app.records.masking import mask_card_id
 from tests.integration.harness import Process, RelayProcess, Stack, start_relay
+from tests.tables import MemoryTable
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -60,7 +61,7 @@ ROWS_SHOWN = "() => [...document.querySelectorAll('#rows tr.row')].map((r) => [r
 
 def predicted_verdicts(models_dir: Path, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The scorer's own code on the same sequence: which transactions the stack will deny."""
-    scorer = BatchScorer(ModelScorer(models_dir), {}, {}, 65536, time.time)
+    scorer = BatchScorer(ModelScorer(models_dir), MemoryTable(), MemoryTable(), 65536, time.time)
     batch = [
         Incoming(tx["card_id"].encode(), orjson.dumps(tx), "transactions", 0, i)
         for i, tx in enumerate(transactions)

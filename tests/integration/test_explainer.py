@@ -21,12 +21,13 @@ import psutil
 import shap
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from app.contracts import validate_message
+from app.model.batch import BatchScorer, Incoming
 from app.model.generator import generate_transactions
+from app.model.predictor import ModelScorer
 from app.model.registry import MODEL_FILE, Registry
-from app.model.scorer import ModelScorer
-from app.scoring import BatchScorer, Incoming
+from app.records.contracts import validate_message
 from tests.integration.harness import Stack, TopicReader, wait_until
+from tests.tables import MemoryTable
 
 EXPLAINER_GROUP = "fraudlens-explainer"
 STATS_LINE = re.compile(r"explainer pid (\d+): explained (\d+) ")
@@ -36,7 +37,7 @@ STATS_LINE = re.compile(r"explainer pid (\d+): explained (\d+) ")
 def scored_verdicts(models_dir: Path, count: int, seed: int) -> tuple[dict[str, Any], ...]:
     """Real verdicts (the scorer's own code) for generator traffic, made in the test process."""
     transactions = list(generate_transactions(count, seed=seed))
-    scorer = BatchScorer(ModelScorer(models_dir), {}, {}, 65536, time.time)
+    scorer = BatchScorer(ModelScorer(models_dir), MemoryTable(), MemoryTable(), 65536, time.time)
     batch = [
         Incoming(tx["card_id"].encode(), orjson.dumps(tx), "transactions", 0, i)
         for i, tx in enumerate(transactions)
@@ -45,7 +46,7 @@ def scored_verdicts(models_dir: Path, count: int, seed: int) -> tuple[dict[str, 
 
 
 def by_priority(verdicts: tuple[dict[str, Any], ...]) -> dict[str, list[dict[str, Any]]]:
-    from app.explain.routing import PriorityRules
+    from app.explain.policy import PriorityRules
 
     rules, out = PriorityRules(), {"high": [], "normal": [], "low": []}  # type: ignore[var-annotated]
     for verdict in verdicts:

@@ -15,8 +15,8 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from app.contracts import validate_message
 from app.model.generator import generate_transactions
+from app.records.contracts import validate_message
 from tests.integration.harness import REPO, Stack, start_relay, wait_until
 
 # What the embedded broker accepts as one record (measured: a 1,048,000-byte value is taken,

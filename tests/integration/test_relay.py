@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.contracts import validate_message
 from app.model.generator import generate_transactions
+from app.records.contracts import validate_message
 from app.relay.tokens import create_token
 from tests.integration.harness import (
     RELAY_TOKEN_SECRET,

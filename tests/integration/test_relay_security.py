@@ -23,13 +23,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.broker.embedded import free_port
-from app.malformed import malformed_cases
-from app.masking import mask_card_id
-from app.metrics import metrics_app
 from app.model.generator import generate_transactions
+from app.records.malformed import malformed_cases
+from app.records.masking import mask_card_id
 from app.relay import http
 from app.relay.ratelimit import FLOOD_CLOSE_CODE
 from app.relay.tokens import create_token
+from app.runtime.metrics import metrics_app
 from tests.integration.harness import (
     RELAY_TOKEN_SECRET,
     RelayProcess,

@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from app.contracts import validate_message
-from app.malformed import malformed_messages
 from app.model.generator import generate_transactions
+from app.records.contracts import validate_message
+from app.records.malformed import malformed_messages
 from tests.integration.harness import (
     Process,
     Stack,

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.agents.acks import InOrderAcks
+from app.explainer.acks import InOrderAcks
 
 
 @dataclass(frozen=True)
@@ -122,19 +122,18 @@ def test_an_event_never_tracked_is_not_acked() -> None:
     assert acks.acked == []
 
 
-def test_requests_are_handed_over_only_while_few_of_their_priority_wait(monkeypatch: Any) -> None:
+def test_requests_are_handed_over_only_while_few_of_their_priority_wait() -> None:
     """Past ``explain_handover_max`` waiting requests of a priority, the router publishes them
     (``hand_over`` says no): a handed-over request holds its partition's acks until it is final,
     and a backlog would hold them for as long as it lasts."""
-    from app.agents import explaining
+    from app.explainer.workers import HandOver, WorkQueue
 
-    monkeypatch.setattr(explaining.settings, "explain_handover_max", 3)
-    monkeypatch.setattr(explaining.settings, "explain_fast_path", True)
-    monkeypatch.setattr(explaining, "work_queue", explaining.WorkQueue(30.0, 100, 0.25))
+    hand_over = HandOver(WorkQueue(30.0, 100, 0.25), enabled=True, below=3)
+    off = HandOver(WorkQueue(30.0, 100, 0.25), enabled=False, below=3)
 
     async def offers() -> list[bool]:
         stream = _Stream()
-        low = [explaining.hand_over(stream, _event(n), "low", b"{}") for n in range(5)]  # type: ignore[arg-type]
-        return [*low, explaining.hand_over(stream, _event(9), "high", b"{}")]  # type: ignore[arg-type]
+        low = [hand_over(stream, _event(n), "low", b"{}") for n in range(5)]  # type: ignore[arg-type]
+        return [*low, hand_over(stream, _event(9), "high", b"{}"), off(stream, _event(10), "high", b"{}")]  # type: ignore[arg-type]
 
-    assert asyncio.run(offers()) == [True, True, True, False, False, True]
+    assert asyncio.run(offers()) == [True, True, True, False, False, True, False]

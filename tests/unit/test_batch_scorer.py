@@ -1,6 +1,6 @@
 """BatchScorer, the scoring critical path, with plain dicts standing in for the two Faust tables.
 
-``apply`` below does what ``app.agents.scoring.apply`` does to the tables (prediction rows, then
+``apply`` below does what ``app.scorer.loop.apply`` does to the tables (prediction rows, then
 card states); the Kafka sends are read straight from the ``BatchResult``.
 """
 
@@ -16,13 +16,14 @@ import numpy as np
 import orjson
 import pytest
 
-from app.contracts import validate_message
-from app.malformed import MALFORMED_KINDS, malformed_messages
 from app.model import features as F
+from app.model.batch import BatchResult, BatchScorer, Incoming
 from app.model.generator import generate_transactions
-from app.model.scorer import ModelScorer
-from app.scoring import BatchResult, BatchScorer, Incoming
-from app.validation import DEFAULT_MAX_BYTES
+from app.model.predictor import ModelScorer
+from app.records.contracts import validate_message
+from app.records.malformed import MALFORMED_KINDS, malformed_messages
+from app.records.validation import DEFAULT_MAX_BYTES
+from tests.tables import MemoryTable
 
 TOPIC = "transactions"
 START = 1_780_000_000.0  # 2026-05-28, a plausible wall clock for received_at/scored_at
@@ -39,17 +40,17 @@ class FakeClock:
         return self.start + next(self._ticks) * 0.002
 
 
-class RecordingTable(dict[bytes, bytes]):
-    """A dict that logs every ``get`` (the only read BatchScorer makes) into a shared log."""
+class RecordingTable(MemoryTable):
+    """A table that logs every ``get`` (the only read BatchScorer makes) into a shared log."""
 
     def __init__(self, name: str, log: list[tuple[Any, ...]]) -> None:
         super().__init__()
         self.name = name
         self.log = log
 
-    def get(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
-        self.log.append(("read", self.name, key))
-        return super().get(key, default)
+    def get(self, partition: int, key: bytes, /) -> bytes | None:
+        self.log.append(("read", self.name, partition, key))
+        return super().get(partition, key)
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +64,17 @@ def stream() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def predictions() -> dict[bytes, bytes]:
-    return {}
+def predictions() -> MemoryTable:
+    return MemoryTable()
 
 
 @pytest.fixture
-def cards() -> dict[bytes, bytes]:
-    return {}
+def cards() -> MemoryTable:
+    return MemoryTable()
 
 
 @pytest.fixture
-def scorer(model: ModelScorer, predictions: dict[bytes, bytes], cards: dict[bytes, bytes]) -> BatchScorer:
+def scorer(model: ModelScorer, predictions: MemoryTable, cards: MemoryTable) -> BatchScorer:
     return BatchScorer(model, predictions, cards, DEFAULT_MAX_BYTES, FakeClock())
 
 
@@ -247,7 +248,7 @@ def test_dlq_record_carries_the_exact_original_bytes(scorer: BatchScorer) -> Non
 
 def test_huge_value_and_key_make_a_bounded_dlq_record(model: ModelScorer) -> None:
     """The whole value once went into the record (4/3 of it in base64): the broker refused it."""
-    bounded = BatchScorer(model, {}, {}, DEFAULT_MAX_BYTES, FakeClock(), 64, 16)
+    bounded = BatchScorer(model, MemoryTable(), MemoryTable(), DEFAULT_MAX_BYTES, FakeClock(), 64, 16)
     value, key = b"x" * 1_048_000, b"k" * 100_000
 
     result = bounded.score([Incoming(key, value, TOPIC, 3, 9)])
@@ -286,7 +287,9 @@ def test_message_not_keyed_by_its_card_id_goes_to_the_dlq_as_wrong_key(
 def test_invalid_items_do_not_disturb_the_valid_ones(
     scorer: BatchScorer, model: ModelScorer, stream: list[dict[str, Any]]
 ) -> None:
-    clean = BatchScorer(model, {}, {}, DEFAULT_MAX_BYTES, FakeClock()).score(batch_of(stream[:5]))
+    clean = BatchScorer(model, MemoryTable(), MemoryTable(), DEFAULT_MAX_BYTES, FakeClock()).score(
+        batch_of(stream[:5])
+    )
     mixed = batch_of(stream[:5])
     mixed[1:1] = [Incoming(None, b"[]", TOPIC, 0, 90), message(stream[9], 91, key=b"wrong")]
 
@@ -502,35 +505,23 @@ def test_score_matches_the_model_on_the_hand_computed_features(
 # ------------------------------------------------------------------------------------ focus
 
 
-def test_focus_is_called_for_each_valid_item_before_its_table_reads(
+def test_each_item_reads_the_rows_of_its_own_partition(
     model: ModelScorer, stream: list[dict[str, Any]]
 ) -> None:
     log: list[tuple[Any, ...]] = []
     predictions, cards = RecordingTable("predictions", log), RecordingTable("cards", log)
     scorer = BatchScorer(model, predictions, cards, DEFAULT_MAX_BYTES, FakeClock())
     txs = stream[:40]
-    batch = batch_of(txs)
+    batch = [message(tx, i, tx["card_id"].encode(), partition=i % 4) for i, tx in enumerate(txs)]
     batch[5:5] = [Incoming(None, b"garbage", TOPIC, 0, 77)]
-    batch.append(incoming(txs[0], 78))  # an in-batch copy is focused too
 
-    def focus(index: int) -> None:
-        log.append(("focus", index))
+    scorer.score(batch)
 
-    scorer.score(batch, focus=focus)
-
-    valid = [i for i in range(len(batch)) if i != 5]
-    assert [entry[1] for entry in log if entry[0] == "focus"] == valid
-    current: int | None = None
-    for entry in log:
-        if entry[0] == "focus":
-            current = entry[1]
-            continue
-        assert current is not None, f"{entry} read before any focus"
-        tx = orjson.loads(batch[current].value or b"")
-        own_key = tx["transaction_id"] if entry[1] == "predictions" else tx["card_id"]
-        assert entry[2] == own_key.encode(), f"{entry} read under the focus of item {current}"
-    reads = [entry for entry in log if entry[0] == "read"]
-    assert len(reads) >= len(txs)  # every item's prediction lookup went through the log
+    own = {("predictions", i % 4, tx["transaction_id"].encode()) for i, tx in enumerate(txs)}
+    own |= {("cards", i % 4, tx["card_id"].encode()) for i, tx in enumerate(txs)}
+    reads = {entry[1:] for entry in log}
+    assert reads <= own, f"read under another item's partition: {sorted(reads - own)[:3]}"
+    assert {r for r in own if r[0] == "predictions"} <= reads  # every prediction lookup was made
 
 
 def test_batch_counts_decisions_and_rejections_for_metrics(

@@ -79,7 +79,7 @@ def test_a_stack_goes_to_its_innermost_recognised_frame() -> None:
         "predict (lightgbm/basic.py:1)",
     ]
     raw = ["run (threading.py:1)", "raw_scores (app/explain/core.py:276)", "predict (lightgbm/basic.py:1)"]
-    table = ["_execute_task (mode/services.py:1)", "write (app/agents/explain_io.py:88)",
+    table = ["_execute_task (mode/services.py:1)", "write (app/explainer/table_io.py:88)",
              "_set (faust/stores/rocksdb.py:480)"]  # fmt: skip
     socket = [
         "send (aiokafka/conn.py:423)",

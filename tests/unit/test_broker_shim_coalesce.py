@@ -195,8 +195,8 @@ def test_with_the_window_off_a_background_fetch_is_answered_at_once() -> None:
 
 
 def test_the_explainer_waits_and_the_scorer_does_not_by_the_client_ids_they_send(tmp_path: Path) -> None:
-    from app.agents.scoring import consumer_config
-    from app.app import create_app
+    from app.explainer.faust_app import create_app
+    from app.scorer.loop import consumer_config
     from app.settings import Settings
 
     settings = Settings(data_dir=tmp_path)

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from app.explain import routing
-from app.explain.routing import PriorityRules
+from app.explain import policy as routing
+from app.explain.policy import PriorityRules
 from tests.chaos.ledger import BAD_KEY_PREFIX, ExpectedRouting, Ledger, assert_clean
 
 SAMPLE_RATE = 0.1

@@ -25,7 +25,7 @@ KAFKA = ["kafka-1", "kafka-2", "kafka-3"]
 def known_settings() -> set[str]:
     """FRAUDLENS_* names the app reads: Settings fields, CLI option envvars, the schema dir."""
     names = {f"FRAUDLENS_{name.upper()}" for name in Settings.model_fields}
-    names.add("FRAUDLENS_SCHEMA_DIR")  # app/contracts.py, read before settings exist
+    names.add("FRAUDLENS_SCHEMA_DIR")  # app/records/contracts.py, read before settings exist
 
     def walk(command: click.Command) -> None:
         for param in command.params:

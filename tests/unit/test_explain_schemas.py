@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import rfc3339_validator  # noqa: F401  (jsonschema checks date-time only when it imports)
 
-from app import contracts
 from app.explain import (
     METHODS,
     PRIORITIES,
@@ -28,6 +27,7 @@ from app.explain import (
     finished_update,
     timings,
 )
+from app.records import contracts
 
 NAMES = ("explanation", "explain_request")
 EXAMPLES = contracts.SCHEMA_DIR / "examples"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.explain.routing import PriorityRules, sample_point
+from app.explain.policy import PriorityRules, sample_point
 from app.settings import Settings
 
 

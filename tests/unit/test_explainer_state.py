@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.contracts import validate_message
 from app.explain import ExplainerCache, FailureCode, explain_request
 from app.explain.core import Explainer
 from app.explain.messages import features_matrix
@@ -33,6 +32,7 @@ from app.explain.work import ExplanationMemo, compute, prepare
 from app.model.features import build_matrix
 from app.model.generator import generate_transactions
 from app.model.registry import Registry
+from app.records.contracts import validate_message
 
 T0, T1, T2, T3 = (f"2026-11-28T12:00:0{i}.000000Z" for i in range(4))
 
@@ -40,7 +40,7 @@ T0, T1, T2, T3 = (f"2026-11-28T12:00:0{i}.000000Z" for i in range(4))
 @pytest.fixture(scope="module")
 def verdicts(models_dir: Path) -> list[dict[str, Any]]:
     """Verdict-shaped dicts for generator traffic, scored by the registered model."""
-    from app.model.scorer import ModelScorer
+    from app.model.predictor import ModelScorer
 
     history = list(generate_transactions(3000, seed=31))  # warm card histories, last 50 used
     transactions = history[-50:]
@@ -225,7 +225,7 @@ def test_one_hand_off_prepares_looks_up_the_memo_and_computes(
     models_dir: Path, verdicts: list[dict[str, Any]]
 ) -> None:
     """The worker's thread call: a second batch of the same rows is all memo hits."""
-    from app.agents.explaining import _explain_on_thread
+    from app.explainer.workers import _explain_on_thread
 
     explainers, memo = ExplainerCache(models_dir), ExplanationMemo(100)
     requests = [request_of(v) for v in verdicts[:10]]

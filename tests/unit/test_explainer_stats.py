@@ -11,11 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app import metrics
-from app.agents import explaining
-from app.agents import skips as skips_module
-from app.agents.skips import Skips, checked_record, contract_problem
 from app.explain.scheduler import AgingScheduler
+from app.explainer import skips as skips_module
+from app.explainer import workers as explaining
+from app.explainer.skips import Skips, checked_record, contract_problem
+from app.runtime import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,10 +32,9 @@ class FakeClock:
 
 
 @pytest.fixture
-def stats(monkeypatch: pytest.MonkeyPatch) -> tuple[explaining._Stats, FakeClock]:
-    monkeypatch.setattr(explaining.settings, "explain_stats_every_s", EVERY_S)
+def stats() -> tuple[explaining._Stats, FakeClock]:
     clock = FakeClock()
-    return explaining._Stats(clock=clock), clock
+    return explaining._Stats(EVERY_S, clock=clock), clock
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> int:

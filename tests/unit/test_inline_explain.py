@@ -10,14 +10,15 @@ import pytest
 from pydantic import ValidationError
 
 from app.explain.inline import InlineExplainer
+from app.model.batch import BatchScorer, Incoming
 from app.model.generator import generate_transactions
-from app.model.scorer import ModelScorer
-from app.scoring import BatchScorer, Incoming
+from app.model.predictor import ModelScorer
 from app.settings import Settings
+from tests.tables import MemoryTable
 
 
 def _verdicts(models_dir: Path, count: int) -> list[tuple[bytes, bytes]]:
-    scorer = BatchScorer(ModelScorer(models_dir), {}, {}, 65536, time.time)
+    scorer = BatchScorer(ModelScorer(models_dir), MemoryTable(), MemoryTable(), 65536, time.time)
     batch = [
         Incoming(tx["card_id"].encode(), orjson.dumps(tx), "transactions", 0, i)
         for i, tx in enumerate(generate_transactions(count, seed=12))

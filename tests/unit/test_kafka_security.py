@@ -8,8 +8,8 @@ import faust
 import pytest
 from pydantic import SecretStr
 
-from app.admin import client_config
-from app.app import broker_credentials
+from app.explainer.faust_app import broker_credentials
+from app.kafka.admin import client_config
 from app.settings import Settings
 
 

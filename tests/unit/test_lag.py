@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.ops.lag import GapWindow, percentiles, render, scaling_hint
+from app.ops.lag_monitor import GapWindow, percentiles, render, scaling_hint
 
 
 def stamp(epoch: float) -> str:

@@ -1,4 +1,4 @@
-"""No child outlives its parent, even a parent killed with SIGKILL (app/lifetime.py): the
+"""No child outlives its parent, even a parent killed with SIGKILL (app/runtime/lifetime.py): the
 parent-death signal armed between fork and exec (how the broker starts noida-db), and armed by
 a Python child itself with the pidfd backstop (how `fraudlens up`'s children end with it)."""
 
@@ -18,21 +18,21 @@ from tests.integration.harness import REPO, wait_until
 # Parents that start one child as the code under test does; the child's pid comes on stdout.
 PREEXEC_PARENT = """
 import subprocess, sys, time
-from app.lifetime import parent_death_signal
+from app.runtime.lifetime import parent_death_signal
 child = subprocess.Popen(["sleep", "300"], process_group=0, preexec_fn=parent_death_signal())
 print(child.pid, flush=True)
 time.sleep(300)
 """
 PYTHON_PARENT = """
 import subprocess, sys, time
-from app.lifetime import child_env
+from app.runtime.lifetime import child_env
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=child_env(), process_group=0)
 time.sleep(300)  # the child prints its pid once it is ready
 """
 # A child that ignores SIGTERM (as a worker stuck in its shutdown would): only the backstop ends it.
 STUBBORN_CHILD = """
 import os, signal, time
-from app.lifetime import exit_with_parent
+from app.runtime.lifetime import exit_with_parent
 exit_with_parent(grace_s=1.0)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print(os.getpid(), flush=True)
@@ -76,7 +76,7 @@ def test_a_python_child_that_ignores_sigterm_ends_by_the_backstop() -> None:
 
 
 def test_a_child_whose_parent_is_already_gone_does_not_start(tmp_path: Path) -> None:
-    script = "from app.lifetime import exit_with_parent; exit_with_parent(); print('started')"
+    script = "from app.runtime.lifetime import exit_with_parent; exit_with_parent(); print('started')"
     env = {**os.environ, "FRAUDLENS_PARENT_PID": "1"}  # not our parent: it "ended" before we armed
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "started" not in done.stdout

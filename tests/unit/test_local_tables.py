@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from app.agents.recovery import RecoveryStalled, recover
+from app.kafka.local_table import LocalTable
+from app.kafka.recovery import RecoveryStalled, recover
+from app.kafka.table_catalogue import TableSpec
 from app.settings import Settings
-from app.tables.local import LocalTable
 
 
 @pytest.fixture
 def table(tmp_path: Path) -> Any:
-    made = LocalTable("things", "keys to things")
-    made.bind(tmp_path)
+    made = LocalTable(TableSpec("things", "scorer", "keys to things"), SETTINGS, tmp_path)
     yield made
     made.close()
 
@@ -45,12 +45,17 @@ def test_wipe_removes_the_local_store_only(table: LocalTable) -> None:
     assert table.get(1, b"k") is None
 
 
-def test_windowed_tables_name_their_changelog_and_its_policy() -> None:
-    windowed = LocalTable("w", "h", topic_config={"cleanup.policy": "compact,delete"}, ttl_s=60)
-    assert windowed.changelog_topic("fraudlens") == "fraudlens-w-changelog"
-    assert windowed.changelog_config()["cleanup.policy"] == "compact,delete"
-    assert LocalTable("c", "h").changelog_config() == {"cleanup.policy": "compact"}
+def test_windowed_tables_name_their_changelog_and_its_policy(tmp_path: Path) -> None:
+    settings = Settings(app_id="fraud")
+    windowed = LocalTable(TableSpec("w", "scorer", "h", window=lambda _: 60.0), settings, tmp_path)
+    assert windowed.changelog_topic == "fraud-w-changelog"
+    assert windowed.changelog_config == {"cleanup.policy": "compact,delete", "retention.ms": "60000"}
+    assert LocalTable(TableSpec("c", "scorer", "h"), settings, tmp_path).changelog_config == {
+        "cleanup.policy": "compact"
+    }
     assert windowed.options["ttl"] == 60
+    explainer = LocalTable(TableSpec("e", "explainer", "h"), settings, tmp_path)
+    assert explainer.changelog_topic == "fraud-explainer-e-changelog"  # the explainer's group
 
 
 class _Message:

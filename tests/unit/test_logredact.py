@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from app.logredact import REDACTED, RedactingFilter, install, redact
+from app.runtime.logredact import REDACTED, RedactingFilter, install, redact
 
 TOKEN = "v1.eyJleHAiOjE3NjQ0MTYwMDB9.c2lnbmF0dXJl"
 

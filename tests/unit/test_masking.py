@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.masking import mask_card_id, with_masked_card
+from app.records.masking import mask_card_id, with_masked_card
 from app.relay.protocol import Filter
 from tests.unit.test_relay_state import state, verdict
 

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.metrics import metrics_app
 from app.relay.tokens import create_token
+from app.runtime.metrics import metrics_app
 
 SECRET = b"s" * 32
 

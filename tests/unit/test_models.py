@@ -11,10 +11,10 @@ import lightgbm as lgb
 import pytest
 from click.testing import CliRunner
 
-from app.agents.scoring import ModelWatcher
 from app.cli.main import cli
+from app.model.predictor import ModelScorer
 from app.model.registry import MODEL_FILE, Registry
-from app.model.scorer import ModelScorer
+from app.scorer.loop import ModelWatcher
 from app.settings import get_settings
 
 

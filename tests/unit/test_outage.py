@@ -1,4 +1,4 @@
-"""The outage tracker and the start-up retry (app.outage): one line each way, bounded retries."""
+"""The outage tracker and the start-up retry (app.kafka.outage): one line each way, bounded retries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from app.outage import BrokerUnreachable, Outage, backoff, retry
+from app.kafka.outage import BrokerUnreachable, Outage, backoff, retry
 
 
 class Clock:
@@ -90,7 +90,7 @@ def test_backoff_doubles_to_its_cap() -> None:
 
 
 def test_repeated_client_errors_pass_once_per_window_with_the_count_held_back() -> None:
-    from app.outage import RepeatedClientErrors
+    from app.kafka.outage import RepeatedClientErrors
 
     clock = Clock()
     repeats = RepeatedClientErrors(every_s=60.0, clock=clock)
@@ -113,7 +113,7 @@ def test_repeated_client_errors_pass_once_per_window_with_the_count_held_back() 
 
 
 def test_client_logs_drop_connection_lines_and_hand_a_fatal_line_on() -> None:
-    from app.outage import quiet_client_logs
+    from app.kafka.outage import quiet_client_logs
 
     fatal: list[str] = []
     outage = Outage("scorer", logging.getLogger("t"), on_fatal=fatal.append)

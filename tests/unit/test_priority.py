@@ -1,4 +1,4 @@
-"""The verdict path before the explanations at the OS scheduler (app/priority.py): each call runs
+"""The verdict path before the explanations at the OS scheduler (app/runtime/priority.py): each call runs
 in a child process (the changes are per process and one-way for an unprivileged user), and what
 the kernel reports afterwards is the oracle."""
 
@@ -12,9 +12,10 @@ REPORT = "import os; print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getsched
 
 
 def _child(call: str, drop_to_nobody: bool = False) -> tuple[str, int, int]:
-    """Run ``call`` (from app.priority) in a fresh interpreter; its result and what the kernel says."""
+    """Run ``call`` (from app.runtime.priority) in a fresh interpreter; its result and what the kernel
+    says."""
     drop = "os.setuid(65534); " if drop_to_nobody else ""  # after the imports: nobody cannot read them
-    code = f"import os; from app.priority import *; {drop}print(repr({call})); {REPORT}"
+    code = f"import os; from app.runtime.priority import *; {drop}print(repr({call})); {REPORT}"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     said, kernel = run.stdout.strip().splitlines()
     nice, policy = (int(x) for x in kernel.split())

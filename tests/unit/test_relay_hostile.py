@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from app.contracts import load_schema, validate_message
+from app.records.contracts import load_schema, validate_message
 from app.relay import http
 from app.relay.protocol import MAX_ERROR_TEXT, ProtocolError, error_message, parse_client_message
 from app.relay.server import Relay

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.contracts import validate_message
+from app.records.contracts import validate_message
 from app.relay.protocol import (
     Filter,
     ProtocolError,

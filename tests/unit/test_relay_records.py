@@ -1,4 +1,4 @@
-"""What the relay accepts from its input topics (app.relay.records), without a broker. The
+"""What the relay accepts from its input topics (app.relay.reading), without a broker. The
 integration test (tests/integration/test_relay_promises.py) sends the same kinds to a real one."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from app.relay.protocol import peek_request_id
-from app.relay.records import Skip, SkippedRecords, SkipReason, read_record
+from app.relay.reading import Skip, SkippedRecords, SkipReason, read_record
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 VERDICT = json.loads((EXAMPLES / "verdict.valid.json").read_text())
@@ -64,7 +64,7 @@ def test_skips_are_counted_each_and_logged_at_most_once_per_interval(
 ) -> None:
     now = [0.0]
     skipped = SkippedRecords(every_s=10, clock=lambda: now[0])
-    caplog.set_level(logging.WARNING, "app.relay.records")
+    caplog.set_level(logging.WARNING, "app.relay.reading")
     for i in range(1000):
         now[0] = i * 0.01  # 1,000 skips in 10 s
         skipped.note("verdicts", Skip(SkipReason.NOT_JSON, "not JSON"))

@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from app.contracts import SCHEMA_DIR, validate_message
-from app.explain.routing import PriorityRules
+from app.explain.policy import PriorityRules
+from app.records.contracts import SCHEMA_DIR, validate_message
+from app.relay.history import Event, RelayState, ReplayBuffer, gap_summary
 from app.relay.protocol import Filter
-from app.relay.state import Event, RelayState, ReplayBuffer, gap_summary
 
 EPOCH = "0a0b0c0d"
 EXAMPLES = SCHEMA_DIR / "examples"

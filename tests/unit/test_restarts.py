@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.restarts import RestartPolicy, RestartTracker, is_failure
+from app.runtime.restarts import RestartPolicy, RestartTracker, is_failure
 
 
 def test_backoff_doubles_up_to_its_cap_then_gives_up() -> None:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import topics
 from app.broker.retention import COMPACTION_CONFIG, RetentionPlanner, RetentionTask, TopicPolicy, topic_policy
+from app.kafka import topics
 
 TOPIC = "transactions"
 DELETE = TopicPolicy(delete=True, compact=False, retention_s=None)

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
-from app.agents.routing import Router
-from app.agents.skips import Skips
-from app.contracts import validate_message
-from app.explain.routing import PriorityRules
+from app.explain.policy import PriorityRules
+from app.explainer.router import Router
+from app.explainer.skips import Skips
+from app.records.contracts import validate_message
 from app.settings import Settings
 
 VERDICT = (Path(__file__).resolve().parents[2] / "schemas" / "examples" / "verdict.valid.json").read_bytes()
@@ -46,8 +47,10 @@ class NoTables:
 
 @pytest.fixture
 def router() -> Router:
-    rules = PriorityRules.from_settings(Settings())
-    return Router(NoTables(), rules, "tree", Skips(every_s=10.0))  # type: ignore[arg-type]
+    settings = Settings()
+    tables = SimpleNamespace(explanations="explanations", waiting="explanation_waiting")
+    rules = PriorityRules.from_settings(settings)
+    return Router(NoTables(), tables, rules, settings, Skips(every_s=10.0))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The JSON Schema files: well-formed, documented, self-consistent, and their
 examples behave the same under the reference validator (jsonschema) and the
-runtime one (fastjsonschema via app.contracts)."""
+runtime one (fastjsonschema via app.records.contracts)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import rfc3339_validator  # noqa: F401  (jsonschema checks date-time only when it imports)
 
-from app import contracts
-from app.validation import InvalidInput, ReasonCode, validate_transaction
+from app.records import contracts
+from app.records.validation import InvalidInput, ReasonCode, validate_transaction
 
 EXAMPLES = contracts.SCHEMA_DIR / "examples"
 
@@ -248,7 +248,7 @@ def test_format_utc() -> None:
 
 
 def test_schema_dir_env_override(tmp_path: Path) -> None:
-    code = "from app import contracts; print(contracts.SCHEMA_DIR)"
+    code = "from app.records import contracts; print(contracts.SCHEMA_DIR)"
     env = {"FRAUDLENS_SCHEMA_DIR": str(tmp_path), "PATH": ""}
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -1,6 +1,6 @@
 """The scorer's loop without a broker: a fake librdkafka consumer and producer, real stores.
 
-What it must keep (app/agents/scoring.py): a batch's rows are acked before any of its verdicts
+What it must keep (app/scorer/loop.py): a batch's rows are acked before any of its verdicts
 is queued; an offset is committed only once its verdict was acked; records of a partition this
 worker no longer owns are never scored; a revocation settles and commits before it releases.
 """
@@ -16,16 +16,13 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from app.agents import scoring
-from app.agents.recovery import RecoveryReport
-from app.agents.sink import DeliveryFailed, Sink
+from app.kafka.recovery import RecoveryReport
+from app.kafka.sink import DeliveryFailed, Sink
+from app.model.batch import BatchScorer
 from app.model.generator import generate_transactions
-from app.model.scorer import ModelScorer
-from app.scoring import BatchScorer
+from app.model.predictor import ModelScorer
+from app.scorer import loop as scoring
 from app.settings import Settings
-from app.tables.card_activity import card_activity
-from app.tables.local import PartitionView
-from app.tables.predictions import predictions
 from tests.unit.test_sink import FakeProducer
 
 
@@ -108,20 +105,21 @@ class _Partition:
 def loop(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     log: list[Any] = []
     settings = Settings(models_dir=models_dir, data_dir=tmp_path, scorer_batch_max=100)
-    for table in scoring.TABLES:
-        table.bind(tmp_path / "scorer")
+    tables = scoring.ScorerTables(settings, tmp_path / "scorer")
     monkeypatch.setattr(scoring, "recover", lambda *_a, **_k: RecoveryReport())
-    views = [PartitionView(predictions), PartitionView(card_activity)]
     scorer = BatchScorer(
-        ModelScorer(models_dir), views[0], views[1], settings.max_message_bytes, lambda: 1.78e9
+        ModelScorer(models_dir),
+        tables.predictions,
+        tables.card_activity,
+        settings.max_message_bytes,
+        lambda: 1.78e9,
     )
     sink = Sink(settings, lambda config: LoggingProducer(config, log))
-    made = scoring.ScorerLoop(settings, scorer, sink, views, lambda config: FakeConsumer(config, log))
+    made = scoring.ScorerLoop(settings, scorer, sink, tables, lambda config: FakeConsumer(config, log))
     made.consumer.subscribe(["transactions"])
     made.log = log
     yield made
-    for table in scoring.TABLES:
-        table.close()
+    tables.close()
 
 
 def _records(partition: int, count: int, seed: int, first_offset: int = 0) -> list[FakeMessage]:
@@ -146,7 +144,7 @@ def test_a_batch_rows_are_acked_before_any_of_its_verdicts_is_queued(loop: Any) 
     assert ("flush",) in events[:first_verdict]
     assert all(e[1].endswith("-changelog") for e in events[: events.index(("flush",))])
     assert events.count(("produce", "verdicts")) == 5
-    assert predictions.persisted_offset(0) is not None  # the acked changelog position
+    assert loop.tables.predictions.persisted_offset(0) is not None  # the acked changelog position
 
 
 def test_an_offset_is_committed_only_after_its_verdict_was_acked(loop: Any) -> None:
@@ -175,7 +173,7 @@ def test_records_of_a_partition_revoked_inside_consume_are_not_scored(loop: Any)
     loop.consumer.between.append(lambda: loop._revoked(loop.consumer, [_Partition(1)]))
     batch = loop.next_batch(0)
     assert [m.partition() for m in batch] == [0]
-    assert loop.owned == {0} and 1 not in predictions.held()
+    assert loop.owned == {0} and 1 not in loop.tables.predictions.held()
 
 
 def test_a_revocation_settles_and_commits_synchronously_before_releasing(loop: Any) -> None:
@@ -186,7 +184,7 @@ def test_a_revocation_settles_and_commits_synchronously_before_releasing(loop: A
     assert loop.consumer.commits == [{2: 4}]
     assert ("commit", False) in loop.log
     assert loop.log.index(("commit", False)) > max(i for i, e in enumerate(loop.log) if e == ("flush",))
-    assert loop.owned == set() and predictions.held() == set()
+    assert loop.owned == set() and loop.tables.predictions.held() == set()
 
 
 def test_a_lost_partition_is_released_without_a_commit(loop: Any) -> None:
@@ -255,7 +253,7 @@ def test_a_transaction_seen_again_after_a_rebalance_gets_its_stored_verdict(loop
             verdicts.setdefault(key, []).append(value)
     assert len(verdicts) == 3
     assert all(len(values) == 2 and values[0] == values[1] for values in verdicts.values())
-    assert all(predictions.get(0, key) == values[0] for key, values in verdicts.items())
+    assert all(loop.tables.predictions.get(0, key) == values[0] for key, values in verdicts.items())
 
 
 def test_delivery_failed_is_what_a_refusal_raises(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from app.agents.sink import DeliveryFailed, Sink
+from app.kafka.sink import DeliveryFailed, Sink
 from app.settings import Settings
 
 

@@ -9,7 +9,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from app.tables.stores_ahead import (
+from app.explainer.stores_ahead import (
     REBUILD_MARK,
     mark_for_rebuild,
     rebuild_marked,

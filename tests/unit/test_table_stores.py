@@ -4,20 +4,33 @@ Faust's defaults (3 × 64 MB memtables and a 2 GiB cache per table partition).""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from faust.stores.rocksdb import DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_SIZE, RocksDBOptions
 
+from app.explainer.explanation_tables import ExplanationTables
+from app.explainer.faust_app import create_app
+from app.kafka.table_catalogue import store_options
+from app.scorer.loop import ScorerTables
 from app.settings import Settings
-from app.tables import store_options
-from app.tables.card_activity import card_activity
-from app.tables.explanations import explanations
-from app.tables.predictions import predictions
 
 MB = 1024 * 1024
 
 
-def test_every_table_passes_the_bounded_options_to_its_store() -> None:
-    for table in (card_activity, predictions, explanations):
+def _tables(tmp_path: Path) -> dict[str, Any]:
+    settings = Settings(data_dir=tmp_path)
+    scorer = ScorerTables(settings, tmp_path / "scorer")
+    explainer = ExplanationTables(create_app(settings), settings)
+    return {
+        "card_activity": scorer.card_activity,
+        "predictions": scorer.predictions,
+        "explanations": explainer.explanations,
+        "explanation_waiting": explainer.waiting,
+    }
+
+
+def test_every_table_passes_the_bounded_options_to_its_store(tmp_path: Path) -> None:
+    for table in _tables(tmp_path).values():
         given = {k: v for k, v in table.options.items() if k not in ("driver", "read_only")}
         options = RocksDBOptions(**given)
         assert options.write_buffer_size == 8 * MB < DEFAULT_WRITE_BUFFER_SIZE, table.name
@@ -26,9 +39,13 @@ def test_every_table_passes_the_bounded_options_to_its_store() -> None:
         assert not options.extra_options, table.name  # every key is one RocksDBOptions knows
 
 
-def test_windowed_tables_keep_their_ttl() -> None:
-    assert predictions.options["ttl"] > 0
-    assert "ttl" not in card_activity.options
+def test_windowed_tables_keep_their_ttl(tmp_path: Path) -> None:
+    tables = _tables(tmp_path)
+    day = 86_400  # FRAUDLENS_DEDUP_WINDOW_S and FRAUDLENS_EXPLANATION_RETENTION_S by default
+    assert [
+        tables[name].options["ttl"] for name in ("predictions", "explanations", "explanation_waiting")
+    ] == [day] * 3
+    assert "ttl" not in tables["card_activity"].options
 
 
 def test_the_sizes_come_from_settings_and_reach_rocksdb(tmp_path: Path) -> None:

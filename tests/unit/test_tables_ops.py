@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.ops.tables import TABLES, Snapshot, UnknownTable, scan, since_epoch, spec_of, stats
+from app.ops.table_scan import TABLES, Snapshot, UnknownTable, scan, since_epoch, spec_of, stats
 
 EXPLANATIONS = TABLES["explanations"]
 

@@ -12,8 +12,8 @@ import pytest
 from sklearn import metrics as sklearn_metrics  # shap depends on it: an independent reference
 
 from app.model.features import FEATURE_NAMES, build_matrix
+from app.model.predictor import IncompatibleModelError, ModelCache, ModelScorer, sigmoid
 from app.model.registry import Registry, UnknownModelVersion, content_version
-from app.model.scorer import IncompatibleModelError, ModelCache, ModelScorer, sigmoid
 from app.model.training import (
     RegisteredModel,
     average_precision,

@@ -16,10 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from app import contracts
-from app.malformed import MALFORMED_KINDS, base_transaction, malformed_cases, malformed_messages
-from app.settings import Settings
-from app.validation import (
+from app.records import contracts
+from app.records.malformed import MALFORMED_KINDS, base_transaction, malformed_cases, malformed_messages
+from app.records.validation import (
     InvalidInput,
     ReasonCode,
     build_dlq_record,
@@ -27,6 +26,7 @@ from app.validation import (
     validate_explain_request,
     validate_transaction,
 )
+from app.settings import Settings
 
 NOW = datetime(2026, 11, 28, 12, 0, 1, 250, tzinfo=UTC)
 BASE: dict[str, Any] = contracts.load_schema("transaction")["examples"][0]

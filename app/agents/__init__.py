@@ -1,1 +1,0 @@
-"""Faust agents: thin adapters over the plain functions in app/."""

@@ -1,0 +1,130 @@
+"""``fraudlens explain TXID``: ask for an explanation on demand and wait for it.
+
+The request goes to ``explain.requests`` keyed by the transaction id (the explainer routes it to
+high priority). Updates for a transaction live in one partition of ``explanation.updates`` (keyed
+by transaction id, the same partitioner), so the command reads only that partition, from its
+start: an explanation finished before the request is found at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import click
+import orjson
+
+from app.kafka import topics
+
+FINISHED = ("complete", "failed")
+
+
+def _producer(settings: Any) -> Any:
+    from confluent_kafka import Producer
+
+    from app.kafka.admin import producer_config
+
+    return Producer(producer_config(settings, **{"acks": "all", "partitioner": "murmur2_random"}))
+
+
+def _request(producer: Any, settings: Any, txid: str) -> int:
+    """Send the request; the delivery report names the partition the key maps to."""
+    delivered: list[Any] = []
+    producer.produce(
+        topics.EXPLAIN_REQUESTS,
+        key=txid.encode(),
+        value=orjson.dumps({"transaction_id": txid}),
+        on_delivery=lambda err, msg: delivered.append((err, msg)),
+    )
+    producer.flush(30)
+    if not delivered:
+        raise click.ClickException(f"the broker at {settings.bootstrap_servers} did not take the request")
+    err, message = delivered[0]
+    if err is not None:
+        raise click.ClickException(f"the request was refused: {err}")
+    return int(message.partition())
+
+
+def _latest_final(settings: Any, txid: str, timeout_s: float) -> dict[str, Any] | None:
+    """Request, then watch the transaction's partition of the updates for its final state.
+
+    One request is enough: a request that reaches the explainer before the transaction's verdict
+    is remembered and served when the verdict comes (``app/explainer/router.py``).
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    from app.kafka.admin import client_config
+
+    consumer = Consumer(
+        client_config(
+            settings,
+            **{
+                "group.id": f"fraudlens-explain-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "log_level": 2,
+            },
+        )
+    )
+    producer = _producer(settings)
+    try:
+        partition = _request(producer, settings, txid)
+        sent = time.monotonic()
+        consumer.assign([TopicPartition(topics.EXPLANATION_UPDATES, partition, -2)])  # from the start
+        deadline = sent + timeout_s
+        latest: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.2):
+                if message.error() is not None or message.key() != txid.encode():
+                    continue
+                try:
+                    update = orjson.loads(message.value() or b"")
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(update, dict) and update.get("status") in FINISHED:
+                    latest = update
+            if latest is not None:
+                return latest
+        return None
+    finally:
+        consumer.close()
+
+
+def run_explain(txid: str, timeout_s: float, as_json: bool) -> int:
+    from confluent_kafka import KafkaException
+
+    from app.settings import get_settings
+
+    settings = get_settings()
+    try:
+        update = _latest_final(settings, txid, timeout_s)
+    except KafkaException as exc:
+        raise click.ClickException(f"cannot talk to Kafka at {settings.bootstrap_servers}: {exc}") from None
+    if update is None:
+        raise click.ClickException(
+            f"no explanation for {txid} within {timeout_s:g} s "
+            "(unknown transaction id, or no explainer running?)"
+        )
+    if as_json:
+        click.echo(json.dumps(update, indent=2))
+    else:
+        click.echo(render(update))
+    return 0 if update["status"] == "complete" else 1
+
+
+def render(update: dict[str, Any]) -> str:
+    head = (
+        f"{update['transaction_id']}: {update['status']} "
+        f"({update.get('priority')}, model {update.get('model_version')})"
+    )
+    if update["status"] != "complete":
+        return f"{head}\n  {update.get('reason_code', '')}: {update.get('reason', '')}"
+    lines = [
+        head,
+        f"  base value {update['base_value']:+.4f} + contributions = raw score {update['raw_score']:+.4f} "
+        f"({update.get('units', 'log-odds')}){' — from the cache' if update.get('cache_hit') else ''}",
+    ]
+    for top in update.get("top_features", []):
+        lines.append(f"  {top['contribution']:+.4f}  {top['feature']:<24} {top['reason']}")
+    return "\n".join(lines)

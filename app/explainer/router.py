@@ -1,0 +1,375 @@
+"""The router (explainer role): verdicts and on-demand requests → ``explain.<priority>``.
+
+Per verdict: dedup against the ``explanations`` row (one explanation per transaction and model
+version, also for re-sent verdicts), priority by ``PriorityRules``, a ``pending`` row (or
+``sampled_out`` in ``explanation_waiting`` for a low verdict left out by sampling), then the
+ExplainRequest. The ``pending`` row's changelog record is the ``pending`` update itself
+(``app.explainer.explanation_tables``). Order per batch: rows (so the updates) acked by the broker, then
+requests sent, then the batch's events acked. A crash after the rows but before the requests leaves a
+``pending`` row whose ``source`` is the very verdict being replayed: the router sends its
+request again (``RouteAction.RESEND``), so no request is lost and none is computed twice (the
+worker skips a request whose row is already finished).
+
+On-demand requests (``explain.requests``, keyed by transaction_id, value
+``{"transaction_id": …, "method": optional}``) re-queue a known transaction at high priority.
+A request that arrives before its verdict leaves a ``requested`` row; the verdict, when it
+comes, is routed at high priority with the requested method (never sampled out). The row lives
+as long as any ``explanations`` row (the table's retention), so a request for a transaction that
+never comes costs one row until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from faust.types import EventT, StreamT
+
+from app.explain.core import METHODS
+from app.explain.messages import explain_request
+from app.explain.policy import PriorityRules
+from app.explain.state import (
+    REQUESTED,
+    SAMPLED_OUT,
+    RouteAction,
+    from_record,
+    new_row,
+    on_demand_wanted,
+    replay_action,
+    requested_row,
+    route_action,
+    to_record,
+)
+from app.explainer.batching import micro_batches
+from app.explainer.skips import Skips, contract_problem
+from app.explainer.table_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
+from app.kafka import topics
+from app.kafka.sink import DeliveryFailed, Sink
+from app.records.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
+from app.runtime import metrics
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.explainer import ExplainerParts
+    from app.explainer.acks import InOrderAcks
+    from app.explainer.explanation_tables import ExplanationTables
+    from app.explainer.workers import HandOver
+
+log = logging.getLogger(__name__)
+DLQ_SOURCES_KEPT = 10_000  # rejected requests remembered per process (see Router)
+
+ROUTE_BATCH_MAX = 1000
+_PRIORITY_OF = {topic: priority for priority, topic in topics.EXPLAIN_TOPICS.items()}
+ROUTE_BATCH_WITHIN_S = 0.002
+
+# topic, key, value, partition: the routed event's own, so that the row, the request and every
+# update of a transaction share one partition whatever partitioner produced the verdict.
+Send = tuple[str, bytes, bytes, int]
+
+
+class Router:
+    """Routes one event at a time; table rows are written at once, sends are returned."""
+
+    def __init__(
+        self,
+        writer: TableWriter,
+        tables: ExplanationTables,
+        rules: PriorityRules,
+        settings: Settings,
+        skips: Skips | None = None,
+    ) -> None:
+        self.writer, self.rules, self.settings = writer, rules, settings
+        self.explanations, self.waiting = tables.explanations, tables.waiting
+        self.method = settings.explain_method
+        self.skips = skips or Skips(settings.explain_stats_every_s)
+        self.counts: Counter[str] = Counter()
+        # Sources of the rejected requests this process sent to the DLQ (bounded, oldest out):
+        # a record read again in the same process (the offset guard seeking back after Faust
+        # delivered past a start-up seek; a rebalance that hands a partition back) gets no
+        # second DLQ record. Across a restart a replay may still repeat one (at least once).
+        self._dlq_sent: OrderedDict[tuple[int, int], None] = OrderedDict()
+
+    def route(self, stream: StreamT, event: EventT, now: str) -> list[Send]:
+        """Bad input never stops the router: an on-demand request no contract allows gets a
+        bounded ``explain.requests.dlq`` record (outsiders write that topic); a bad verdict (only
+        a misconfigured client writes there) is counted, logged (rate-limited) and skipped."""
+        message = event.message
+        if message.topic == topics.EXPLAIN_REQUESTS:
+            try:
+                asked = validate_explain_request(
+                    message.value, message.key, METHODS, self.settings.max_message_bytes
+                )
+            except InvalidInput as exc:
+                source = (message.partition, message.offset)
+                if source in self._dlq_sent:
+                    self.counts["rejected_requests_read_again"] += 1
+                    return []
+                self._dlq_sent[source] = None
+                if len(self._dlq_sent) > DLQ_SOURCES_KEPT:
+                    self._dlq_sent.popitem(last=False)
+                self.counts["rejected_requests"] += 1
+                return [self._dlq_send(event, exc)]
+            return self._guarded(stream, event, self._on_demand, asked, now)
+        problem = contract_problem(message.value, message.key, "verdict")
+        if problem is not None:
+            self.counts["invalid"] += 1
+            self.skips.skip(message.topic, source_of(event), problem)
+            return []
+        return self._guarded(stream, event, self._verdict, orjson.loads(message.value or b""), now)
+
+    def _dlq_send(self, event: EventT, exc: InvalidInput) -> Send:
+        """The bounded DLQ record of a rejected on-demand request, to the request's own partition
+        number of ``explain.requests.dlq`` (created with the same partition count)."""
+        message = event.message
+        record = build_dlq_record(
+            message.value, message.key, exc, message.topic, message.partition, message.offset,
+            datetime.now(UTC), value_prefix_bytes=self.settings.dlq_value_prefix_bytes,
+            key_prefix_bytes=self.settings.dlq_key_prefix_bytes,
+        )  # fmt: skip
+        key = dlq_key(message.key, self.settings.dlq_key_prefix_bytes) or b""
+        metrics.DLQ_RECORDS.labels(reason=exc.code).inc()
+        return topics.EXPLAIN_REQUESTS_DLQ, key, orjson.dumps(record), message.partition
+
+    def _guarded(self, stream: StreamT, event: EventT, handle: Any, message: Any, now: str) -> list[Send]:
+        # Valid by contract but still refused (e.g. a model version or method the rules reject):
+        # counted and skipped like a bad record, never a stopped router.
+        try:
+            sends: list[Send] = handle(stream, event, message, now)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.counts["invalid"] += 1
+            self.skips.skip(event.message.topic, source_of(event), f"cannot route: {exc}")
+            return []
+        return sends
+
+    def _row(self, stream: StreamT, event: EventT, key: bytes) -> dict[str, Any] | None:
+        """The published row (``explanations``) if any, else a waiting one (never published)."""
+        row = from_record(stored_json(self.writer.get(stream, event, self.explanations, key)))
+        if row is None:
+            waiting = stored_json(self.writer.get(stream, event, self.waiting, key))
+            row = dict(waiting) if isinstance(waiting, dict) else None
+        return row
+
+    def _verdict(self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str) -> list[Send]:
+        key = str(verdict["transaction_id"]).encode()
+        row = self._row(stream, event, key)
+        source = source_of(event)
+        action = route_action(row, verdict["model_version"], source)
+        if action is RouteAction.SKIP:
+            self.counts["deduplicated"] += 1
+            return []
+        if action is not RouteAction.NEW and row is not None:
+            return self._replayed(stream, event, key, row, action)
+        if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
+            self.counts["on_demand"] += 1
+            request = explain_request(verdict, "high", now, on_demand=True, method=row["method"])
+            return self._publish(stream, event, key, new_row(request, "pending", source))
+        priority = self.rules.priority(verdict)
+        request = explain_request(verdict, priority, now, method=self.method)
+        if not self.rules.sampled(priority, request["transaction_id"]):
+            self.counts["sampled_out"] += 1
+            waiting = orjson.dumps(new_row(request, SAMPLED_OUT, source))
+            self.writer.write(stream, event, self.waiting, key, waiting)
+            return []
+        self.counts[priority] += 1
+        return self._publish(stream, event, key, new_row(request, "pending", source))
+
+    def _on_demand(self, stream: StreamT, event: EventT, asked: Mapping[str, Any], now: str) -> list[Send]:
+        txid = asked["transaction_id"]
+        method = asked.get("method") or self.method
+        if not isinstance(txid, str) or not txid or method not in METHODS:
+            raise ValueError(f"on-demand request needs a transaction_id and a method in {METHODS}")
+        key = txid.encode()
+        row = self._row(stream, event, key)
+        source = source_of(event)
+        if row is None or row["status"] == REQUESTED:
+            # Before its verdict (or an id that never comes): remembered until the verdict is routed.
+            self.counts["on_demand_early"] += 1
+            waiting = orjson.dumps(requested_row(txid, method, source, now))
+            self.writer.write(stream, event, self.waiting, key, waiting)
+            return []
+        replay = replay_action(row, source)
+        if replay is not None:  # replayed after a stop
+            return self._replayed(stream, event, key, row, replay)
+        if not on_demand_wanted(row, method):
+            self.counts["on_demand_deduplicated"] += 1
+            return []
+        self.counts["on_demand"] += 1
+        request = {
+            **row["request"],
+            "priority": "high",
+            "on_demand": True,
+            "queued_at": now,
+            "method": method,
+        }
+        return self._publish(stream, event, key, new_row(request, "pending", source))
+
+    def _replayed(
+        self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any], action: RouteAction
+    ) -> list[Send]:
+        """The message that wrote ``row``, replayed after a stop (not acked: a request handed to
+        the workers directly is acked once its explanation is final): whatever it left undone is
+        done again. The local store may hold a row whose record a SIGKILL lost, so a pending or
+        finished row is written again (the same bytes if it was not lost)."""
+        self.counts[f"replayed_{action}"] += 1
+        if action is RouteAction.ANNOUNCE:
+            self.writer.write(stream, event, self.explanations, key, orjson.dumps(to_record(row)))
+            return []
+        if action is RouteAction.RESEND:
+            return self._publish(stream, event, key, row)
+        request, partition = row["request"], event.message.partition
+        return [(topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), partition)]
+
+    def _publish(self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any]) -> list[Send]:
+        """The pending row, whose changelog record is the pending update, then the request.
+        Written again on a resend too: the local store may hold a row whose record a SIGKILL
+        lost, and the update must be out before the request leaves (same bytes if it was)."""
+        self.writer.write(stream, event, self.explanations, key, orjson.dumps(to_record(row)))
+        request = row["request"]
+        return [
+            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), event.message.partition)
+        ]
+
+
+@dataclass
+class _Batch:
+    events: Sequence[EventT]
+    routed: list[tuple[EventT, list[Send]]]
+    rows: int
+    routed_at: float  # monotonic, once routed (table rows written locally, sends prepared)
+
+
+@dataclass
+class _RouterStats:
+    """Batch sizes and where a routed batch's time goes, for the router's periodic log line:
+    route (parse, dedup, rows written locally), queue (waiting for the previous batch to be
+    published), rows (rows, so the pending updates, acked), sends (requests acked)."""
+
+    batches: int = 0
+    events: int = 0
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, events: int, **seconds: float) -> None:
+        self.batches += 1
+        self.events += events
+        for stage, spent in seconds.items():
+            self.seconds[stage] += spent
+
+    def line(self) -> str:
+        if not self.batches:
+            return "no batches"
+        per_batch = ", ".join(f"{k} {1e3 * v / self.batches:.1f}" for k, v in sorted(self.seconds.items()))
+        mean = self.events / self.batches
+        return f"{self.events} events in {self.batches} batches (mean {mean:.1f}); ms/batch: {per_batch}"
+
+
+async def _publish(
+    batches: asyncio.Queue[_Batch],
+    stream: StreamT,
+    writer: TableWriter,
+    urgent: Sink,
+    router: Router,
+    stats: _RouterStats,
+    hand_over: HandOver,
+    acks: InOrderAcks,
+) -> None:
+    """Second stage: makes each routed batch durable and visible, in routing order, while the
+    next batch is already being routed (the router does not sit idle through two round trips).
+    Per batch: rows (their records are the pending updates) acked; then each request handed
+    straight to this process's workers when their queue has room (no record: the event stays
+    unacked until its explanation is final, so a replay after a stop or a rebalance finds it),
+    else published on its ``explain.<priority>`` topic (a full queue: the topic is the durable
+    backlog) and acked; then every event not handed over is acked.
+
+    High requests go through their own producer (``urgent``): one waiting for room is not
+    held back behind every low request of the batch."""
+    sink = writer.sink
+    while True:
+        batch = await batches.get()
+        began = time.monotonic()
+        if batch.rows:
+            await writer.flush()  # rows first: a request always has its row and update
+        rows_done = time.monotonic()
+        handed: set[int] = set()  # ids of the events the workers ack
+        try:
+            for event, sends in batch.routed:
+                for topic, key, value, partition in sends:
+                    priority = _PRIORITY_OF.get(topic)
+                    if priority is not None and hand_over(stream, event, priority, value):
+                        handed.add(id(event))
+                        router.counts["handed_over"] += 1
+                        continue
+                    to = urgent if priority == "high" else sink
+                    to.produce(topic, key, value, partition, about=source_of(event))
+        except DeliveryFailed as exc:  # refused at once, after the sink's retries: stop, never skip
+            give_up(exc)
+        try:
+            # Through the writer: rows of the next batch, routed meanwhile, may be acked by this
+            # flush too, and their stores must learn those persisted offsets.
+            await asyncio.gather(urgent.flush(), writer.flush())
+        except DeliveryFailed as exc:
+            give_up(exc)
+        for event in batch.events:  # in offset order behind any handed-over event still open
+            if id(event) not in handed:
+                await acks.done(event)
+        done = time.monotonic()
+        stats.add(
+            len(batch.events), queue=began - batch.routed_at, rows=rows_done - began, sends=done - rows_done
+        )
+
+
+def router_agent(parts: ExplainerParts) -> Callable[[StreamT], AsyncIterator[Any]]:
+    """The agent over ``verdicts`` and ``explain.requests`` (``app.explainer.build``)."""
+    settings, tables, router_acks = parts.settings, parts.tables, parts.acks
+
+    async def route(stream: StreamT) -> AsyncIterator[Any]:
+        async for routed in _route(stream, settings, tables, parts.hand_over, router_acks):
+            yield routed
+
+    return route
+
+
+async def _route(
+    stream: StreamT,
+    settings: Settings,
+    tables: ExplanationTables,
+    hand_over: HandOver,
+    router_acks: InOrderAcks,
+) -> AsyncIterator[int]:
+    sink = named_sink(settings, "explainer-router")
+    urgent = named_sink(settings, "explainer-router-high")
+    writer = TableWriter(sink, (tables.explanations, tables.waiting))
+    router = Router(writer, tables, PriorityRules.from_settings(settings), settings)
+    stats = _RouterStats()
+    batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
+    publisher = asyncio.ensure_future(
+        _publish(batches, stream, writer, urgent, router, stats, hand_over, router_acks)
+    )
+    logged_at = time.monotonic()
+    try:
+        async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
+            if publisher.done():
+                publisher.result()  # the publishing stage failed: fail the worker with it
+            began, now, rows_before = time.monotonic(), utc_now(), writer.pending
+            for event in events:
+                router_acks.track(stream, event)
+            routed = [(event, router.route(stream, event, now)) for event in events]
+            routed_at = time.monotonic()
+            stats.seconds["route"] += routed_at - began
+            await batches.put(_Batch(events, routed, writer.pending - rows_before, routed_at))
+            if time.monotonic() - logged_at >= settings.explain_stats_every_s:
+                logged_at = time.monotonic()
+                log.info(
+                    "router totals: %s; %s; events held for in-order acks %d",
+                    dict(sorted(router.counts.items())), stats.line(), router_acks.held(),
+                )  # fmt: skip
+                stats.__init__()  # type: ignore[misc]
+            yield len(events)
+    finally:
+        publisher.cancel()

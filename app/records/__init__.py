@@ -1,0 +1,1 @@
+"""The records outsiders send and receive: contracts (JSON schemas), validation, DLQ records, masking."""

@@ -1,0 +1,185 @@
+"""The relay's Kafka side: its own consumer over every partition (no group), and the producer
+of on-demand explanation requests. librdkafka runs on a thread; batches cross to the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from app.kafka import topics
+from app.kafka.admin import client_config, producer_config
+from app.relay.feed import FeedChange, FeedWatch, feed_problem
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# (topic, value bytes or None for a tombstone, Kafka timestamp in ms)
+Record = tuple[str, bytes | None, int]
+MAX_BATCH = 500
+MAX_BATCHES_IN_FLIGHT = 8  # bounds what waits for the loop if it falls behind the consumer
+INPUT_TOPICS = (topics.VERDICTS, topics.EXPLANATION_UPDATES)
+DELIVERY_TIMEOUT_S = 10.0  # an explain_now is acked or refused within this
+STATS_INTERVAL_MS = 1000  # how often the feed's health is judged (app.relay.feed)
+# Codes that only say the brokers are unreachable: the feed status reports those, once per outage.
+UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT})
+
+
+class StreamReader(threading.Thread):
+    """Reads every partition of ``verdicts`` and ``explanation.updates`` from the earliest
+    retained offset. No consumer group: every relay instance sees every record. Tells
+    ``on_feed`` when it can no longer read them, and when it can again (``app.relay.feed``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[list[Record]], None],
+        on_feed: Callable[[FeedChange], None] | None = None,
+    ) -> None:
+        super().__init__(name="relay-consumer", daemon=True)
+        self.settings, self.loop, self.deliver, self.on_feed = settings, loop, deliver, on_feed
+        self.stopping = threading.Event()
+        self.slots = threading.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        self.assigned = threading.Event()
+        self.feed = FeedWatch()
+        self.consumer = Consumer(client_config(settings, **{
+            "group.id": f"{settings.app_id}-relay-{uuid.uuid4().hex[:12]}",  # never joined: assign()
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            "enable.partition.eof": False,
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
+            "error_cb": self._on_error,
+            # librdkafka logs every failed reconnect (20 a second); the feed status says it once
+            "log_level": 2,
+        }))  # fmt: skip
+
+    def _on_stats(self, text: str) -> None:
+        """Every ``STATS_INTERVAL_MS``, on this thread (served by ``poll``)."""
+        problem = feed_problem(orjson.loads(text), INPUT_TOPICS, self.settings.relay_feed_stall_s)
+        change = self.feed.observe(problem, time.time())
+        if change is not None and self.on_feed is not None:
+            self.loop.call_soon_threadsafe(self.on_feed, change)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() not in UNREACHABLE:  # authentication, TLS, …: not an outage, say it
+            log.warning("relay consumer: %s", error)
+
+    def assign_all(self) -> int:
+        wanted = []
+        for topic in INPUT_TOPICS:
+            metadata = self.consumer.list_topics(topic, timeout=15).topics[topic]
+            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
+        self.consumer.assign(wanted)
+        self.assigned.set()
+        return len(wanted)
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                first = self.consumer.poll(0.2)  # returns at once when a record is there
+                if first is None:
+                    continue
+                batch = [first, *self.consumer.consume(MAX_BATCH - 1, timeout=0)]
+                records = [self._record(m) for m in batch]
+                self._hand_over([r for r in records if r is not None])
+        except Exception:  # a dead reader must not leave a relay serving stale data silently
+            log.exception("relay consumer thread failed")
+            self.loop.call_soon_threadsafe(self.deliver, [])
+            raise
+        finally:
+            self.consumer.close()
+
+    def _record(self, message: Any) -> Record | None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("relay consumer: %s", error)
+            return None
+        return message.topic(), message.value(), message.timestamp()[1]
+
+    def _hand_over(self, records: list[Record]) -> None:
+        if not records:
+            return
+        while not self.slots.acquire(timeout=0.5):
+            if self.stopping.is_set():
+                return
+
+        def deliver() -> None:
+            try:
+                self.deliver(records)
+            finally:
+                self.slots.release()
+
+        self.loop.call_soon_threadsafe(deliver)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class ExplainRequester:
+    """Produces on-demand requests to ``explain.requests``, keyed by transaction id with the
+    Java (murmur2) partitioner like every fraudlens writer, so it reaches the partition whose
+    explainer owns that transaction's row.
+
+    ``request`` returns or raises only on librdkafka's delivery report, which always comes within
+    ``message.timeout.ms``: a request the client is told failed was never written, and one it is
+    told succeeded is on the topic (a timeout of our own could say "failed" about a record that is
+    written a moment later)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.producer = Producer(producer_config(settings, **{
+            "partitioner": "murmur2_random", "linger.ms": 0, "acks": "all",
+            "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+            "log_level": 2, "error_cb": _quiet_when_unreachable,
+        }))  # fmt: skip
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._poll, name="relay-producer", daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stopping.is_set():
+            self.producer.poll(0.1)
+
+    async def request(self, transaction_id: str, method: str | None) -> None:
+        """Send one request; returns once the broker acked it, raises when it was not written."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def acked(err: Any, _message: Any) -> None:
+            def settle() -> None:
+                if done.done():
+                    return
+                if err is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(RuntimeError(str(err)))
+
+            loop.call_soon_threadsafe(settle)
+
+        value: dict[str, Any] = {"transaction_id": transaction_id}
+        if method:
+            value["method"] = method
+        self.producer.produce(
+            topics.EXPLAIN_REQUESTS, key=transaction_id.encode(), value=orjson.dumps(value), on_delivery=acked
+        )
+        await done  # the delivery report comes within message.timeout.ms, success or not
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        self.producer.flush(5)
+
+
+def _quiet_when_unreachable(error: KafkaError) -> None:
+    if error.code() not in UNREACHABLE:
+        log.warning("relay producer: %s", error)
