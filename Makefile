@@ -45,7 +45,7 @@ test: lint $(FOREIGN)
 
 # The whole stack (scorer, explainer, relay, a console) at SOAK_RATE tx/s for SOAK_MINUTES;
 # samples RSS per role, explanation gap, queue depth and verdict latency; writes
-# bench/results-soak.json and .png; fails if anything grows without bound (README: soak).
+# bench/results-soak.json and .png; fails if anything grows without bound (docs/operations.md: soak).
 # Not in CI. The broker-only 10-minute conformance run: `pytest -m slow tests`.
 SOAK_MINUTES ?= 30
 SOAK_RATE ?= 300
@@ -73,7 +73,7 @@ chaos: $(STAMP)
 	CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest -q -s -m chaos tests/chaos
 
 # Only the scenario where the embedded broker loses acked writes (SIGKILL of its process group
-# and of its noida-db in steady state; README Limits): to replay it alone, e.g. with a seed.
+# and of its noida-db in steady state; docs/limits.md): to replay it alone, e.g. with a seed.
 chaos-broker-loss: $(STAMP)
 	CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest -q -s -m "chaos and broker_loss" tests/chaos
 
