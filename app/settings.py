@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(None, description="Static group membership id for this worker.")
     role: str = Field("worker", description="Set by `fraudlens worker --role`; names the state dir.")
 
-    # Kafka client tuning (see README: performance)
+    # Kafka client tuning (see docs/performance.md)
     session_timeout_s: float = Field(10.0, gt=0, description="Group session timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Group heartbeat interval.")
     fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch long-poll bound.")
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         description="Longest wait for more transactions once one arrived; 0: a batch is what arrived "
-        "while the last one was scored (lowest latency, measured: README performance).",
+        "while the last one was scored (lowest latency, measured: docs/performance.md).",
     )
     scorer_linger_ms: float = Field(
         0.0,

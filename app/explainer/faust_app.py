@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         stream_wait_empty=False,
         table_standby_replicas=0,
-        # A broker that lost acked writes (the embedded one SIGKILLed: README Limits) ends a
+        # A broker that lost acked writes (the embedded one SIGKILLed: docs/limits.md) ends a
         # changelog below the offset a local store already holds, and the store's rows then
         # claim work whose records are gone. At start-up such stores are deleted and rebuilt
         # (app.explainer.stores_ahead); a live worker meeting one at a rebalance stops on this check

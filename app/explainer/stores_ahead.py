@@ -2,7 +2,7 @@
 
 A Faust table's RocksDB store remembers the offset of the last changelog record the broker
 acked for it (``__faust\\0offset__``). A broker that loses acked writes (the embedded one when
-its noida-db is SIGKILLed: README Limits; Kafka after an unclean leader election) comes back
+its noida-db is SIGKILLed: docs/limits.md; Kafka after an unclean leader election) comes back
 with a changelog that ends *below* that offset. The store then holds rows whose records are gone,
 and so are the records they caused downstream: an ``explanations`` row says ``pending`` or
 ``complete`` while the request or the update that went with it was lost. Kept, such a row makes

@@ -19,7 +19,7 @@ their stores directly, ``app.explainer.table_io``) send through this sink:
 
 A broker acks each partition's records at rising offsets. An ack below one it gave before
 means it lost acked writes and hands their offsets out again (the embedded broker's noida-db
-SIGKILLed: README Limits; Kafka after an unclean leader election): the flush raises
+SIGKILLed: docs/limits.md; Kafka after an unclean leader election): the flush raises
 :class:`BrokerLostWrites`, and a sink given ``rebuild_mark`` first leaves that file, so the
 restarted worker rebuilds its stores from the changelogs (``app.explainer.stores_ahead``).
 """

@@ -9,7 +9,7 @@ still get a core the moment a transaction arrives. Two levers, each measured by
   still wait for the running nice-10 task's slice to end, and the verdict path wakes at every
   hop (client → shim → noida-db → shim → scorer → …). A task of any normal policy that wakes
   preempts a ``SCHED_IDLE`` task at once; any user may lower its own policy. It is off by
-  default: it did not buy isolation in the measurements (README → Performance), and it leaves
+  default: it did not buy isolation in the measurements (docs/performance.md), and it leaves
   the explainers only what every other process on the machine leaves.
 - **Broker and scorer at a negative nice** (:func:`favour_verdict_path`), where the process may
   (root, or ``CAP_SYS_NICE``): a larger share of a contended core. Without the permission

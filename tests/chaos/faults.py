@@ -352,7 +352,7 @@ class Scenario:
         for fault, killed_at, _, started in self.outages:
             lost_here = self.load.lost_by_kill(started)
             acked_at = [killed_at - at for at, name, _, _ in list(self.load.spots) if name in lost_here]
-            if acked_at:  # the window noida-db lost: README Limits quotes these lines
+            if acked_at:  # the window noida-db lost: docs/limits.md quotes these lines
                 window = max(acked_at)
                 self.note(f"{fault}: lost {len(lost_here)} inputs acked up to {window:.2f} s before the kill")
             lost |= lost_here

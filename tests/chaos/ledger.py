@@ -197,7 +197,7 @@ class Figures:
 
 @dataclass(frozen=True)
 class ExpectedRouting:
-    """The routing rules as the README states them, with the thresholds the workers read from
+    """The routing rules as docs/explainer.md states them, with the thresholds the workers read from
     the same settings: deny or review, or an amount from ``high_min_amount`` on, is high; from
     ``normal_min_amount`` on, normal; else low. Only low verdicts are sampled: explained unasked
     when the BLAKE2b-64 point of the transaction id, as a fraction of 2**64, is below the rate."""

@@ -86,7 +86,7 @@ def test_broker_restart(scenario: Scenario, stack: Stack) -> None:
 
 BROKER_FAULTS = ("group", "noida", "main", "sigstop")
 # A SIGKILL of noida-db (alone or with its process group) loses its last ~1 s of acked writes.
-# In steady state that still breaks the ledger (issue 23, open: README Limits), so those two run
+# In steady state that still breaks the ledger (issue 23, open: docs/limits.md), so those two run
 # in their own scenario, outside `make chaos` (`make chaos-broker-loss`); at start-up they pass.
 LOSSLESS_FAULTS = ("main", "sigstop")
 LOSSY_FAULTS = ("group", "noida")
@@ -117,7 +117,7 @@ def test_broker_outages(outage_scenario: Scenario) -> None:
 def test_broker_sigkill_steady_state(outage_scenario: Scenario) -> None:
     """g') SIGKILL of the broker's process group and of its noida-db alone while the roles run
     (each restarted on the same data dir 5 s later), in a seeded order. noida-db loses its last
-    unsaved acked writes (README Limits): the inputs lost are counted and printed with the window,
+    unsaved acked writes (docs/limits.md): the inputs lost are counted and printed with the window,
     those lost after their verdict was out are not expected to be explained, and everything
     else must be clean — no second verdict with other content, every other explanation complete
     (the roles' stores are rebuilt when the broker hands acked offsets out again)."""

@@ -89,7 +89,7 @@ def test_table_recovery_is_exact(stack: Stack, wipe: bool) -> None:
         shutil.rmtree(stack.root / "data" / "scorer")
     stack.start_worker("scorer")
     # Send the rest once the scorer serves again: transactions arriving *during* a recovery hit a
-    # faust-streaming race (README, limits) that this test is not about.
+    # faust-streaming race (docs/limits.md) that this test is not about.
     probe = {"transaction_id": "probe-recovery", "card_id": "card-probe"}
     probe = {**transactions[0], **probe}
     stack.produce_transactions([probe])
@@ -192,7 +192,7 @@ def _verdict_values(messages: list[Any]) -> dict[str, set[bytes]]:
 def test_broker_shares_our_session_but_not_our_process_group(stack: Stack) -> None:
     """noida-db in its own session would be its own scheduler autogroup on Linux, where the
     explainers' nice does not yield to it (verdict p50 26-46x slower under explainer load,
-    README → Performance); in its own process group a terminal's Ctrl-C still reaches only us."""
+    docs/performance.md); in its own process group a terminal's Ctrl-C still reaches only us."""
     noida = stack.noida()
     broker = noida.ppid()  # `fraudlens broker`, which started it
     assert os.getsid(noida.pid) == os.getsid(broker) == os.getsid(0)

@@ -3,7 +3,7 @@
 kafka-python and kafkajs (tests/foreign/, installed by `make test`) each produce transactions the
 scorer then scores, and each reads fraudlens's own LZ4-compressed verdicts in a consumer group of
 its own; without its LZ4 codec each fails with a clear error (so the verdicts are LZ4, and the
-README is right to name the codec packages). A group that joins 15 s after another group read
+docs/operations.md is right to name the codec packages). A group that joins 15 s after another group read
 and committed the verdicts still finds them: the topics users read keep time retention only.
 The oracle is a plain librdkafka reader (harness.TopicReader), not the clients under test.
 """

@@ -1,4 +1,4 @@
-"""The relay does what README's "Relay websocket protocol" says, checked by a client written from
+"""The relay does what docs/protocol.md's "Relay websocket protocol" says, checked by a client written from
 that section alone (issue 17 points 1 and 6), against a real broker and a real relay:
 
 - a flooding client closed with 4029 is told about every request that was carried out (``ack``
@@ -80,7 +80,7 @@ def relay(stack: Stack) -> RelayProcess:
 
 def check_frame(frame: dict[str, Any]) -> None:
     """The oracle for every frame a client gets: the server schema, and the verdict or update a
-    frame carries is one as on its topic (README: "as on explanation.updates")."""
+    frame carries is one as on its topic (docs/protocol.md: "as on explanation.updates")."""
     SERVER.validate(frame)
     if frame["type"] == "verdict":
         VERDICT.validate({**frame["verdict"], "card_id": "masked"})  # the relay masks card ids
