@@ -22,7 +22,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.broker.embedded import free_port
 from app.malformed import malformed_cases
 from app.masking import mask_card_id
 from app.metrics import metrics_app
@@ -35,6 +34,7 @@ from tests.integration.harness import (
     RelayProcess,
     Stack,
     SteadyProducer,
+    free_port,
     start_relay,
     wait_until,
 )
