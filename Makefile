@@ -11,8 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# The development broker is a package of its own (devbroker/): installed here, never in the image.
+$(STAMP): pyproject.toml devbroker/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]' -e devbroker
 	touch $(STAMP)
 
 models/CURRENT: | $(STAMP)
@@ -24,12 +25,12 @@ demo: $(STAMP) models/CURRENT
 	$(BIN)/fraudlens up --rate $(RATE)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench devbroker
+	$(BIN)/ruff format --check app tests bench devbroker
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/unit devbroker/tests
 
 # kafkajs for tests/integration/test_foreign_clients.py, pinned by tests/foreign/package-lock.json
 # (kafkajs-lz4's lz4 compiles with the machine's g++ against Node's own headers).
@@ -41,7 +42,7 @@ $(FOREIGN): tests/foreign/package.json tests/foreign/package-lock.json
 
 test: lint $(FOREIGN)
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # browser test
-	$(BIN)/python -m pytest -q -m "not slow and not chaos" tests
+	$(BIN)/python -m pytest -q -m "not slow and not chaos" tests devbroker/tests
 
 # The whole stack (scorer, explainer, relay, a console) at SOAK_RATE tx/s for SOAK_MINUTES;
 # samples RSS per role, explanation gap, queue depth and verdict latency; writes

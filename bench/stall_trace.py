@@ -6,7 +6,7 @@ consumed: ``bench.scorer._paced``) grouped by the second it was sent, beside the
 broker's shim, its noida-db child and the scorer (``/proc`` via psutil, sampled every 100 ms) and
 every write of noida-db's store files (``kafka.json`` and its ``kafka.tmp``). Found with it
 (2026-12-05): a 300-540 ms stall every 30 s from noida-db compacting the ``compact,delete``
-changelogs (``app/broker/retention.py``).
+changelogs (``devbroker/fraudlens_devbroker/retention.py``).
 
     python -m bench.stall_trace [--rate 1000] [--seconds 100] [--models DIR] [--out FILE]
 

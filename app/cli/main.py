@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from app.broker.embedded import DEFAULT_FETCH_COALESCE_MS
+from app.cli.broker import DEFAULT_FETCH_COALESCE_MS
 from app.cli.types import FiniteRange
 from app.settings import DEFAULT_BROKER_PORT
 
@@ -23,8 +24,11 @@ from app.settings import DEFAULT_BROKER_PORT
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def cli(log_level: str) -> None:
+@click.pass_obj
+def cli(obj: dict[str, Any] | None, log_level: str) -> None:
     """fraudlens: streaming fraud scoring that answers at once and explains itself later."""
+    if obj is not None:
+        obj["log_level"] = log_level  # `fraudlens broker` hands it to the broker it execs
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from app.runtime import logredact
 
@@ -69,26 +73,34 @@ def cli(log_level: str) -> None:
     help="How long a parked fetch of a Faust client (the explainer), woken by a produce, waits for "
     "more records; every other client is answered at once (0: nobody waits).",
 )
+@click.pass_obj
 def broker(
-    port: int, data_dir: Path | None, ready_file: Path | None, max_retention: float, fetch_coalesce_ms: float
+    obj: dict[str, Any] | None,
+    port: int,
+    data_dir: Path | None,
+    ready_file: Path | None,
+    max_retention: float,
+    fetch_coalesce_ms: float,
 ) -> None:
     """Run the embedded Kafka-protocol broker (noida-db behind the fraudlens shim) until Ctrl-C,
     SIGTERM or SIGHUP. One broker per data directory: a directory held by a running broker is
-    refused; a noida-db left running there by a broker that was killed is stopped first."""
-    from app.broker.embedded import BrokerStartError, serve
+    refused; a noida-db left running there by a broker that was killed is stopped first.
+    For development and tests: it needs the fraudlens-devbroker package (`make` installs it;
+    without it this exits 69, naming what to install)."""
+    from app.cli.broker import broker_command, exec_broker, require_installed
     from app.runtime.priority import favour_verdict_path
     from app.settings import get_settings
 
-    # Before noida-db is forked (it inherits the nice) and before any thread starts.
-    favour_verdict_path("broker", get_settings().verdict_path_nice)
-    directory = data_dir or get_settings().data_dir / "broker"
-    try:
-        asyncio.run(serve(  # ends the process itself, with noida-db's outcome (0, or 1)
-            port, directory, ready_file=ready_file, max_retention_s=max_retention,
-            fetch_coalesce_ms=fetch_coalesce_ms,
-        ))  # fmt: skip
-    except BrokerStartError as exc:
-        raise click.ClickException(str(exc)) from None
+    require_installed()
+    settings = get_settings()
+    # Before the broker forks noida-db (exec keeps the nice, noida-db inherits it).
+    favour_verdict_path("broker", settings.verdict_path_nice)
+    obj = obj or {}
+    command = broker_command(
+        settings, port, data_dir or settings.data_dir / "broker", ready_file, max_retention,
+        fetch_coalesce_ms, obj.get("log_level", "info"),
+    )  # fmt: skip
+    exec_broker(command, obj.get("parent_pid"))  # `python -m fraudlens_devbroker`, in this process
 
 
 @cli.command()
@@ -265,10 +277,11 @@ _register_groups()
 
 
 def main() -> None:
-    from app.runtime.lifetime import exit_with_parent
+    from app.runtime.lifetime import PARENT_PID_ENV, exit_with_parent
 
+    parent_pid = os.environ.get(PARENT_PID_ENV)  # for `fraudlens broker`, which execs the broker
     exit_with_parent()  # a child of `fraudlens up` ends with it, however `up` ends
-    cli(prog_name="fraudlens")
+    cli(prog_name="fraudlens", obj={"parent_pid": parent_pid})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from app.broker.embedded import stop_process
+from app.cli.broker import require_installed
 from app.kafka import topics
 from app.kafka.admin import client_config
 from app.runtime import metrics
@@ -163,6 +163,18 @@ class Stack:
                 )
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it still runs after ``timeout``; waits for it either way."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Stopping(Exception):
     """SIGTERM or SIGHUP arrived while the stack was starting."""
 
@@ -177,6 +189,7 @@ def run_up(rate: float | None, explainers: int = 1, policy: RestartPolicy | None
     settings = get_settings()
     port = _embedded_port(settings)
     if port is not None:  # every child (and the status line) talks to the broker started here
+        require_installed()  # else one line and exit 69 before anything starts (app/cli/broker.py)
         os.environ["FRAUDLENS_BROKER"] = f"kafka://127.0.0.1:{port}"
         settings = settings.model_copy(update={"broker": os.environ["FRAUDLENS_BROKER"]})
     # `up` serves the metrics port itself (its restart counter): children all binding it would fail.

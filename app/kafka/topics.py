@@ -29,7 +29,8 @@ APP_TOPICS = (
     EXPLANATION_UPDATES,
 )
 
-# Topics people and their own tools read (docs/operations.md: your own producers and consumers). The embedded broker keeps
-# them for its time retention only, however far every consumer group has read, so a group that
-# joins later still finds them (issue 23). A new topic users read belongs here.
+# Topics people and their own tools read (docs/operations.md: your own producers and consumers).
+# The embedded broker keeps them for its time retention only, however far every consumer group
+# has read, so a group that joins later still finds them (issue 23). A new topic users read
+# belongs here.
 READ_BY_USERS = frozenset({VERDICTS, EXPLANATION_UPDATES, TRANSACTIONS_DLQ, EXPLAIN_REQUESTS_DLQ})

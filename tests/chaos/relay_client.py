@@ -23,10 +23,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.broker.embedded import free_port
 from app.records.masking import with_masked_card
 from tests.chaos.faults import LOW_SAMPLE_RATE, Scenario
-from tests.integration.harness import RelayProcess, Stack, start_relay, wait_until
+from tests.integration.harness import RelayProcess, Stack, free_port, start_relay, wait_until
 
 SNAPSHOT_CHUNK = 500  # ids per snapshot request (the protocol allows 1,000)
 FINAL_STATES = frozenset({"complete", "failed", "sampled_out"})

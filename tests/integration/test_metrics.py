@@ -9,11 +9,10 @@ import urllib.request
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.broker.embedded import free_port
 from app.model.generator import generate_transactions
 from app.records.malformed import malformed_cases
 from app.relay.tokens import create_token, load_or_create_secret
-from tests.integration.harness import Stack, wait_until
+from tests.integration.harness import Stack, free_port, wait_until
 
 
 def get(url: str, token: str | None = None) -> tuple[int, str]:

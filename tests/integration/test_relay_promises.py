@@ -37,9 +37,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_sync
 
-from app.broker.embedded import free_port
 from app.relay.ratelimit import FLOOD_CLOSE_CODE
-from tests.integration.harness import RelayProcess, Stack, start_relay, wait_until
+from tests.integration.harness import RelayProcess, Stack, free_port, start_relay, wait_until
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 REPLAY_MAX = 50  # small, so an id of this run can fall out of the replay buffer in the test

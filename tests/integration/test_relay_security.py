@@ -22,7 +22,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.broker.embedded import free_port
 from app.model.generator import generate_transactions
 from app.records.malformed import malformed_cases
 from app.records.masking import mask_card_id
@@ -35,6 +34,7 @@ from tests.integration.harness import (
     RelayProcess,
     Stack,
     SteadyProducer,
+    free_port,
     start_relay,
     wait_until,
 )

@@ -20,10 +20,9 @@ import orjson
 import psutil
 import pytest
 
-from app.broker.embedded import free_port
 from app.model.generator import generate_transactions
 from app.relay.tokens import create_token, load_or_create_secret
-from tests.integration.harness import REPO, TopicReader, wait_until
+from tests.integration.harness import REPO, TopicReader, free_port, wait_until
 from tests.integration.test_metrics import get, samples
 
 ROLES = ("broker", "--role scorer", "--role explainer", "relay", "produce")

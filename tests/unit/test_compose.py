@@ -4,6 +4,7 @@ services, images, health checks, replication settings, and that every setting th
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,19 @@ def test_dockerfile_is_small_and_non_root() -> None:
     users = re.findall(r"^USER (\S+)", text, flags=re.M)
     assert users and not users[-1].startswith(("0", "root"))
     assert 'ENTRYPOINT ["fraudlens"]' in text and "FRAUDLENS_MODELS_DIR=/models" in text
+
+
+def test_the_production_image_does_not_install_the_development_broker() -> None:
+    """devbroker/ (fraudlens-devbroker, with its noida-db) is for development and tests: the image
+    copies and installs only the root project, and nothing the root project pulls in is it."""
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "devbroker" not in text and "noida" not in text
+    installs = re.findall(r"pip install (.*)$", text, flags=re.M)
+    assert installs and all(line.split()[-1] == "." for line in installs), installs
+    project = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())
+    requirements = project["project"]["dependencies"]  # what `pip install .` pulls in
+    assert not [r for r in requirements if re.match(r"(fraudlens-devbroker|noida-db)\b", r)], requirements
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["app*"]
 
 
 def test_explainers_yield_the_cpu_to_the_other_containers() -> None:

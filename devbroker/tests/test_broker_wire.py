@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.broker import wire
-from app.broker.wire import (
+from fraudlens_devbroker import wire
+from fraudlens_devbroker.wire import (
     API_API_VERSIONS,
     API_FETCH,
     API_HEARTBEAT,

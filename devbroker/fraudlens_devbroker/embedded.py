@@ -1,6 +1,8 @@
 """The embedded development broker: noida-db as a child process behind the shim.
 
-``fraudlens broker`` runs :func:`serve`; tests start the same thing as a subprocess.
+``python -m fraudlens_devbroker`` runs :func:`serve` (``fraudlens broker`` execs it; see
+``__main__``). It knows nothing of fraudlens: the topics to create and the ones retention trims
+only by time come on its command line.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from app.broker.datadir import (
+from fraudlens_devbroker.datadir import (
     DataDirBusy,
     DataDirLock,
     Owner,
@@ -26,12 +29,24 @@ from app.broker.datadir import (
     process_started,
     stop_leftover,
 )
-from app.broker.shim import BrokerShim
-from app.runtime.lifetime import parent_death_signal
+from fraudlens_devbroker.lifetime import parent_death_signal
+from fraudlens_devbroker.shim import BrokerShim
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FETCH_COALESCE_MS = 50.0  # measured: docs/cost.md, lever 1
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The users' topics: created at start (a topic auto-created by a client's first write gets
+    one partition), and those retention trims only by time (users read them: a group that joins
+    later must still find them; see :mod:`fraudlens_devbroker.retention`)."""
+
+    create: tuple[str, ...] = ()
+    partitions: int = 1
+    replication_factor: int = 1
+    time_retention_only: frozenset[str] = frozenset()
 
 
 def noida_binary() -> Path:
@@ -76,7 +91,7 @@ def start_noida(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     # the broker would compete with all of our processes as an equal group, and the explainers'
     # nice would no longer yield to it (measured: verdict p50 with explainers busy 0.5-0.8 s in
     # a session of its own, 30-43 ms in ours; README → Performance). Out of our group, it would
-    # outlive a SIGKILL of us: the kernel sends it SIGTERM when we end (app/lifetime.py). Started
+    # outlive a SIGKILL of us: the kernel sends it SIGTERM when we end (lifetime.py). Started
     # from the main thread, before any other thread exists (the signal follows the forking thread).
     return subprocess.Popen(
         command, stdout=log_file, stderr=log_file, process_group=0, preexec_fn=parent_death_signal()
@@ -123,11 +138,14 @@ async def serve(
     ready_file: Path | None = None,
     max_retention_s: float = 60.0,
     fetch_coalesce_ms: float = DEFAULT_FETCH_COALESCE_MS,
+    topics: Topics | None = None,
 ) -> NoReturn:
     """Run noida-db + shim until SIGINT/SIGTERM/SIGHUP, then end the process (``os._exit``: 0,
     or 1 if noida-db died) once everything is cleaned up; for a process of its own. Raises
     BrokerStartError when the data directory is taken or noida-db does not start.
-    ``fetch_coalesce_ms``: the shim's window for background fetches (``BrokerShim``)."""
+    ``fetch_coalesce_ms``: the shim's window for background fetches (``BrokerShim``); ``topics``:
+    what to create at start and what retention trims only by time (:class:`Topics`)."""
+    topics = topics or Topics()
     data_dir = data_dir.resolve()
     lock = DataDirLock(data_dir)
     try:
@@ -148,14 +166,16 @@ async def serve(
         await _noida_ready(host, upstream_port, noida, data_dir / "noida")
         await shim.start()
         await wait_for_metadata(host, port, 30)
-        await asyncio.to_thread(_create_app_topics, host, port)
+        await asyncio.to_thread(_create_topics, f"{host}:{port}", topics)
         log.info(
             "broker ready on %s:%s (noida-db pid %s, data in %s, background fetches coalesced %g ms)",
             host, port, noida.pid, data_dir, fetch_coalesce_ms,
         )  # fmt: skip
         if ready_file is not None:
             ready_file.write_text(f"{host}:{port}\n")
-        retention = asyncio.create_task(_retention_loop(f"{host}:{upstream_port}", max_retention_s))
+        retention = asyncio.create_task(
+            _retention_loop(f"{host}:{upstream_port}", max_retention_s, topics.time_retention_only)
+        )
         try:
             code = await _supervise(noida, stop)
         finally:
@@ -203,19 +223,37 @@ async def _noida_ready(host: str, port: int, noida: subprocess.Popen[bytes], noi
         ) from None
 
 
-def _create_app_topics(host: str, port: int) -> None:
-    from app.kafka.admin import ensure_topics
-    from app.settings import get_settings
+def _create_topics(bootstrap: str, topics: Topics) -> None:
+    """Create those of ``topics.create`` that do not exist; an existing topic is left as it is."""
+    from confluent_kafka.admin import AdminClient, NewTopic
 
-    created = ensure_topics(get_settings().model_copy(update={"broker": f"kafka://{host}:{port}"}))
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=15).topics
+    wanted = [
+        NewTopic(name, topics.partitions, topics.replication_factor)
+        for name in topics.create
+        if name not in existing
+    ]
+    created = []
+    for name, future in admin.create_topics(wanted).items() if wanted else []:
+        try:
+            future.result(timeout=15)
+            created.append(name)
+        except Exception as exc:  # a concurrent creator won the race
+            if "exist" not in str(exc).lower():
+                raise
     if created:
         log.info("created topics %s", ", ".join(created))
 
 
-async def _retention_loop(bootstrap: str, max_retention_s: float, interval_s: float = 5.0) -> None:
-    from app.broker.retention import RetentionTask
+async def _retention_loop(
+    bootstrap: str, max_retention_s: float, time_retention_only: frozenset[str], interval_s: float = 5.0
+) -> None:
+    from fraudlens_devbroker.retention import RetentionTask
 
-    task = await asyncio.to_thread(RetentionTask, bootstrap, max_retention_s)
+    task = await asyncio.to_thread(
+        RetentionTask, bootstrap, max_retention_s, time_retention_only=time_retention_only
+    )
     try:
         while True:
             await asyncio.sleep(interval_s)
@@ -237,14 +275,3 @@ async def _supervise(noida: subprocess.Popen[bytes], stop: asyncio.Event) -> int
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
     return 0
-
-
-def main() -> None:  # pragma: no cover - manual entry point for experiments
-    logging.basicConfig(level=logging.INFO)
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 9092
-    data_dir = Path(sys.argv[2] if len(sys.argv) > 2 else os.environ.get("FRAUDLENS_DATA_DIR", "data"))
-    asyncio.run(serve(port, data_dir / "broker"))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -10,12 +10,13 @@ broker process trims, every few seconds, with DeleteRecords:
   ``retention.ms``, capped at the broker's ``max_retention_s``; record age is known from
   (time, high watermark) samples, so no record is read;
 * consumed records: below every group's committed offset, once older than ``consumed_grace_s``,
-  except on the topics users read (``app.topics.READ_BY_USERS``: verdicts, explanation updates,
-  the DLQ), which keep time retention only, so a consumer group that joins later still finds them
-  (Kafka never trims what was read either);
+  except on the topics users read (``time_retention_only``; fraudlens passes its
+  ``app.kafka.topics.READ_BY_USERS``: verdicts, explanation updates, the DLQs), which keep time
+  retention only, so a consumer group that joins later still finds them (Kafka never trims what
+  was read either);
 * ``compact`` topics get ``segment.ms`` (10 s) and ``min.cleanable.dirty.ratio`` low enough
   that noida-db compacts them (a table changelog keeps the latest value per key). ``compact,delete``
-  topics do not: their keys never repeat (transaction ids, signatures: ``app.tables``), so
+  topics do not: their keys never repeat (fraudlens's transaction ids and signatures), so
   compaction removes nothing there and time retention alone bounds them, while each noida-db
   compaction pauses the broker for a time that grows with what it rewrites.
 
@@ -29,8 +30,6 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
-
-from app.kafka import topics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class RetentionPlanner:
 
     max_retention_s: float
     consumed_grace_s: float = 10.0
-    time_retention_only: frozenset[str] = topics.READ_BY_USERS
+    time_retention_only: frozenset[str] = frozenset()  # the topics users read (module doc)
     samples: dict[tuple[str, int], deque[tuple[float, int]]] = field(
         default_factory=lambda: defaultdict(deque)
     )
@@ -102,13 +101,19 @@ def topic_policy(config: dict[str, Any]) -> TopicPolicy:
 class RetentionTask:
     """Runs the planner against the broker with confluent-kafka's admin client (blocking calls)."""
 
-    def __init__(self, bootstrap: str, max_retention_s: float, consumed_grace_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        max_retention_s: float,
+        consumed_grace_s: float = 10.0,
+        time_retention_only: frozenset[str] = frozenset(),
+    ) -> None:
         from confluent_kafka import Consumer
         from confluent_kafka.admin import AdminClient
 
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
         self.watermarks = Consumer({"bootstrap.servers": bootstrap, "group.id": "fraudlens-broker-retention"})
-        self.planner = RetentionPlanner(max_retention_s, consumed_grace_s)
+        self.planner = RetentionPlanner(max_retention_s, consumed_grace_s, time_retention_only)
         self.policies: dict[str, TopicPolicy] = {}
         self.last_low: dict[tuple[str, int], int] = {}
         self.trimmed_records = 0

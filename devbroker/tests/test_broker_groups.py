@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.broker.groups import DEFAULT_SESSION_TIMEOUT_S, GroupSessions, Member
+from fraudlens_devbroker.groups import DEFAULT_SESSION_TIMEOUT_S, GroupSessions, Member
 
 GROUP = "fraudlens"
 

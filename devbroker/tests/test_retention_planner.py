@@ -6,10 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.broker.retention import COMPACTION_CONFIG, RetentionPlanner, RetentionTask, TopicPolicy, topic_policy
-from app.kafka import topics
+from fraudlens_devbroker.retention import (
+    COMPACTION_CONFIG,
+    RetentionPlanner,
+    RetentionTask,
+    TopicPolicy,
+    topic_policy,
+)
 
 TOPIC = "transactions"
+# What fraudlens passes as --time-retention-only (its app.kafka.topics.READ_BY_USERS; the product's
+# tests/unit/test_broker_command.py checks that it does).
+READ_BY_USERS = frozenset({"verdicts", "explanation.updates", "transactions.dlq", "explain.requests.dlq"})
 DELETE = TopicPolicy(delete=True, compact=False, retention_s=None)
 COMPACT = TopicPolicy(delete=False, compact=True, retention_s=None)
 
@@ -20,7 +28,7 @@ def planner_with(
     grace_s: float = 10.0,
     topic: str = TOPIC,
 ) -> RetentionPlanner:
-    planner = RetentionPlanner(max_retention_s, consumed_grace_s=grace_s)
+    planner = RetentionPlanner(max_retention_s, consumed_grace_s=grace_s, time_retention_only=READ_BY_USERS)
     for taken, high in samples:
         planner.observe(topic, 0, high, taken)
     return planner
@@ -161,13 +169,15 @@ def test_the_larger_of_age_and_consumed_targets_wins() -> None:
 # ------------------------------------------------------------------ topics users read
 
 
-def test_the_topics_users_read_are_declared_once() -> None:
-    assert {topics.VERDICTS, topics.EXPLANATION_UPDATES, topics.TRANSACTIONS_DLQ} <= topics.READ_BY_USERS
-    assert topics.READ_BY_USERS.issubset(topics.APP_TOPICS)  # pre-created, partitions and all
-    assert topics.TRANSACTIONS not in topics.READ_BY_USERS  # the input: trimmed once consumed
+def test_without_topics_users_read_every_consumed_topic_is_trimmed() -> None:
+    planner = RetentionPlanner(1_000.0, consumed_grace_s=10.0)  # run by hand, no list given
+    for taken, high in [(0.0, 0), (100.0, 80), (200.0, 100)]:
+        planner.observe("verdicts", 0, high, taken)
+
+    assert planner.trim_to("verdicts", 0, DELETE, [90], now=200.0) == 80
 
 
-@pytest.mark.parametrize("topic", sorted(topics.READ_BY_USERS))
+@pytest.mark.parametrize("topic", sorted(READ_BY_USERS))
 def test_a_topic_users_read_is_not_trimmed_when_every_group_has_read_it(topic: str) -> None:
     # A group that joins later must still find these records: only time retention removes them.
     planner = planner_with([(0.0, 0), (100.0, 80), (200.0, 100)], max_retention_s=1_000.0, topic=topic)
@@ -175,7 +185,7 @@ def test_a_topic_users_read_is_not_trimmed_when_every_group_has_read_it(topic: s
     assert planner.trim_to(topic, 0, DELETE, [100, 100], now=200.0) is None
 
 
-@pytest.mark.parametrize("topic", sorted(topics.READ_BY_USERS))
+@pytest.mark.parametrize("topic", sorted(READ_BY_USERS))
 def test_a_topic_users_read_still_expires_with_the_time_retention(topic: str) -> None:
     planner = planner_with([(0.0, 10), (100.0, 80), (200.0, 100)], max_retention_s=150.0, topic=topic)
 
@@ -183,12 +193,12 @@ def test_a_topic_users_read_still_expires_with_the_time_retention(topic: str) ->
 
 
 def test_the_input_topic_is_still_trimmed_once_consumed_beside_a_topic_users_read() -> None:
-    planner = RetentionPlanner(1_000.0, consumed_grace_s=10.0)
-    for topic in (TOPIC, topics.VERDICTS):
+    planner = RetentionPlanner(1_000.0, consumed_grace_s=10.0, time_retention_only=READ_BY_USERS)
+    for topic in (TOPIC, "verdicts"):
         for taken, high in [(0.0, 0), (100.0, 80), (200.0, 100)]:
             planner.observe(topic, 0, high, taken)
 
-    trims = [planner.trim_to(t, 0, DELETE, [90], now=200.0) for t in (TOPIC, topics.VERDICTS)]
+    trims = [planner.trim_to(t, 0, DELETE, [90], now=200.0) for t in (TOPIC, "verdicts")]
     assert trims == [80, None]
 
 

@@ -7,7 +7,7 @@ Every client talks to the shim; the shim forwards each frame unchanged to noida-
   a Produce to one of the fetched topics completes (or ``max_wait_ms`` runs out), as a real
   broker's fetch purgatory does. A background client's woken fetch waits a short window first
   (``fetch_coalesce_ms``), so it carries the records of several produces instead of one.
-* **Session timeouts.** Dead group members are evicted (see :mod:`app.broker.groups`).
+* **Session timeouts.** Dead group members are evicted (see :mod:`fraudlens_devbroker.groups`).
 * **Addresses.** Metadata and FindCoordinator responses advertise the shim, not noida-db.
 * **Versions.** ApiVersions responses are capped to the versions the shim parses.
 """
@@ -23,8 +23,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from app.broker import wire
-from app.broker.groups import GroupSessions
+from fraudlens_devbroker import wire
+from fraudlens_devbroker.groups import GroupSessions
 
 log = logging.getLogger(__name__)
 

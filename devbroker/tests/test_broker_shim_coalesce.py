@@ -17,13 +17,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-from app.broker import wire
-from app.broker.embedded import free_port
-from app.broker.shim import BrokerShim, read_frame, tolerates_coalescing
+from fraudlens_devbroker import wire
+from fraudlens_devbroker.embedded import free_port
+from fraudlens_devbroker.shim import BrokerShim, read_frame
 
 TOPIC = "verdicts"
 FAUST_CLIENT = "faust-0.15.3"
@@ -192,38 +191,3 @@ def test_with_the_window_off_a_background_fetch_is_answered_at_once() -> None:
 
     assert b"<record-0>" in woken.answer
     assert woken.since_produce_s < WINDOW_MS / 1000 / 2
-
-
-def test_the_explainer_waits_and_the_scorer_does_not_by_the_client_ids_they_send(tmp_path: Path) -> None:
-    from app.explainer.faust_app import create_app
-    from app.scorer.loop import consumer_config
-    from app.settings import Settings
-
-    settings = Settings(data_dir=tmp_path)
-
-    assert tolerates_coalescing(create_app(settings).conf.broker_client_id)
-    assert not tolerates_coalescing(consumer_config(settings)["client.id"])
-
-
-def test_the_window_setting_reads_milliseconds_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``fraudlens broker --fetch-coalesce-ms`` / ``FRAUDLENS_BROKER_FETCH_COALESCE_MS``: a
-    number of ms in 0-1000 (50 by default), anything else a one-line usage error before start."""
-    from click.testing import CliRunner
-
-    from app.cli.main import cli
-
-    def started(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("a value the option should refuse started the broker")
-
-    monkeypatch.setattr("app.broker.embedded.serve", started)
-    runner = CliRunner()
-    assert "--fetch-coalesce-ms FINITE FLOAT RANGE" in runner.invoke(cli, ["broker", "--help"]).output
-    assert "[default: 50.0;" in " ".join(runner.invoke(cli, ["broker", "--help"]).output.split())
-    for bad in ("-1", "soon", "5000", "nan", "inf"):
-        for args, env in (
-            (["--fetch-coalesce-ms", bad], {}),
-            ([], {"FRAUDLENS_BROKER_FETCH_COALESCE_MS": bad}),
-        ):
-            result = runner.invoke(cli, ["broker", "--port", "1", *args], env=env)
-            assert result.exit_code == 2, (bad, env, result.output)
-            assert "Invalid value for '--fetch-coalesce-ms'" in result.output, result.output

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.broker import wire
-from app.broker.embedded import free_port
-from app.broker.shim import BrokerShim, read_frame
+from fraudlens_devbroker import wire
+from fraudlens_devbroker.embedded import free_port
+from fraudlens_devbroker.shim import BrokerShim, read_frame
 
 PROBE_CORRELATION = 424242
 

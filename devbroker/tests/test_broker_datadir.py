@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.broker.datadir import (
+from fraudlens_devbroker.datadir import (
     DataDirBusy,
     DataDirLock,
     Owner,
