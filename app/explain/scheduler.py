@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -57,10 +56,6 @@ class AgingScheduler(Generic[T]):
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
-
-    def __iter__(self) -> Iterator[Queued[T]]:
-        for queue in self._queues.values():
-            yield from queue
 
     def size(self, priority: str) -> int:
         return len(self._queues[priority])
@@ -96,21 +91,6 @@ class AgingScheduler(Generic[T]):
         head = self._queues[priority].popleft()
         aged = now - head.queued_at >= self.aging_s
         return Queued(head.item, head.priority, head.queued_at, aged=aged) if aged else head
-
-    def next_aging_at(self) -> float | None:
-        """When the oldest waiting request reaches the bound (None: nothing waits)."""
-        heads = [q[0].queued_at for q in self._queues.values() if q]
-        return min(heads) + self.aging_s if heads else None
-
-    def drop(self, stale: Callable[[T], bool]) -> list[T]:
-        """Remove (and return) every queued item for which ``stale`` is true, keeping order."""
-        removed: list[T] = []
-        for priority, queue in self._queues.items():
-            kept: deque[Queued[T]] = deque()
-            for queued in queue:
-                (removed.append(queued.item) if stale(queued.item) else kept.append(queued))
-            self._queues[priority] = kept
-        return removed
 
     def _oldest_aged(self, now: float) -> str | None:
         best: str | None = None

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from app.kafka import topics
 from app.kafka.sink import DeliveryFailed, Sink
 from app.records.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
 from app.runtime import metrics
+from app.runtime.stats import BatchTimings
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -245,37 +246,13 @@ class _Batch:
     routed_at: float  # monotonic, once routed (table rows written locally, sends prepared)
 
 
-@dataclass
-class _RouterStats:
-    """Batch sizes and where a routed batch's time goes, for the router's periodic log line:
-    route (parse, dedup, rows written locally), queue (waiting for the previous batch to be
-    published), rows (rows, so the pending updates, acked), sends (requests acked)."""
-
-    batches: int = 0
-    events: int = 0
-    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def add(self, events: int, **seconds: float) -> None:
-        self.batches += 1
-        self.events += events
-        for stage, spent in seconds.items():
-            self.seconds[stage] += spent
-
-    def line(self) -> str:
-        if not self.batches:
-            return "no batches"
-        per_batch = ", ".join(f"{k} {1e3 * v / self.batches:.1f}" for k, v in sorted(self.seconds.items()))
-        mean = self.events / self.batches
-        return f"{self.events} events in {self.batches} batches (mean {mean:.1f}); ms/batch: {per_batch}"
-
-
 async def _publish(
     batches: asyncio.Queue[_Batch],
     stream: StreamT,
     writer: TableWriter,
     urgent: Sink,
     router: Router,
-    stats: _RouterStats,
+    stats: BatchTimings,
     hand_over: HandOver,
     acks: InOrderAcks,
 ) -> None:
@@ -346,12 +323,11 @@ async def _route(
     urgent = named_sink(settings, "explainer-router-high")
     writer = TableWriter(sink, (tables.explanations, tables.waiting))
     router = Router(writer, tables, PriorityRules.from_settings(settings), settings)
-    stats = _RouterStats()
+    stats = BatchTimings(settings.explain_stats_every_s)
     batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
     publisher = asyncio.ensure_future(
         _publish(batches, stream, writer, urgent, router, stats, hand_over, router_acks)
     )
-    logged_at = time.monotonic()
     try:
         async for events in micro_batches(stream, ROUTE_BATCH_MAX, ROUTE_BATCH_WITHIN_S, ack=False):
             if publisher.done():
@@ -363,13 +339,11 @@ async def _route(
             routed_at = time.monotonic()
             stats.seconds["route"] += routed_at - began
             await batches.put(_Batch(events, routed, writer.pending - rows_before, routed_at))
-            if time.monotonic() - logged_at >= settings.explain_stats_every_s:
-                logged_at = time.monotonic()
+            if stats.due():
                 log.info(
                     "router totals: %s; %s; events held for in-order acks %d",
                     dict(sorted(router.counts.items())), stats.line(), router_acks.held(),
                 )  # fmt: skip
-                stats.__init__()  # type: ignore[misc]
             yield len(events)
     finally:
         publisher.cancel()

@@ -10,7 +10,6 @@ row's own event current first; the changelog record goes to that same partition.
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from faust import streams as faust_streams
 from faust.types import TP, EventT, StreamT
 
 from app.explainer.stores_ahead import mark_for_rebuild
+from app.kafka.outage import fatal_exit
 from app.kafka.sink import DeliveryFailed, Sink
 from app.records.contracts import format_utc
 from app.settings import Settings
@@ -37,12 +37,12 @@ def named_sink(settings: Settings, name: str) -> Sink:
 
     # Reconnects logged once per outage; a fatal client error stops the process (issue 23).
     outage = Outage(f"explainer {name}", log, on_fatal=stop_on_fatal(f"explainer {name}", log))
-    client_id = f"{settings.app_id}-{name}"
     return Sink(
         settings,
-        lambda config: Producer(quiet_client_logs({**config, "client.id": client_id}, outage)),
+        lambda config: Producer(quiet_client_logs(config, outage)),
         # a broker that lost acked writes: the stores are rebuilt at the restart that follows
         rebuild_mark=partial(mark_for_rebuild, settings.worker_dir),
+        client_id=name,
     )
 
 
@@ -119,6 +119,4 @@ def stored_json(raw: bytes | None) -> Any:
 
 def give_up(exc: Exception) -> NoReturn:
     # The events stay unacked; a restarted worker replays them from the last commit.
-    log.critical("the broker did not take the explainer's records (%s): stopping the worker", exc)
-    logging.shutdown()
-    os._exit(75)
+    fatal_exit(log, f"the broker did not take the explainer's records ({exc}): stopping the worker")

@@ -241,7 +241,7 @@ class Explaining:
         for priority in ("high", "normal", "low"):
             depth = metrics.EXPLAIN_QUEUE_DEPTH.labels(priority=priority)
             depth.set_function(lambda p=priority: work_queue.scheduler.size(p))  # type: ignore[misc]
-        metrics_server = await metrics.start_metrics_server(settings)
+        stop_metrics = await asyncio.to_thread(metrics.serve_in_thread, settings)
         finishing = asyncio.ensure_future(self.finishing())
         ticker = asyncio.ensure_future(self._stats_ticker())
         try:
@@ -255,8 +255,7 @@ class Explaining:
         finally:
             finishing.cancel()
             ticker.cancel()
-            if metrics_server is not None:
-                await metrics_server.cleanup()
+            await asyncio.to_thread(stop_metrics)
 
     def _current(self, event: EventT) -> bool:
         """Fetched in the consumer's current generation (no rebalance since)."""

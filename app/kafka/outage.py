@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +23,7 @@ T = TypeVar("T")
 # outage every role must ride through.
 RIDE_THROUGH_S = 300.0
 EX_UNAVAILABLE = 69  # sysexits.h: "a service is unavailable"
+EX_TEMPFAIL = 75  # sysexits.h: "temporary failure": what was not acked is redone after a restart
 
 # librdkafka error codes that mean "the broker cannot be reached right now" (retried, not fatal).
 UNREACHABLE_CODES = frozenset({-195, -187, -185})  # _TRANSPORT, _ALL_BROKERS_DOWN, _TIMED_OUT
@@ -191,15 +192,22 @@ class RepeatedClientErrors(logging.Filter):
         return True
 
 
-def stop_on_fatal(what: str, logger: logging.Logger, code: int = 75) -> Callable[[str], None]:
+def fatal_exit(logger: logging.Logger, message: str, code: int = EX_TEMPFAIL) -> NoReturn:
+    """End the process at once with one critical line, where unwinding would try to commit or
+    flush against a broker that cannot take it (a delivery refused for good, a client failed
+    for good, the broker away past the ride-through bound). Work not acked was not counted done,
+    so the restarted process (``fraudlens up``, systemd) does it again."""
+    logger.critical("%s: exit %d", message, code)
+    logging.shutdown()
+    os._exit(code)
+
+
+def stop_on_fatal(what: str, logger: logging.Logger, code: int = EX_TEMPFAIL) -> Callable[[str], None]:
     """An ``on_fatal`` that ends the process with one line: a client that failed for good (e.g.
     an idempotent producer that finds the broker lost writes it had acked) cannot carry on,
-    and a process that kept running without it would be alive but do nothing. What was not
-    acked was not counted done, so the restarted process does it again."""
+    and a process that kept running without it would be alive but do nothing."""
 
     def stop(error: str) -> None:
-        logger.critical("%s: a Kafka client failed for good (%s): exit %d", what, error, code)
-        logging.shutdown()
-        os._exit(code)
+        fatal_exit(logger, f"{what}: a Kafka client failed for good ({error})", code)
 
     return stop

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,29 +87,3 @@ class ModelScorer:
             else:
                 out.append(APPROVE)
         return out
-
-
-class ModelCache:
-    """Lazily loaded scorers, one per version, safe to share between threads."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._scorers: dict[str, ModelScorer] = {}
-        self._lock = threading.Lock()
-
-    def get(self, version: str | None = None) -> ModelScorer:
-        """Scorer for ``version`` (None: the registry's CURRENT version)."""
-        resolved = version or Registry(self.root).current()
-        if resolved is None:
-            raise RegistryError(f"no version given and no CURRENT model in {self.root}")
-        with self._lock:
-            scorer = self._scorers.get(resolved)
-            if scorer is None:
-                scorer = ModelScorer(self.root, resolved)
-                self._scorers[resolved] = scorer
-            return scorer
-
-    def loaded(self) -> list[str]:
-        """Versions loaded so far."""
-        with self._lock:
-            return list(self._scorers)

@@ -424,7 +424,7 @@ async def serve_relay(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     housekeeping = asyncio.create_task(relay.housekeeping())
     metrics.RELAY_CLIENTS.set_function(lambda: len(relay.clients))
-    metrics_server = await metrics.start_metrics_server(settings)
+    stop_metrics = await asyncio.to_thread(metrics.serve_in_thread, settings)
     try:
         async with serve(
             relay.handler,
@@ -446,6 +446,5 @@ async def serve_relay(settings: Settings) -> int:
         reader.stop()
         await asyncio.to_thread(reader.join, 5)
         relay.requester.close()
-        if metrics_server is not None:
-            await metrics_server.cleanup()
+        await asyncio.to_thread(stop_metrics)
     return 0

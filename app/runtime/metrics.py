@@ -130,7 +130,7 @@ def metrics_app(secret: bytes) -> Any:
     return app
 
 
-async def start_metrics_server(settings: Any) -> Any | None:
+async def _start_server(settings: Any) -> Any | None:
     """Serve ``/metrics`` on the configured port (None when no port is set); returns the runner."""
     if not settings.metrics_port:
         return None
@@ -147,8 +147,9 @@ async def start_metrics_server(settings: Any) -> Any | None:
 
 
 def serve_in_thread(settings: Any, timeout_s: float = 15.0) -> Callable[[], None]:
-    """``start_metrics_server`` on an event loop of its own, for a process without one (the
-    scorer). Returns a function that stops it; raises what the start raised (a taken port)."""
+    """The metrics server on an event loop of its own, in a thread: the one way every role hosts
+    it (a scrape never runs on a role's own loop). Returns a function that stops it; raises what
+    the start raised (a taken port)."""
     import asyncio
     import threading
     from concurrent.futures import Future
@@ -161,7 +162,7 @@ def serve_in_thread(settings: Any, timeout_s: float = 15.0) -> Callable[[], None
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            started.set_result(loop.run_until_complete(start_metrics_server(settings)))
+            started.set_result(loop.run_until_complete(_start_server(settings)))
         except BaseException as exc:
             started.set_exception(exc)
             return

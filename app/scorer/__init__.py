@@ -49,7 +49,7 @@ def build(settings: Settings) -> ScorerLoop:
     return ScorerLoop(
         settings,
         scorer,
-        Sink(settings, outage_aware_producer(outage), linger_ms=settings.scorer_linger_ms),
+        Sink(settings, outage_aware_producer(outage), settings.scorer_linger_ms, client_id="scorer-sink"),
         tables,
         inline=inline_explainer(settings),
         watcher=watcher,

@@ -23,7 +23,6 @@ its offsets committed before it goes to another worker.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from app.kafka.outage import (
     UNREACHABLE_CODES,
     BrokerUnreachable,
     Outage,
+    fatal_exit,
     quiet_client_logs,
     retry,
 )
@@ -50,9 +50,11 @@ from app.model.batch import BatchResult, BatchScorer, Incoming
 from app.model.predictor import ModelScorer
 from app.model.registry import Registry
 from app.runtime import metrics
+from app.runtime.stats import BatchTimings
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+STATS_EVERY_S = 10.0
 
 
 class ScorerTables:
@@ -167,7 +169,7 @@ class ScorerLoop:
         self.unacked: dict[int, int] = {}  # partition → next offset, sent but not yet acked
         self.processed: dict[int, int] = {}  # partition → next offset, acked, not yet committed
         self.committed_at = time.monotonic()
-        self.stats = _BatchStats()
+        self.stats = BatchTimings(STATS_EVERY_S)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -228,7 +230,9 @@ class ScorerLoop:
         for item in batch:
             self.unacked[item.partition] = item.offset + 1
         _count(result, started, len(batch))
-        self.stats.add(len(batch), scored - started, time.perf_counter() - scored)
+        self.stats.add(len(batch), score=scored - started, apply=time.perf_counter() - scored)
+        if self.stats.due():  # one line every STATS_EVERY_S while transactions flow
+            log.info("scorer: %s", self.stats.line())
 
     def apply(self, batch: Sequence[Incoming], result: BatchResult) -> None:
         """Rows to the stores and changelogs, acked, then the verdicts and DLQ records queued.
@@ -417,31 +421,22 @@ def _give_up(exc: Exception) -> NoReturn:
     # Carrying on would count transactions whose records the broker never took, and skipping
     # the one that cannot be written would lose it silently (DESIGN-NOTES: when even the DLQ
     # record cannot be written).
-    log.critical(
-        "the broker did not take this batch's records (%s): stopping the worker; the records "
-        "stay unprocessed and are read again on restart",
-        exc,
-    )
-    logging.shutdown()
-    os._exit(75)
+    fatal_exit(log, f"the broker did not take this batch's records ({exc}): stopping the worker; the "
+               "records stay unprocessed and are read again on restart")  # fmt: skip
 
 
 def _unavailable(exc: BrokerUnreachable) -> NoReturn:
     # Called where unwinding would try to commit and flush against the absent broker (inside
     # the consumer's assign callback): one line, and a code a supervisor restarts on.
-    log.critical("%s: stopping the worker (a supervisor restarts it)", exc)
-    logging.shutdown()
-    os._exit(EX_UNAVAILABLE)
+    fatal_exit(log, f"{exc}: stopping the worker (a supervisor restarts it)", EX_UNAVAILABLE)
 
 
 def _client_failed(error: str) -> None:
     # A fatal client error, e.g. the idempotent producer finding the broker's sequence numbers
     # behind its own after a restart that lost acked writes (noida-db SIGKILLed): this client
     # cannot go on. Nothing unacked counted as processed, so a restart replays it.
-    log.critical("a Kafka client failed for good (%s): stopping the worker; a restart replays "
-                 "what was not committed", error)  # fmt: skip
-    logging.shutdown()
-    os._exit(75)
+    fatal_exit(log, f"a Kafka client failed for good ({error}): stopping the worker; a restart replays "
+               "what was not committed")  # fmt: skip
 
 
 def _recovery_retriable(exc: BaseException) -> bool:
@@ -478,28 +473,3 @@ def outage_aware_producer(outage: Outage) -> Callable[[dict[str, Any]], Any]:
     from confluent_kafka import Producer
 
     return lambda config: Producer(quiet_client_logs(config, outage))
-
-
-class _BatchStats:
-    """One INFO line every 10 s while transactions flow: batch sizes and where the time went."""
-
-    EVERY_S = 10.0
-
-    def __init__(self) -> None:
-        self.batches = self.events = 0
-        self.score_s = self.apply_s = 0.0
-        self.since = time.monotonic()
-
-    def add(self, events: int, score_s: float, apply_s: float) -> None:
-        self.batches += 1
-        self.events += events
-        self.score_s += score_s
-        self.apply_s += apply_s
-        now = time.monotonic()
-        if now - self.since >= self.EVERY_S:
-            log.info(
-                "scored %d tx in %d batches (mean %.1f) over %.0f s: score %.0f µs/tx, apply %.1f ms/batch",
-                self.events, self.batches, self.events / self.batches, now - self.since,
-                1e6 * self.score_s / self.events, 1e3 * self.apply_s / self.batches,
-            )  # fmt: skip
-            self.__init__()  # type: ignore[misc]

@@ -50,18 +50,19 @@ def test_not_yet_aged_low_waits_for_high() -> None:
     scheduler.put("low", "low", 0.0)
     scheduler.put("high", "high", 10.0)
     assert [q.item for q in scheduler.take(1, now=29.9)] == ["high"]
-    assert scheduler.next_aging_at() == pytest.approx(30.0)
+    scheduler.put("high", "newer high", 29.9)
+    assert [(q.item, q.aged) for q in scheduler.take(1, now=30.0)] == [("low", True)]  # the bound
 
 
-def test_capacity_and_drop() -> None:
+def test_capacity_is_per_priority() -> None:
     scheduler: AgingScheduler[int] = AgingScheduler(AGING, capacity=2)
     scheduler.put("low", 1, 0.0)
     assert scheduler.has_room("low")
     scheduler.put("low", 2, 0.0)
     assert not scheduler.has_room("low") and scheduler.has_room("high")
     scheduler.put("high", 3, 0.0)
-    assert scheduler.drop(lambda item: item % 2 == 1) == [3, 1]
-    assert [q.item for q in scheduler.take(10, now=0.0)] == [2]
+    assert [q.item for q in scheduler.take(10, now=0.0)] == [3, 1, 2]
+    assert scheduler.has_room("low")
 
 
 def test_unknown_priority_and_bound_are_refused() -> None:
@@ -170,6 +171,7 @@ def test_bounded_share_protects_fresh_work_and_never_starves_aged_work(
     priority: dict[int, str] = {}
     started: dict[int, int] = {}
     aged_in_batch: dict[int, tuple[int, int]] = {}  # id -> (batch it aged in, older still waiting)
+    inside: dict[int, float] = {}  # what the scheduler holds, by the test's own account: id -> queued at
     clock, pending = 0.0, []
     for index, (prio, gap) in enumerate(arrivals):
         clock += gap
@@ -180,7 +182,8 @@ def test_bounded_share_protects_fresh_work_and_never_starves_aged_work(
             at, index, prio = pending.pop(0)
             scheduler.put(prio, index, at)
             queued_at[index], priority[index] = at, prio
-        waiting = [(q.queued_at, q.item) for q in scheduler]
+            inside[index] = at
+        waiting = [(at, item) for item, at in inside.items()]
         for at, item in waiting:
             if now - at >= aging and item not in aged_in_batch:
                 older = sum(other <= at for other, _ in waiting) - 1  # equal times count as older
@@ -188,9 +191,10 @@ def test_bounded_share_protects_fresh_work_and_never_starves_aged_work(
         taken = scheduler.take(batch, now)
         for queued in taken:
             started[queued.item] = batch_no
-        left = list(scheduler)
-        for fresh in (q for q in left if not q.aged and now - q.queued_at < aging):
-            lower = [q for q in taken if rank[q.priority] > rank[fresh.priority]]
+            del inside[queued.item]
+        assert len(scheduler) == len(inside)
+        for fresh in (item for item, at in inside.items() if now - at < aging):
+            lower = [q for q in taken if rank[q.priority] > rank[priority[fresh]]]
             assert len(lower) <= quota, (fresh, lower)
         batch_no += 1
         now += rng.uniform(1, 3)

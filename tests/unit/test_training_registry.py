@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as sklearn_metrics  # shap depends on it: an independent reference
 
 from app.model.features import FEATURE_NAMES, build_matrix
-from app.model.predictor import IncompatibleModelError, ModelCache, ModelScorer, sigmoid
+from app.model.predictor import IncompatibleModelError, ModelScorer, sigmoid
 from app.model.registry import Registry, UnknownModelVersion, content_version
 from app.model.training import (
     RegisteredModel,
@@ -131,12 +131,10 @@ def test_registry_versions_current_and_errors(trained: RegisteredModel, tmp_path
         registry.register(booster, FEATURE_NAMES, {"review": 0.6, "deny": 0.5}, {}, {})
 
 
-def test_model_cache_and_feature_check(trained: RegisteredModel) -> None:
-    cache = ModelCache(trained.path.parent)
-    assert cache.get() is cache.get(trained.version)
-    assert cache.loaded() == [trained.version]
+def test_unknown_versions_and_other_features_are_refused(trained: RegisteredModel) -> None:
+    assert ModelScorer(trained.path.parent).version == trained.version  # CURRENT by default
     with pytest.raises(UnknownModelVersion):
-        cache.get("ffffffffffff")
+        ModelScorer(trained.path.parent, "ffffffffffff")
     with pytest.raises(IncompatibleModelError):
         ModelScorer(trained.path.parent, trained.version, expected_features=("amount",))
 
