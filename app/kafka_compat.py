@@ -1,9 +1,7 @@
 """Small, named adjustments to faust-streaming's Kafka driver.
 
 faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer; we make it a
-setting. Its producer buffer (the ordered queue behind ``send_soon`` and table writes) throttles
-the stream at 100 pending messages, logging a warning each time; one scored batch queues a
-verdict, a prediction row and a card state per transaction, so the bound follows the batch size.
+setting.
 
 Records skipped around a rebalance are handed on by ``app.offset_guard`` (installed here).
 
@@ -27,14 +25,14 @@ import logging
 from typing import Any
 
 from app.kafka.outage import RIDE_THROUGH_S, BrokerUnreachable, Outage, backoff
-from app.settings import Settings
+from app.settings import ExplainerSettings
 
 log = logging.getLogger(__name__)
 
-_installed: list[Settings] = []
+_installed: list[ExplainerSettings] = []
 
 
-def install_faust_patches(settings: Settings) -> None:
+def install_faust_patches(settings: ExplainerSettings) -> None:
     """Idempotent: wraps the consumer factory once, reading the latest settings."""
     if _installed:
         _installed[0] = settings
@@ -42,13 +40,10 @@ def install_faust_patches(settings: Settings) -> None:
     _installed.append(settings)
     from faust.transport.consumer import Consumer
     from faust.transport.drivers import aiokafka as driver
-    from faust.transport.producer import ProducerBuffer
 
     from app import offset_guard
 
     offset_guard.install(Consumer)
-
-    ProducerBuffer.max_messages = 4 * settings.scorer_batch_max + 1000
 
     original = driver.AIOKafkaConsumerThread._create_worker_consumer
 

@@ -1,4 +1,12 @@
-"""Typed settings, read once from the environment (prefix ``FRAUDLENS_``)."""
+"""Typed settings by concern, read once from the environment (prefix ``FRAUDLENS_``) and passed in.
+
+Each process role gets the settings of its concern and nothing else: ``ScorerSettings``,
+``ExplainerSettings``, ``RelaySettings``, each the ``SharedSettings`` (broker, identity, Kafka
+clients and security, table stores and their retention windows, record bounds, metrics) plus its
+own. ``Settings`` is all of them, for the commands that span roles (``fraudlens up``, ``tables``,
+``lag``, the producer). Every environment variable keeps its name whichever class reads it. The
+development broker's own options are its command line (``fraudlens broker --help``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_BROKER_PORT = 9092
 
 
-class Settings(BaseSettings):
-    """Every knob of every role; agents never read ``os.environ`` themselves."""
+class SharedSettings(BaseSettings):
+    """What every role reads; agents never read ``os.environ`` themselves."""
 
     # Every number finite: "inf" or "nan" in an environment variable is an error at start.
     model_config = SettingsConfigDict(env_prefix="FRAUDLENS_", extra="ignore", allow_inf_nan=False)
@@ -25,21 +33,29 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Local state: table stores, broker data, logs.")
     models_dir: Path = Field(Path("models"), description="The model registry directory.")
     app_id: str = Field("fraudlens", description="Faust app id; prefixes changelog topics and groups.")
+    explainer_app_id: str | None = Field(
+        None,
+        description="Explainer consumer group and changelog prefix [<app_id>-explainer].",
+    )
     partitions: int = Field(6, ge=1, le=256, description="Partitions of every topic the app creates.")
     replication_factor: int = Field(1, ge=1, description="Replication of every topic the app creates.")
     instance_id: str | None = Field(None, description="Static group membership id for this worker.")
     role: str = Field("worker", description="Set by `fraudlens worker --role`; names the state dir.")
-
-    # Kafka client tuning (see docs/performance.md)
     session_timeout_s: float = Field(10.0, gt=0, description="Group session timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Group heartbeat interval.")
     fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch long-poll bound.")
     producer_linger_ms: float = Field(2.0, ge=0, description="Producer batching delay.")
-    stream_buffer_maxsize: int = Field(32768, ge=1, description="Faust per-stream buffer.")
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "lz4",
         description="Compression of every batch fraudlens produces (JSON shrinks ~4x; the embedded "
         "broker's store, and so its CPU, with it). Consumers read any codec.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' TLS certificates [the system's]."
     )
     # Table stores: one RocksDB per table partition; each holds up to 2 write buffers and its
     # own block cache, so a worker's store memory is at most
@@ -51,12 +67,80 @@ class Settings(BaseSettings):
     rocksdb_block_cache_mb: int = Field(
         16, ge=1, le=4096, description="RocksDB block cache per table partition."
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
+    explanation_retention_s: float = Field(
+        86400.0, gt=0, description="How long explanation rows (and dedup of re-sent verdicts) are kept."
+    )
+    max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
+    dlq_value_prefix_bytes: int = Field(
+        4096,
+        ge=0,
+        le=262_144,
+        description="A DLQ record carries the rejected value's length, SHA-256 and only its first "
+        "this many bytes (base64), so it always fits the broker's record size, whatever the input.",
+    )
+    dlq_key_prefix_bytes: int = Field(
+        1024, ge=0, le=65_536, description="The same bound for the rejected record's key."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus /metrics here (token required); unset: off."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint listens on.")
+    token_secret: SecretStr | None = Field(
+        None, description="HMAC secret of console tokens [a file generated once in the data dir]."
+    )
+    verdict_path_nice: int = Field(
+        -5,
+        ge=-20,
+        le=0,
+        description="Nice of the broker and the scorer where the process may raise its priority "
+        "(root or CAP_SYS_NICE); otherwise they stay where they are.",
+    )
 
-    # scorer
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not value.startswith("kafka://") or len(value) <= len("kafka://"):
+            raise ValueError("FRAUDLENS_BROKER must look like kafka://host:port")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port[,host:port] for confluent-kafka and aiokafka."""
+        return self.broker.removeprefix("kafka://").replace(";", ",")
+
+    @property
+    def explainer_group(self) -> str:
+        """The explainer's own Faust app id: its restarts never rebalance the scorer's group."""
+        return self.explainer_app_id or f"{self.app_id}-explainer"
+
+    @property
+    def worker_dir(self) -> Path:
+        """This process's own state dir (two workers on one machine need two data dirs)."""
+        suffix = f"-{self.instance_id}" if self.instance_id else ""
+        return self.data_dir / f"{self.role}{suffix}"
+
+
+class PolicySettings(SharedSettings):
+    """The priority rules of explanations: the explainer routes by them, the relay shows them."""
+
+    explain_high_decisions: tuple[str, ...] = Field(
+        ("deny", "review"), description="Verdict decisions whose explanation is high priority."
+    )
+    explain_high_min_amount: float = Field(
+        1000.0, ge=0, description="Amounts from here on are high priority."
+    )
+    explain_normal_min_amount: float = Field(
+        100.0, ge=0, description="Amounts from here on are normal priority."
+    )
+    explain_low_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of low-priority verdicts explained (the rest: on demand only)."
+    )
+
+
+class ScorerSettings(SharedSettings):
+    """The scorer's loop: batching, commits, the model version it scores with."""
+
     scorer_batch_max: int = Field(1000, ge=1, description="Most transactions scored in one batch.")
     scorer_batch_within_s: float = Field(
         0.0,
@@ -75,23 +159,7 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the scorer commits processed offsets (a crash replays at most this).",
     )
-    max_message_bytes: int = Field(65536, ge=1024, description="Larger inputs go to the DLQ.")
-    dlq_value_prefix_bytes: int = Field(
-        4096,
-        ge=0,
-        le=262_144,
-        description="A DLQ record carries the rejected value's length, SHA-256 and only its first "
-        "this many bytes (base64), so it always fits the broker's record size, whatever the input.",
-    )
-    dlq_key_prefix_bytes: int = Field(
-        1024, ge=0, le=65_536, description="The same bound for the rejected record's key."
-    )
-    dedup_window_s: float = Field(86400.0, gt=0, description="How long a re-sent id gets its stored verdict.")
     model_version: str | None = Field(None, description="Pin a model version (default: CURRENT).")
-    metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="Serve Prometheus /metrics here (token required); unset: off."
-    )
-    metrics_host: str = Field("127.0.0.1", description="Interface the metrics endpoint listens on.")
     model_check_interval_s: float = Field(
         1.0, gt=0, description="How often an unpinned scorer looks for a newly promoted model."
     )
@@ -101,23 +169,11 @@ class Settings(BaseSettings):
         "the synchronous design the async pipeline replaces. Never set it in production.",
     )
 
-    # explainer (routing rules, scheduling, batching, method, OS priority)
-    explainer_app_id: str | None = Field(
-        None,
-        description="Explainer consumer group and changelog prefix [<app_id>-explainer].",
-    )
-    explain_high_decisions: tuple[str, ...] = Field(
-        ("deny", "review"), description="Verdict decisions whose explanation is high priority."
-    )
-    explain_high_min_amount: float = Field(
-        1000.0, ge=0, description="Amounts from here on are high priority."
-    )
-    explain_normal_min_amount: float = Field(
-        100.0, ge=0, description="Amounts from here on are normal priority."
-    )
-    explain_low_sample_rate: float = Field(
-        1.0, ge=0, le=1, description="Share of low-priority verdicts explained (the rest: on demand only)."
-    )
+
+class ExplainerSettings(PolicySettings):
+    """The explainer's agents: scheduling, batching, method, cache, OS priority."""
+
+    stream_buffer_maxsize: int = Field(32768, ge=1, description="Faust per-stream buffer.")
     explain_aging_s: float = Field(
         30.0, gt=0, description="Longest a request waits behind newer higher-priority work."
     )
@@ -162,18 +218,11 @@ class Settings(BaseSettings):
         description="Run explainers under SCHED_IDLE (a woken broker or scorer preempts them at once; "
         "app/runtime/priority.py) instead of at explainer_nice only.",
     )
-    verdict_path_nice: int = Field(
-        -5,
-        ge=-20,
-        le=0,
-        description="Nice of the broker and the scorer where the process may raise its priority "
-        "(root or CAP_SYS_NICE); otherwise they stay where they are.",
-    )
-    explanation_retention_s: float = Field(
-        86400.0, gt=0, description="How long explanation rows (and dedup of re-sent verdicts) are kept."
-    )
 
-    # relay (websocket server of the support console) and its access tokens
+
+class RelaySettings(PolicySettings):
+    """The relay (websocket server of the support console), its access tokens and flood control."""
+
     relay_host: str = Field("127.0.0.1", description="Interface the relay listens on.")
     relay_port: int = Field(
         8765, ge=1, le=65535, description="The relay's one port: console at /, websocket at /ws."
@@ -203,12 +252,7 @@ class Settings(BaseSettings):
     relay_feed_stall_s: float = Field(
         5.0, gt=0, description="A broker that owes the relay an answer this long counts as unreachable."
     )
-    token_secret: SecretStr | None = Field(
-        None, description="HMAC secret of console tokens [a file generated once in the data dir]."
-    )
     token_ttl_s: float = Field(8 * 3600.0, gt=0, description="Lifetime of `fraudlens token create` tokens.")
-
-    # relay flood control (per websocket client, token buckets on incoming frames)
     relay_frame_rate: float = Field(20.0, gt=0, description="Client frames per second a client may send.")
     relay_frame_burst: int = Field(40, ge=1, description="Client frames a client may send at once.")
     relay_explain_rate: float = Field(2.0, gt=0, description="explain_now requests per second per client.")
@@ -219,34 +263,13 @@ class Settings(BaseSettings):
         description="Refused (rate_limited) frames a client may accumulate, refilled at the frame rate; "
         "one more closes the connection with code 4029.",
     )
-    kafka_ssl_ca_file: Path | None = Field(
-        None, description="CA bundle (PEM) that signed the brokers' TLS certificates [the system's]."
-    )
 
-    @field_validator("broker")
-    @classmethod
-    def _broker_url(cls, value: str) -> str:
-        if not value.startswith("kafka://") or len(value) <= len("kafka://"):
-            raise ValueError("FRAUDLENS_BROKER must look like kafka://host:port")
-        return value
 
-    @property
-    def bootstrap_servers(self) -> str:
-        """host:port[,host:port] for confluent-kafka and aiokafka."""
-        return self.broker.removeprefix("kafka://").replace(";", ",")
-
-    @property
-    def explainer_group(self) -> str:
-        """The explainer's own Faust app id: its restarts never rebalance the scorer's group."""
-        return self.explainer_app_id or f"{self.app_id}-explainer"
-
-    @property
-    def worker_dir(self) -> Path:
-        """This process's own state dir (two workers on one machine need two data dirs)."""
-        suffix = f"-{self.instance_id}" if self.instance_id else ""
-        return self.data_dir / f"{self.role}{suffix}"
+class Settings(ScorerSettings, ExplainerSettings, RelaySettings):
+    """Every concern at once: the commands that span roles (``fraudlens up``, ``tables``, ``lag``)."""
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The command line's settings, read once per process (the roles get theirs passed in)."""
     return Settings()

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.settings import ExplainerSettings
 
 
 def run_worker(role: str) -> None:
@@ -22,26 +22,27 @@ def run_worker(role: str) -> None:
 
 
 def _run_role(role: str) -> None:
-    from app.settings import Settings
+    """Read the role's settings once (its concern's class; the role names this process's state
+    dir, ``worker_dir``) and run its composition root with them."""
+    from app.settings import ExplainerSettings, RelaySettings, ScorerSettings
 
-    # The role names this process's state dir (``Settings.worker_dir``).
-    settings = Settings(role=role)
     if role == "relay":  # not a Faust worker: its own consumer, no group (app/relay/)
         from app.relay.command import run_relay
 
-        raise SystemExit(run_relay(settings))
+        raise SystemExit(run_relay(RelaySettings(role=role)))
     if role == "scorer":  # not a Faust worker: a librdkafka loop (app/scorer/)
         from app import scorer
         from app.kafka.admin import ensure_topics
         from app.runtime.priority import favour_verdict_path
 
+        settings = ScorerSettings(role=role)
         favour_verdict_path("scorer", settings.verdict_path_nice)  # before its threads start
         ensure_topics(settings)  # the app's topics exist with the configured partitions
         raise SystemExit(scorer.run(settings))
-    _run_explainer(settings)
+    _run_explainer(ExplainerSettings(role=role))
 
 
-def _run_explainer(settings: Settings) -> None:
+def _run_explainer(settings: ExplainerSettings) -> None:
     """Own consumer group (an explainer joining or dying never rebalances the scorer), lower OS
     priority than the scorer, its topics created with the configured partition count, stores
     ahead of their changelogs rebuilt, then the Faust worker."""
@@ -85,7 +86,7 @@ def _exit_clearly(role: str, exc: SystemExit, reason: BaseException | None) -> N
     raise SystemExit(EX_UNAVAILABLE) from None
 
 
-def _rebuild_stores_ahead(app: Any, settings: Settings) -> None:
+def _rebuild_stores_ahead(app: Any, settings: ExplainerSettings) -> None:
     """Stores ahead of their changelogs (a broker that lost acked writes) are deleted before
     Faust opens them, for its recovery to rebuild them (``app.explainer.stores_ahead``)."""
     from app.explainer.stores_ahead import rebuild_faust_stores_ahead

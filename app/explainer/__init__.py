@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from app.explainer.acks import InOrderAcks
     from app.explainer.explanation_tables import ExplanationTables
     from app.explainer.workers import HandOver, WorkQueue
-    from app.settings import Settings
+    from app.settings import ExplainerSettings
 
 PRIORITIES = ("high", "normal", "low")
 
@@ -36,7 +36,7 @@ PRIORITIES = ("high", "normal", "low")
 class ExplainerParts:
     """What ``build`` made; the router and the compute task share it."""
 
-    settings: Settings
+    settings: ExplainerSettings
     app: faust.App
     tables: ExplanationTables
     queue: WorkQueue  # the scheduler between the agents and the compute task
@@ -44,7 +44,7 @@ class ExplainerParts:
     hand_over: HandOver  # the router's requests straight into ``queue``
 
 
-def build(settings: Settings) -> ExplainerParts:
+def build(settings: ExplainerSettings) -> ExplainerParts:
     """The explainer's Faust app with its tables, agents and compute task registered."""
     from app.explainer.acks import InOrderAcks
     from app.explainer.explanation_tables import ExplanationTables

@@ -30,13 +30,13 @@ from typing import Any
 import faust
 
 from app.kafka.table_catalogue import EXPLANATION_WAITING, EXPLANATIONS, TableSpec, store_options
-from app.settings import Settings
+from app.settings import ExplainerSettings
 
 
 class ExplanationTables:
     """The explainer's two Faust tables, declared on its app (``build``)."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: ExplainerSettings) -> None:
         self.explanations = app.Table(
             EXPLANATIONS.name,
             key_type=bytes,
@@ -54,7 +54,7 @@ class ExplanationTables:
         self.waiting = _table(app, EXPLANATION_WAITING, settings)
 
 
-def _table(app: faust.App, spec: TableSpec, settings: Settings) -> Any:
+def _table(app: faust.App, spec: TableSpec, settings: ExplainerSettings) -> Any:
     """A bytes → bytes table with the catalogue's changelog configs and store TTL."""
     return app.Table(
         spec.name,

@@ -12,10 +12,10 @@ from faust.types import TopicT
 
 from app.kafka import topics
 from app.kafka_compat import install_faust_patches
-from app.settings import Settings
+from app.settings import ExplainerSettings
 
 
-def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+def broker_credentials(settings: ExplainerSettings) -> faust.types.auth.CredentialsT | None:
     """The Kafka security settings every librdkafka client gets (``app.kafka.admin.client_config``),
     for Faust's aiokafka clients: SASL (PLAIN / SCRAM) with or without TLS, or TLS alone."""
     protocol = settings.kafka_security_protocol
@@ -34,7 +34,7 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     return None
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: ExplainerSettings) -> faust.App:
     """Build the Faust app; its local state lives under this process's own data dir."""
     install_faust_patches(settings)
     return faust.App(

@@ -55,7 +55,7 @@ from app.kafka.sink import DeliveryFailed, Sink
 from app.records.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
 from app.runtime import metrics
 from app.runtime.stats import BatchTimings
-from app.settings import Settings
+from app.settings import ExplainerSettings
 
 if TYPE_CHECKING:
     from app.explainer import ExplainerParts
@@ -83,7 +83,7 @@ class Router:
         writer: TableWriter,
         tables: ExplanationTables,
         rules: PriorityRules,
-        settings: Settings,
+        settings: ExplainerSettings,
         skips: Skips | None = None,
     ) -> None:
         self.writer, self.rules, self.settings = writer, rules, settings
@@ -314,7 +314,7 @@ def router_agent(parts: ExplainerParts) -> Callable[[StreamT], AsyncIterator[Any
 
 async def _route(
     stream: StreamT,
-    settings: Settings,
+    settings: ExplainerSettings,
     tables: ExplanationTables,
     hand_over: HandOver,
     router_acks: InOrderAcks,

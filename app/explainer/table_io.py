@@ -24,12 +24,12 @@ from app.explainer.stores_ahead import mark_for_rebuild
 from app.kafka.outage import fatal_exit
 from app.kafka.sink import DeliveryFailed, Sink
 from app.records.contracts import format_utc
-from app.settings import Settings
+from app.settings import SharedSettings
 
 log = logging.getLogger(__name__)
 
 
-def named_sink(settings: Settings, name: str) -> Sink:
+def named_sink(settings: SharedSettings, name: str) -> Sink:
     """A sink whose librdkafka client id names its user (router or worker) in broker logs."""
     from confluent_kafka import Producer
 

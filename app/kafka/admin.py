@@ -8,12 +8,12 @@ from typing import Any
 
 from app.kafka import topics
 from app.kafka.outage import RIDE_THROUGH_S, Outage, quiet_client_logs, retry
-from app.settings import Settings
+from app.settings import SharedSettings
 
 log = logging.getLogger(__name__)
 
 
-def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+def client_config(settings: SharedSettings, **extra: Any) -> dict[str, Any]:
     """confluent-kafka settings every fraudlens client shares (SASL/TLS passed through)."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
@@ -30,13 +30,13 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return config
 
 
-def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+def producer_config(settings: SharedSettings, **extra: Any) -> dict[str, Any]:
     """``client_config`` for a producer: every fraudlens producer compresses its batches."""
     return client_config(settings, **{"compression.type": settings.compression, **extra})
 
 
 def ensure_topics(
-    settings: Settings,
+    settings: SharedSettings,
     names: tuple[str, ...] = topics.APP_TOPICS,
     configs: dict[str, dict[str, str]] | None = None,
     limit_s: float = RIDE_THROUGH_S,
@@ -57,7 +57,7 @@ def ensure_topics(
 
 
 def _create_missing(
-    admin: Any, settings: Settings, names: tuple[str, ...], configs: dict[str, dict[str, str]]
+    admin: Any, settings: SharedSettings, names: tuple[str, ...], configs: dict[str, dict[str, str]]
 ) -> list[str]:
     from confluent_kafka.admin import NewTopic
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.kafka.table_catalogue import TableSpec, store_options
-from app.settings import Settings
+from app.settings import SharedSettings
 
 OFFSET_KEY = b"__faust\0offset__"
 
@@ -28,7 +28,7 @@ class LocalTable:
     """One table's partition stores in ``<worker_dir>/v1/tables`` (nothing is opened before
     ``open``); its name, changelog and TTL come from the table catalogue."""
 
-    def __init__(self, spec: TableSpec, settings: Settings, worker_dir: Path) -> None:
+    def __init__(self, spec: TableSpec, settings: SharedSettings, worker_dir: Path) -> None:
         self.name = spec.name
         self.changelog_topic = spec.changelog(settings)
         self.changelog_config = spec.changelog_config(settings)

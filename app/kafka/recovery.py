@@ -21,7 +21,7 @@ from typing import Any
 from app.kafka.admin import client_config
 from app.kafka.local_table import LocalTable
 from app.kafka.outage import Outage, quiet_client_logs
-from app.settings import Settings
+from app.settings import SharedSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RecoveryReport:
 
 
 def recover(
-    settings: Settings,
+    settings: SharedSettings,
     tables: Iterable[LocalTable],
     partitions: Iterable[int],
     consumer_factory: Callable[[dict[str, Any]], Any] | None = None,

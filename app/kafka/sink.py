@@ -36,7 +36,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from app.kafka.admin import producer_config
-from app.settings import Settings
+from app.settings import SharedSettings
 
 
 class DeliveryFailed(RuntimeError):
@@ -52,7 +52,7 @@ class Sink:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SharedSettings,
         producer_factory: Callable[[dict[str, Any]], Any] | None = None,
         linger_ms: float | None = None,
         rebuild_mark: Callable[[str], None] | None = None,

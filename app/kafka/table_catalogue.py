@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.kafka import topics
-from app.settings import Settings
+from app.settings import SharedSettings
 
 Role = Literal["scorer", "explainer"]
 
@@ -29,20 +29,20 @@ class TableSpec:
     name: str
     role: Role
     help: str
-    window: Callable[[Settings], float] | None = None  # rows live this long (seconds); None: for ever
+    window: Callable[[SharedSettings], float] | None = None  # rows live this long (seconds); None: for ever
     output_topic: str | None = None  # the changelog is this output topic (its configs are the topic's)
 
-    def app_id(self, settings: Settings) -> str:
+    def app_id(self, settings: SharedSettings) -> str:
         """The Faust app id (consumer group) of the owner role: it prefixes the changelog topic."""
         return settings.app_id if self.role == "scorer" else settings.explainer_group
 
-    def changelog(self, settings: Settings) -> str:
+    def changelog(self, settings: SharedSettings) -> str:
         return self.output_topic or f"{self.app_id(settings)}-{self.name}-changelog"
 
-    def ttl_s(self, settings: Settings) -> int | None:
+    def ttl_s(self, settings: SharedSettings) -> int | None:
         return None if self.window is None else int(self.window(settings))
 
-    def changelog_config(self, settings: Settings) -> dict[str, str]:
+    def changelog_config(self, settings: SharedSettings) -> dict[str, str]:
         """Configs of the changelog topic the owner creates (none for an output topic)."""
         if self.output_topic is not None:
             return {}
@@ -84,8 +84,8 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
-def store_options(settings: Settings, ttl_s: int | None = None) -> dict[str, Any]:
-    """RocksDB options of a table partition's store: bounded memory (see Settings), a TTL for a
+def store_options(settings: SharedSettings, ttl_s: int | None = None) -> dict[str, Any]:
+    """RocksDB options of a table partition's store: bounded memory (see SharedSettings), a TTL for a
     windowed table. The same dict is a Faust table's ``options``."""
     mb = 1024 * 1024
     options: dict[str, Any] = {

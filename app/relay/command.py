@@ -12,10 +12,10 @@ import click
 from app.cli.types import FiniteRange
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.settings import RelaySettings
 
 
-def run_relay(settings: Settings) -> int:
+def run_relay(settings: RelaySettings) -> int:
     from app.relay.server import serve_relay
 
     return asyncio.run(serve_relay(settings))
@@ -31,10 +31,10 @@ def relay(host: str | None, port: int | None) -> None:
     Each instance reads both topics itself from the earliest retained offset (no consumer
     group), so any number can run behind a load balancer. Connections need a token
     (`fraudlens token create`)."""
-    from app.settings import Settings
+    from app.settings import RelaySettings
 
     chosen = {"relay_host": host, "relay_port": port}  # click checked both
-    sys.exit(run_relay(Settings().model_copy(update={k: v for k, v in chosen.items() if v is not None})))
+    sys.exit(run_relay(RelaySettings().model_copy(update={k: v for k, v in chosen.items() if v is not None})))
 
 
 @click.group()
@@ -56,7 +56,7 @@ def create(ttl: float | None, subject: str, as_url: bool) -> None:
     click.echo(console_url(settings, made) if as_url else made)
 
 
-def make_token(settings: Settings, ttl: float | None = None, subject: str = "console") -> str:
+def make_token(settings: RelaySettings, ttl: float | None = None, subject: str = "console") -> str:
     from app.relay.tokens import create_token, load_or_create_secret
 
     configured = settings.token_secret.get_secret_value() if settings.token_secret else None
@@ -64,12 +64,12 @@ def make_token(settings: Settings, ttl: float | None = None, subject: str = "con
     return create_token(secret, ttl or settings.token_ttl_s, time.time(), subject)
 
 
-def console_url(settings: Settings, made: str) -> str:
+def console_url(settings: RelaySettings, made: str) -> str:
     base = settings.relay_public_url or f"http://{settings.relay_host}:{settings.relay_port}/"
     return f"{base.rstrip('/')}/?token={made}"
 
 
-def relay_answers(settings: Settings) -> bool:
+def relay_answers(settings: RelaySettings) -> bool:
     """Whether a relay serves on the configured host and port (its /healthz says ready)."""
     import json
     import urllib.request

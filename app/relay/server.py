@@ -55,7 +55,7 @@ from app.relay.reading import Skip, SkippedRecords, SkipReason, read_record
 from app.relay.stream import ExplainRequester, Record, StreamReader
 from app.relay.tokens import Claims, TokenError, load_or_create_secret, verify_token
 from app.runtime import metrics
-from app.settings import Settings
+from app.settings import RelaySettings
 
 log = logging.getLogger(__name__)
 LAGGING_CLOSE_CODE = 4008
@@ -70,7 +70,7 @@ def utc_text(seconds: float) -> str:
 
 
 class Relay:
-    def __init__(self, settings: Settings, secret: bytes, epoch: str | None = None) -> None:
+    def __init__(self, settings: RelaySettings, secret: bytes, epoch: str | None = None) -> None:
         self.settings, self.secret = settings, secret
         self.epoch = epoch or secrets.token_hex(4)
         self.state = RelayState(
@@ -403,7 +403,7 @@ class Relay:
         client.send(ack_message("explain_now", request_id, transaction_id=txid))
 
 
-async def serve_relay(settings: Settings) -> int:
+async def serve_relay(settings: RelaySettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     from app.kafka.admin import ensure_topics
 

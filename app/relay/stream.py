@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from app.kafka import topics
 from app.kafka.admin import client_config, producer_config
 from app.relay.feed import FeedChange, FeedWatch, feed_problem
-from app.settings import Settings
+from app.settings import RelaySettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class StreamReader(threading.Thread):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RelaySettings,
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[list[Record]], None],
         on_feed: Callable[[FeedChange], None] | None = None,
@@ -136,7 +136,7 @@ class ExplainRequester:
     told succeeded is on the topic (a timeout of our own could say "failed" about a record that is
     written a moment later)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RelaySettings) -> None:
         self.producer = Producer(producer_config(settings, **{
             "partitioner": "murmur2_random", "linger.ms": 0, "acks": "all",
             "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),

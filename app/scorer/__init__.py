@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from app.scorer.loop import ScorerLoop
-    from app.settings import Settings
+    from app.settings import ScorerSettings
 
 log = logging.getLogger(__name__)
 
 
-def build(settings: Settings) -> ScorerLoop:
+def build(settings: ScorerSettings) -> ScorerLoop:
     """The scorer's parts, wired: its tables' changelogs exist, nothing is consumed yet."""
     import time
 
@@ -57,7 +57,7 @@ def build(settings: Settings) -> ScorerLoop:
     )
 
 
-def run(settings: Settings) -> int:
+def run(settings: ScorerSettings) -> int:
     """``fraudlens worker --role scorer``: score until SIGTERM/SIGINT, then leave the group."""
     import signal
     import threading

@@ -51,7 +51,7 @@ from app.model.predictor import ModelScorer
 from app.model.registry import Registry
 from app.runtime import metrics
 from app.runtime.stats import BatchTimings
-from app.settings import Settings
+from app.settings import ScorerSettings
 
 log = logging.getLogger(__name__)
 STATS_EVERY_S = 10.0
@@ -68,7 +68,7 @@ class ScorerTables:
       never counts a transaction twice.
     """
 
-    def __init__(self, settings: Settings, worker_dir: Path) -> None:
+    def __init__(self, settings: ScorerSettings, worker_dir: Path) -> None:
         self.predictions = LocalTable(PREDICTIONS, settings, worker_dir)
         self.card_activity = LocalTable(CARD_ACTIVITY, settings, worker_dir)
         self.all: tuple[LocalTable, ...] = (self.predictions, self.card_activity)
@@ -78,7 +78,7 @@ class ScorerTables:
             table.close(partitions)
 
 
-def load_model(settings: Settings) -> ModelScorer:
+def load_model(settings: ScorerSettings) -> ModelScorer:
     version = settings.model_version or Registry(settings.models_dir).current()
     if version is None:
         raise SystemExit(f"no model registered in {settings.models_dir}: run `fraudlens train` first")
@@ -115,7 +115,7 @@ class ModelWatcher:
         return model
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
+def consumer_config(settings: ScorerSettings) -> dict[str, Any]:
     config = client_config(
         settings,
         **{
@@ -142,7 +142,7 @@ class ScorerLoop:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ScorerSettings,
         scorer: BatchScorer,
         sink: Sink,
         tables: ScorerTables,
@@ -447,7 +447,7 @@ def _recovery_retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException | RecoveryStalled)
 
 
-def inline_explainer(settings: Settings) -> InlineExplainer | None:
+def inline_explainer(settings: ScorerSettings) -> InlineExplainer | None:
     if settings.scorer_inline_explain == "off":
         return None
     method = settings.scorer_inline_explain
@@ -457,7 +457,7 @@ def inline_explainer(settings: Settings) -> InlineExplainer | None:
     return inline
 
 
-def ensure_changelogs(settings: Settings, tables: ScorerTables) -> None:
+def ensure_changelogs(settings: ScorerSettings, tables: ScorerTables) -> None:
     """The tables' changelog topics, partitioned like ``transactions``, with their configs."""
     from app.kafka.admin import ensure_topics
 
