@@ -28,7 +28,8 @@ Role = Literal["scorer", "explainer"]
 class TableSpec:
     name: str
     role: Role
-    help: str
+    summary: str  # one line, for ``fraudlens tables list``
+    help: str  # the table's full help (Faust's table help)
     window: Callable[[SharedSettings], float] | None = None  # rows live this long (seconds); None: for ever
     output_topic: str | None = None  # the changelog is this output topic (its configs are the topic's)
 
@@ -54,6 +55,7 @@ class TableSpec:
 PREDICTIONS = TableSpec(
     "predictions",
     "scorer",
+    "transaction_id → the verdict sent for it",
     "transaction_id to the verdict JSON sent for it; makes re-sends idempotent.",
     # A retry is a retry within a bounded window; without one the table would grow for ever.
     window=lambda settings: settings.dedup_window_s,
@@ -61,11 +63,13 @@ PREDICTIONS = TableSpec(
 CARD_ACTIVITY = TableSpec(
     "card_activity",
     "scorer",
+    "card_id → recent-activity state (velocity features)",
     "card_id to its recent-activity state (JSON) used for velocity features.",
 )
 EXPLANATIONS = TableSpec(
     "explanations",
     "explainer",
+    "transaction_id → explanation status, priority, timings, result",
     "transaction_id to its explanation state, as its latest explanation.updates record: status, "
     "priority, model version, attempts, the explanation, timings, plus its source and request.",
     window=lambda settings: settings.explanation_retention_s,
@@ -74,6 +78,7 @@ EXPLANATIONS = TableSpec(
 EXPLANATION_WAITING = TableSpec(
     "explanation_waiting",
     "explainer",
+    "transaction_id → a row never published: sampled_out, or requested before its verdict",
     "transaction_id to a row never published: sampled_out (left out by sampling, explained on "
     "demand) or requested (asked for before its verdict came).",
     window=lambda settings: settings.explanation_retention_s,

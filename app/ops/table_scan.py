@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 
 from app.explain.state import from_record
-from app.kafka import topics
 from app.kafka.admin import client_config
+from app.kafka.table_catalogue import CARD_ACTIVITY, EXPLANATION_WAITING, EXPLANATIONS, PREDICTIONS
+from app.kafka.table_catalogue import TableSpec as CatalogueSpec
 from app.settings import Settings
 
 
@@ -38,59 +39,42 @@ def _parse_time(text: Any) -> float | None:
 
 @dataclass(frozen=True)
 class TableSpec:
-    name: str
-    role: str
-    help: str
-    group: Callable[[Settings], str]  # the Faust app id that prefixes its changelog topic
+    """A table of the catalogue (``app.kafka.table_catalogue``), and how its rows are read here."""
+
+    table: CatalogueSpec
     moment: Callable[[Mapping[str, Any]], float | None]  # the row's time, for --since
-    topic: str | None = None  # a changelog that is an output topic (explanations: its updates)
     decode: Callable[[Any], Any] | None = None  # a changelog record -> the row (None: not a row)
 
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def role(self) -> str:
+        return self.table.role
+
+    @property
+    def help(self) -> str:
+        return self.table.summary
+
     def changelog(self, settings: Settings) -> str:
-        return self.topic or f"{self.group(settings)}-{self.name}-changelog"
+        return self.table.changelog(settings)
 
 
-def _scorer(settings: Settings) -> str:
-    return settings.app_id
-
-
-def _explainer(settings: Settings) -> str:
-    return settings.explainer_group
+def _verdict_at(row: Mapping[str, Any]) -> float | None:
+    return _parse_time((row.get("timings") or {}).get("verdict_at"))
 
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
+        TableSpec(PREDICTIONS, lambda row: _parse_time(row.get("scored_at"))),
         TableSpec(
-            "predictions",
-            "scorer",
-            "transaction_id → the verdict sent for it",
-            _scorer,
-            lambda row: _parse_time(row.get("scored_at")),
-        ),
-        TableSpec(
-            "card_activity",
-            "scorer",
-            "card_id → recent-activity state (velocity features)",
-            _scorer,
+            CARD_ACTIVITY,
             lambda row: row["last"] / 1000 if isinstance(row.get("last"), (int, float)) else None,
         ),
-        TableSpec(
-            "explanations",
-            "explainer",
-            "transaction_id → explanation status, priority, timings, result",
-            _explainer,
-            lambda row: _parse_time((row.get("timings") or {}).get("verdict_at")),
-            topic=topics.EXPLANATION_UPDATES,
-            decode=from_record,
-        ),
-        TableSpec(
-            "explanation_waiting",
-            "explainer",
-            "transaction_id → a row never published: sampled_out, or requested before its verdict",
-            _explainer,
-            lambda row: _parse_time((row.get("timings") or {}).get("verdict_at")),
-        ),
+        TableSpec(EXPLANATIONS, _verdict_at, decode=from_record),
+        TableSpec(EXPLANATION_WAITING, _verdict_at),
     )
 }
 

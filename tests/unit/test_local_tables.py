@@ -16,7 +16,7 @@ from app.settings import Settings
 
 @pytest.fixture
 def table(tmp_path: Path) -> Any:
-    made = LocalTable(TableSpec("things", "scorer", "keys to things"), SETTINGS, tmp_path)
+    made = LocalTable(TableSpec("things", "scorer", "keys to things", ""), SETTINGS, tmp_path)
     yield made
     made.close()
 
@@ -47,14 +47,14 @@ def test_wipe_removes_the_local_store_only(table: LocalTable) -> None:
 
 def test_windowed_tables_name_their_changelog_and_its_policy(tmp_path: Path) -> None:
     settings = Settings(app_id="fraud")
-    windowed = LocalTable(TableSpec("w", "scorer", "h", window=lambda _: 60.0), settings, tmp_path)
+    windowed = LocalTable(TableSpec("w", "scorer", "h", "", window=lambda _: 60.0), settings, tmp_path)
     assert windowed.changelog_topic == "fraud-w-changelog"
     assert windowed.changelog_config == {"cleanup.policy": "compact,delete", "retention.ms": "60000"}
-    assert LocalTable(TableSpec("c", "scorer", "h"), settings, tmp_path).changelog_config == {
+    assert LocalTable(TableSpec("c", "scorer", "h", ""), settings, tmp_path).changelog_config == {
         "cleanup.policy": "compact"
     }
     assert windowed.options["ttl"] == 60
-    explainer = LocalTable(TableSpec("e", "explainer", "h"), settings, tmp_path)
+    explainer = LocalTable(TableSpec("e", "explainer", "h", ""), settings, tmp_path)
     assert explainer.changelog_topic == "fraud-explainer-e-changelog"  # the explainer's group
 
 
