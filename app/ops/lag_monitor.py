@@ -30,7 +30,6 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ import orjson
 
 from app.kafka import topics
 from app.kafka.admin import client_config
+from app.records.contracts import utc_seconds
 from app.settings import Settings
 
 PRIORITIES = ("high", "normal", "low")
@@ -49,15 +49,6 @@ def percentiles(values: Iterable[float], qs: Iterable[float] = (50, 95, 99)) -> 
     """Linear-interpolated percentiles (numpy's default); None for an empty sample."""
     sample = np.asarray(list(values), dtype=np.float64)
     return {f"p{q:g}": (float(np.percentile(sample, q)) if sample.size else None) for q in qs}
-
-
-def _epoch(stamp: Any) -> float | None:
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -80,13 +71,13 @@ class GapWindow:
             return
         self._track(update.get("transaction_id"), status, priority)
         if status == "pending":
-            moment = _epoch(timings.get("queued_at")) or _epoch(update.get("updated_at"))
+            moment = utc_seconds(timings.get("queued_at")) or utc_seconds(update.get("updated_at"))
             if moment is None:
                 self.ignored += 1
                 return
             self.routed.append(moment)
         elif status in FINISHED:
-            moment = _epoch(timings.get("completed_at")) or _epoch(update.get("updated_at"))
+            moment = utc_seconds(timings.get("completed_at")) or utc_seconds(update.get("updated_at"))
             if moment is None:
                 self.ignored += 1
                 return

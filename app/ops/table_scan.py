@@ -25,16 +25,8 @@ from app.explain.state import from_record
 from app.kafka.admin import client_config
 from app.kafka.table_catalogue import CARD_ACTIVITY, EXPLANATION_WAITING, EXPLANATIONS, PREDICTIONS
 from app.kafka.table_catalogue import TableSpec as CatalogueSpec
+from app.records.contracts import utc_seconds
 from app.settings import Settings
-
-
-def _parse_time(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -62,13 +54,13 @@ class TableSpec:
 
 
 def _verdict_at(row: Mapping[str, Any]) -> float | None:
-    return _parse_time((row.get("timings") or {}).get("verdict_at"))
+    return utc_seconds((row.get("timings") or {}).get("verdict_at"))
 
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
-        TableSpec(PREDICTIONS, lambda row: _parse_time(row.get("scored_at"))),
+        TableSpec(PREDICTIONS, lambda row: utc_seconds(row.get("scored_at"))),
         TableSpec(
             CARD_ACTIVITY,
             lambda row: row["last"] / 1000 if isinstance(row.get("last"), (int, float)) else None,

@@ -190,3 +190,14 @@ def format_utc(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("format_utc needs a timezone-aware datetime")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_seconds(stamp: Any) -> float | None:
+    """Seconds since the epoch of a time field as records carry it (``format_utc``'s form or any
+    ISO 8601 with a zone); None for anything else: records from outside may hold anything."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
