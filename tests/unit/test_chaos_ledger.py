@@ -116,7 +116,7 @@ def test_a_routing_bug_fails_the_ledger(monkeypatch: pytest.MonkeyPatch, bug: st
     [("approve", 99.99, "low"), ("approve", 100.0, "normal"), ("approve", 999.99, "normal"),
      ("approve", 1000.0, "high"), ("review", 1.0, "high"), ("deny", 1.0, "high")],
 )  # fmt: skip
-def test_expected_routing_states_the_readme_rules(decision: str, amount: float, priority: str) -> None:
+def test_expected_routing_states_the_documented_rules(decision: str, amount: float, priority: str) -> None:
     assert ExpectedRouting.from_settings(1.0).priority(decision, amount) == priority
 
 
