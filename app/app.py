@@ -8,7 +8,7 @@ import faust
 import faust.types.auth
 
 from app import topics
-from app.kafka_compat import install_faust_patches
+from app.faust_patches import install_faust_patches
 from app.settings import Settings, get_settings
 
 
