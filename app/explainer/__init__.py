@@ -11,7 +11,8 @@ is created at import: ``router``, ``workers`` and the other modules only define.
   compute task taking batches from it (aged first, then high, normal, low);
 - ``explanation_tables``: the ``explanations`` and ``explanation_waiting`` Faust tables;
 - ``table_io``: table writes through a librdkafka sink under each row's own event;
-- ``acks``, ``batching``, ``skips``: in-order acks, micro-batches, rate-limited skip logging;
+- ``acks``, ``skips``: in-order acks, rate-limited skip logging;
+- ``faust_patches``: every use of Faust's private API (patches, ``micro_batches``, ``focus``);
 - ``stores_ahead``: local stores ahead of their changelogs, rebuilt before the worker starts;
 - ``faust_app``: the Faust app and its topics.
 """

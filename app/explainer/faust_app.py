@@ -10,8 +10,8 @@ import faust
 import faust.types.auth
 from faust.types import TopicT
 
+from app.explainer.faust_patches import install_faust_patches
 from app.kafka import topics
-from app.kafka_compat import install_faust_patches
 from app.settings import ExplainerSettings
 
 

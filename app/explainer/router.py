@@ -47,7 +47,7 @@ from app.explain.state import (
     route_action,
     to_record,
 )
-from app.explainer.batching import micro_batches
+from app.explainer.faust_patches import micro_batches
 from app.explainer.skips import Skips, contract_problem
 from app.explainer.table_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
 from app.kafka import topics

@@ -167,7 +167,7 @@ def test_two_workers_share_and_one_takes_over(stack: Stack) -> None:
 def test_takeover_under_load_loses_nothing(stack: Stack) -> None:
     """Transactions arriving *during* a takeover all get their verdict. When the scorer was a
     Faust agent, faust-streaming 0.15.3 lost ~20 of them here without the offset guard
-    (app/offset_guard.py, which now serves the explainer)."""
+    (app/explainer/faust_patches.py, the offset guard)."""
     first, second = _start_two_scorers(stack)
     load = SteadyProducer(stack, rate=100, seed=41)
     load.start()

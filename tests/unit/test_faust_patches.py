@@ -1,0 +1,373 @@
+"""Each patch of ``app.explainer.faust_patches`` against faust-streaming 0.15.3's and aiokafka's own code:
+every test here fails with its patch taken out (the failure each gave is noted in the test)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import pytest
+from aiokafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
+from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
+from aiokafka.structs import TopicPartition
+from faust.types import TP
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.explainer import faust_patches
+from app.explainer.faust_patches import DELIVER, GAP, SKIP, OffsetGuard, _offset_guard, install_faust_patches
+from app.kafka.outage import BrokerUnreachable
+from app.settings import Settings
+
+PARTITION = TopicPartition("explain.normal", 4)
+
+# -- the offset guard: its bookkeeping (the integration test tests/integration/test_faust_rebalance.py
+# shows the failure it repairs) ------------------------------------------------------------------
+
+GUARDED = ("verdicts", 0)
+OTHER = ("verdicts", 1)
+
+
+def test_unknown_partition_takes_the_first_record_then_expects_the_next() -> None:
+    guard = OffsetGuard()
+    assert guard.check(GUARDED, 40) == DELIVER
+    assert guard.check(GUARDED, 41) == DELIVER
+    assert guard.expected[GUARDED] == 42
+
+
+def test_record_below_the_expected_offset_is_a_stale_duplicate() -> None:
+    guard = OffsetGuard()
+    guard.reset({GUARDED: 10})
+    assert guard.check(GUARDED, 9) == SKIP
+    assert guard.expected[GUARDED] == 10  # a skip changes nothing
+
+
+def test_record_beyond_the_expected_offset_is_a_gap_and_is_sought_back() -> None:
+    """The stale prefetched record after a rebalance: the seek must fetch 10.. again."""
+    guard = OffsetGuard()
+    guard.reset({GUARDED: 10})
+    assert guard.check(GUARDED, 17) == GAP
+    assert guard.resolve_gap(GUARDED, 17, earliest=0) == 10
+    assert guard.gaps_refetched == 1
+    assert [guard.check(GUARDED, o) for o in (10, 11)] == [DELIVER, DELIVER]
+
+
+def test_gap_that_retention_removed_is_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    guard = OffsetGuard()
+    guard.reset({GUARDED: 10})
+    assert guard.check(GUARDED, 50) == GAP
+    with caplog.at_level(logging.WARNING):
+        assert guard.resolve_gap(GUARDED, 50, earliest=50) is None
+    assert "removed by retention" in caplog.text
+    assert guard.gaps_accepted == 1 and guard.expected[GUARDED] == 51
+
+
+def test_gap_partly_removed_by_retention_seeks_to_the_earliest_retained_offset() -> None:
+    guard = OffsetGuard()
+    guard.reset({GUARDED: 10})
+    assert guard.check(GUARDED, 50) == GAP
+    assert guard.resolve_gap(GUARDED, 50, earliest=30) == 30
+
+
+def test_reset_with_unknown_offset_forgets_and_revocation_forgets() -> None:
+    guard = OffsetGuard()
+    guard.reset({GUARDED: 5, OTHER: 7})
+    guard.reset({GUARDED: None})
+    assert GUARDED not in guard.expected and guard.check(GUARDED, 99) == DELIVER
+    guard.forget([OTHER])
+    assert guard.check(OTHER, 3) == DELIVER
+
+
+def test_partitions_are_independent() -> None:
+    guard = OffsetGuard()
+    guard.reset({GUARDED: 0, OTHER: 100})
+    assert guard.check(GUARDED, 0) == DELIVER
+    assert guard.check(OTHER, 0) == SKIP
+    assert guard.check(OTHER, 100) == DELIVER
+
+
+@given(
+    start=st.integers(0, 50),
+    length=st.integers(1, 60),
+    stale=st.lists(st.integers(0, 200), max_size=20),
+)
+def test_replaying_fetches_with_stale_records_delivers_each_offset_once_in_order(
+    start: int, length: int, stale: list[int]
+) -> None:
+    """Model of the fetch loop: stale records (any offset) arrive before the refetch from the
+    committed offset; the guard, seeking back on gaps, delivers start..end exactly once each."""
+    end = start + length
+    guard = OffsetGuard()
+    guard.reset({GUARDED: start})
+    delivered: list[int] = []
+    position = start
+    queue = [o for o in stale if o < end]
+    while position < end or queue:
+        offset = queue.pop(0) if queue else position
+        if not queue and offset == position:
+            position += 1
+        outcome = guard.check(GUARDED, offset)
+        if outcome == DELIVER:
+            delivered.append(offset)
+        elif outcome == GAP:
+            target = guard.resolve_gap(GUARDED, offset, earliest=0)
+            assert target is not None
+            queue = []  # the seek discards the rest of the stale batch
+            position = target
+    assert delivered == list(range(start, end))
+
+
+def test_a_gap_on_a_partition_revoked_while_asking_the_broker_is_dropped() -> None:
+    """getmany awaits the broker's earliest offset for a gap; a rebalance revoking the partition
+    in that await used to raise KeyError and crash faust's fetcher (found by make chaos)."""
+    tp = TopicPartition("verdicts", 4)
+
+    class FakeConsumer:
+        app = SimpleNamespace(
+            tables=SimpleNamespace(changelog_topics=set()),
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+        )
+        seeks: ClassVar[list[int]] = []
+
+        async def getmany(self, timeout: float) -> Any:
+            for offset in (10, 15, 16):  # 11..14 missing: a gap
+                yield tp, SimpleNamespace(offset=offset)
+
+        async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+            await self.on_partitions_revoked({tp})  # the rebalance lands in this await
+            return {tp: 0}
+
+        async def seek(self, partition: Any, offset: int) -> None:
+            self.seeks.append(offset)
+
+        async def perform_seek(self) -> None:
+            pass
+
+        async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+            pass
+
+    _offset_guard(FakeConsumer)
+    consumer = FakeConsumer()
+
+    async def drain() -> list[int]:
+        consumer._offset_guard = OffsetGuard()  # type: ignore[attr-defined]
+        consumer._offset_guard.reset({tp: 10})  # type: ignore[attr-defined]
+        return [message.offset async for _, message in consumer.getmany(1.0)]
+
+    assert asyncio.run(drain()) == [10]  # 15 and the rest of the batch are the new owner's
+    assert consumer.seeks == []
+
+
+# -- the fetch long-poll bound ------------------------------------------------------------------
+
+
+def test_the_worker_consumer_waits_at_most_the_configured_fetch_wait() -> None:
+    """Without the patch: ``assert 1500 == 123`` (Faust's hard-coded bound)."""
+    import faust
+
+    install_faust_patches(Settings(fetch_max_wait_ms=123))
+    app = faust.App("fetch-wait", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+
+    async def worker_consumer() -> Any:
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        consumer = thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms  # what start() hands aiokafka's Fetcher
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(worker_consumer()) == 123
+
+
+# -- the commit-livelock detector ---------------------------------------------------------------
+
+
+@pytest.fixture
+def subscription() -> Iterator[SubscriptionState]:
+    async def assigned() -> SubscriptionState:  # aiokafka builds these on a running loop
+        state = SubscriptionState()
+        state.assign_from_user({PARTITION})
+        return state
+
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete(assigned())
+    loop.close()
+
+
+def _partition(subscription: SubscriptionState) -> TopicPartitionState:
+    state = subscription.subscription.assignment.state_value(PARTITION)  # type: ignore[union-attr]
+    state.highwater = 300  # fetched before: aiokafka knows the end, so the detector goes on
+    return state
+
+
+def _thread(subscription: SubscriptionState, checked: list[Any]) -> Any:
+    """An ``AIOKafkaConsumerThread`` whose aiokafka event path is healthy (recent fetches), so
+    Faust's detector goes on to read the partition's position; its stream is recent too."""
+
+    def verify_aiokafka(now: float, tp: Any) -> bool:
+        checked.append(tp)
+        return False  # no error logged: the detector goes on
+
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=subscription))
+    app = SimpleNamespace(
+        monitor=SimpleNamespace(stream_inbound_time={}),
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+    )
+    return SimpleNamespace(
+        _consumer=consumer, _ensure_consumer=lambda: consumer, _verify_aiokafka_event_path=verify_aiokafka,
+        consumer=SimpleNamespace(app=app), time_started=time.monotonic(), tp_stream_timeout_secs=300.0,
+    )  # fmt: skip
+
+
+def test_a_partition_being_reset_does_not_crash_the_livelock_detector(
+    subscription: SubscriptionState,
+) -> None:
+    """Without the patch: AssertionError from aiokafka's ``assert self._position is not None``
+    inside Faust's ``verify_event_path`` (what stopped an explainer in ``make chaos``)."""
+    install_faust_patches(Settings())
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    checked: list[Any] = []
+    thread = _thread(subscription, checked)
+    partition = _partition(subscription)
+    partition.await_reset(-2)  # what the fetcher does on OFFSET_OUT_OF_RANGE: the position is unset
+    AIOKafkaConsumerThread.verify_event_path(thread, time.monotonic(), TP(PARTITION.topic, 4))
+    assert checked == []  # skipped until aiokafka has a position again
+
+
+def test_a_partition_with_its_position_again_is_checked(subscription: SubscriptionState) -> None:
+    install_faust_patches(Settings())
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    checked: list[Any] = []
+    thread = _thread(subscription, checked)
+    partition = _partition(subscription)
+    partition.await_reset(-2)
+    partition.reset_to(206)
+    tp = TP(PARTITION.topic, 4)
+    AIOKafkaConsumerThread.verify_event_path(thread, time.monotonic(), tp)
+    assert checked == [tp]
+
+
+def test_no_consumer_yet_is_skipped(subscription: SubscriptionState) -> None:
+    """Without the patch: AttributeError ('NoneType' object has no attribute '_fetcher')."""
+    install_faust_patches(Settings())
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    thread = _thread(subscription, [])
+    thread._consumer = None
+    thread._ensure_consumer = lambda: thread._consumer
+    assert AIOKafkaConsumerThread.verify_event_path(thread, time.monotonic(), TP(PARTITION.topic, 4)) is None
+
+
+# -- topic declarations while the broker is away ------------------------------------------------
+
+
+class FakeTransport:
+    """Faust's ``Transport`` as far as ``_create_topic`` goes: it fails as told, then succeeds."""
+
+    failures: ClassVar[list[BaseException]] = []
+    calls: ClassVar[int] = 0
+
+    async def _create_topic(self, *args: Any, **kwargs: Any) -> None:
+        type(self).calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+
+@pytest.fixture
+def transport(monkeypatch: pytest.MonkeyPatch) -> type[FakeTransport]:
+    monkeypatch.setattr(faust_patches, "backoff", lambda attempt: 0.0)  # no pauses between attempts
+
+    class Transport(FakeTransport):
+        failures: ClassVar[list[BaseException]] = []
+        calls: ClassVar[int] = 0
+
+    faust_patches._retry_topic_declarations(Transport)
+    return Transport
+
+
+def test_a_declaration_waits_for_a_broker_that_is_away(transport: type[FakeTransport]) -> None:
+    """Without the patch: NodeNotReadyError raised (the worker exits)."""
+    transport.failures = [NodeNotReadyError("node 0"), TimeoutError()]
+    asyncio.run(transport()._create_topic("verdicts", 6, 1))
+    assert transport.calls == 3
+
+
+def test_a_refused_declaration_is_raised_at_once(transport: type[FakeTransport]) -> None:
+    transport.failures = [TopicAuthorizationFailedError("verdicts")]
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(transport()._create_topic("verdicts", 6, 1))
+    assert transport.calls == 1
+
+
+def test_a_broker_away_past_the_ride_through_bound_stops_the_worker(
+    transport: type[FakeTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faust_patches, "RIDE_THROUGH_S", 0.0)
+    transport.failures = [NodeNotReadyError("node 0")]
+    with pytest.raises(BrokerUnreachable):
+        asyncio.run(transport()._create_topic("verdicts", 6, 1))
+
+
+# -- installation -------------------------------------------------------------------------------
+
+
+def test_installing_twice_patches_once_and_keeps_the_latest_settings() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
+
+    install_faust_patches(Settings())
+    patched = (AIOKafkaConsumerThread._create_worker_consumer, AIOKafkaConsumerThread.verify_event_path,
+               Transport._create_topic)  # fmt: skip
+    install_faust_patches(Settings(fetch_max_wait_ms=77))
+    assert patched == (AIOKafkaConsumerThread._create_worker_consumer,
+                       AIOKafkaConsumerThread.verify_event_path, Transport._create_topic)  # fmt: skip
+    assert faust_patches._installed[0].fetch_max_wait_ms == 77
+
+
+class _Message:
+    def __init__(self, partition: int) -> None:
+        self.topic, self.partition, self.offset = "verdicts", partition, 1
+
+
+class _Event:  # weak-referenceable, as Faust's events are
+    def __init__(self, partition: int) -> None:
+        self.message = _Message(partition)
+
+
+def test_focus_makes_a_table_write_land_in_its_events_partition_store(tmp_path: Path) -> None:
+    """Faust picks a table's store from the task's current event; the compute task writes rows
+    of many partitions with none of its own, so ``focus`` makes each row's event current."""
+    import asyncio
+
+    from app.explainer.explanation_tables import ExplanationTables
+    from app.explainer.faust_app import create_app
+    from app.explainer.faust_patches import focus
+    from app.settings import ExplainerSettings
+
+    settings = ExplainerSettings(data_dir=tmp_path, role="explainer")
+    app = create_app(settings)
+    table = ExplanationTables(app, settings).waiting
+
+    async def writes() -> list[bytes | None]:
+        with pytest.raises(AssertionError):  # no current event: Faust cannot choose a store
+            table.data[b"k"] = b"nowhere"
+        two, four = _Event(2), _Event(4)
+        focus(None, two)  # type: ignore[arg-type]
+        table.data[b"k"] = b"two"
+        focus(None, four)  # type: ignore[arg-type]
+        table.data[b"k"] = b"four"
+        read = []
+        for event in (two, four):
+            focus(None, event)  # type: ignore[arg-type]
+            read.append(table.data.get(b"k"))
+        return read
+
+    assert asyncio.run(writes()) == [b"two", b"four"]
+    stores = sorted(p.name for p in Path(app.conf.tabledir).glob("explanation_waiting-*.db"))
+    assert stores == ["explanation_waiting-2.db", "explanation_waiting-4.db"]
