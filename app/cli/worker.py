@@ -54,8 +54,6 @@ def _run_explainer(settings: ExplainerSettings) -> None:
 
     applied = yield_to_verdict_path(settings.explainer_nice, settings.explainer_sched_idle)
     logging.getLogger(__name__).info("explainer: scheduled at %s, below the verdict path", applied)
-    # The Faust app id is the explainer's group: it prefixes the explainer's changelogs.
-    settings = settings.model_copy(update={"app_id": settings.explainer_group})
     ensure_topics(settings)
     app = explainer.build(settings).app
     settings.worker_dir.mkdir(parents=True, exist_ok=True)

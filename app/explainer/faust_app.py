@@ -38,7 +38,7 @@ def create_app(settings: ExplainerSettings) -> faust.App:
     """Build the Faust app; its local state lives under this process's own data dir."""
     install_faust_patches(settings)
     return faust.App(
-        settings.app_id,
+        settings.explainer_group,  # its own consumer group and changelog prefix
         broker=settings.broker,
         broker_credentials=broker_credentials(settings),
         store="rocksdb://",

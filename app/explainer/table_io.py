@@ -41,7 +41,7 @@ def named_sink(settings: SharedSettings, name: str) -> Sink:
         lambda config: Producer(quiet_client_logs(config, outage)),
         # a broker that lost acked writes: the stores are rebuilt at the restart that follows
         rebuild_mark=partial(mark_for_rebuild, settings.worker_dir),
-        client_id=name,
+        client_id=f"{settings.explainer_group}-{name}",
     )
 
 

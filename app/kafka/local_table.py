@@ -94,27 +94,3 @@ class LocalTable:
         """Remove a partition's local store (the changelog stays)."""
         self.close([partition])
         shutil.rmtree(self.path(partition), ignore_errors=True)
-
-
-class PartitionView:
-    """``table.get(key)`` on the partition in focus: what :class:`app.model.batch.BatchScorer` reads."""
-
-    def __init__(self, table: LocalTable) -> None:
-        self.table = table
-        self.partition = 0
-
-    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
-        value = self.table.get(self.partition, key)
-        return default if value is None else value
-
-    def __getitem__(self, key: bytes) -> bytes:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.table.put(self.partition, key, value)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes) and self.get(key) is not None

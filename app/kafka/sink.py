@@ -56,9 +56,9 @@ class Sink:
         producer_factory: Callable[[dict[str, Any]], Any] | None = None,
         linger_ms: float | None = None,
         rebuild_mark: Callable[[str], None] | None = None,
-        client_id: str = "sink",
+        client_id: str | None = None,
     ):
-        """``client_id`` is appended to the app id: it names the sink's user in broker logs."""
+        """``client_id`` names the sink's user in broker logs [``<app_id>-sink``]."""
         if producer_factory is None:
             from confluent_kafka import Producer
 
@@ -73,7 +73,7 @@ class Sink:
                 "batch.num.messages": 10_000,
                 "queue.buffering.max.messages": 1_000_000,
                 "message.max.bytes": max(1_000_000, 2 * settings.max_message_bytes + 4096),
-                "client.id": f"{settings.app_id}-{client_id}",
+                "client.id": client_id or f"{settings.app_id}-sink",
             },
         )
         self._producer = producer_factory(config)

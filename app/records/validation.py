@@ -126,6 +126,12 @@ def _transaction() -> _Transaction:
     )
 
 
+def compile_transaction_schema() -> None:
+    """Load and compile the transaction schema now (a role calls it at start: a missing or bad
+    ``FRAUDLENS_SCHEMA_DIR`` stops it there, and the first batch pays no compile)."""
+    _transaction()
+
+
 def validate_transaction(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Return the parsed transaction, or raise ``InvalidInput`` naming the problem.
 

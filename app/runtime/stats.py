@@ -40,12 +40,12 @@ class BatchTimings:
         if not self.batches:
             text = f"no batches in {self.clock() - self.since:.0f} s"
         else:
-            per_batch = ", ".join(
-                f"{k} {1e3 * v / self.batches:.1f}" for k, v in sorted(self.seconds.items())
-            )
+            stages = sorted(self.seconds.items())
+            per_batch = ", ".join(f"{stage} {1e3 * spent / self.batches:.1f}" for stage, spent in stages)
+            per_event = ", ".join(f"{stage} {1e6 * spent / self.events:.0f}" for stage, spent in stages)
             text = (
                 f"{self.events} events in {self.batches} batches (mean {self.events / self.batches:.1f}) "
-                f"over {self.clock() - self.since:.0f} s; ms/batch: {per_batch}"
+                f"over {self.clock() - self.since:.0f} s; ms/batch: {per_batch}; µs/event: {per_event}"
             )
         self._window()
         return text

@@ -25,6 +25,7 @@ def build(settings: ScorerSettings) -> ScorerLoop:
     from app.kafka.sink import Sink
     from app.model.batch import BatchScorer
     from app.model.registry import Registry
+    from app.records.validation import compile_transaction_schema
     from app.scorer.loop import (
         ModelWatcher,
         ScorerLoop,
@@ -35,6 +36,7 @@ def build(settings: ScorerSettings) -> ScorerLoop:
         outage_aware_producer,
     )
 
+    compile_transaction_schema()  # a bad schema dir stops the scorer at start, not at a batch
     outage = Outage("scorer", log)  # its on_fatal is the loop's (ScorerLoop._failed_for_good)
     tables = ScorerTables(settings, settings.worker_dir)
     ensure_changelogs(settings, tables)
@@ -49,7 +51,12 @@ def build(settings: ScorerSettings) -> ScorerLoop:
     return ScorerLoop(
         settings,
         scorer,
-        Sink(settings, outage_aware_producer(outage), settings.scorer_linger_ms, client_id="scorer-sink"),
+        Sink(
+            settings,
+            outage_aware_producer(outage),
+            settings.scorer_linger_ms,
+            client_id=f"{settings.app_id}-scorer-sink",
+        ),
         tables,
         inline=inline_explainer(settings),
         watcher=watcher,

@@ -514,14 +514,21 @@ def test_each_item_reads_the_rows_of_its_own_partition(
     txs = stream[:40]
     batch = [message(tx, i, tx["card_id"].encode(), partition=i % 4) for i, tx in enumerate(txs)]
     batch[5:5] = [Incoming(None, b"garbage", TOPIC, 0, 77)]
+    copy = message(txs[0], 78, txs[0]["card_id"].encode(), partition=3)  # sent again, elsewhere
+    batch.append(copy)
 
     scorer.score(batch)
 
     own = {("predictions", i % 4, tx["transaction_id"].encode()) for i, tx in enumerate(txs)}
     own |= {("cards", i % 4, tx["card_id"].encode()) for i, tx in enumerate(txs)}
+    own.add(("cards", 3, txs[0]["card_id"].encode()))  # the copy's own partition (its state read)
     reads = {entry[1:] for entry in log}
     assert reads <= own, f"read under another item's partition: {sorted(reads - own)[:3]}"
     assert {r for r in own if r[0] == "predictions"} <= reads  # every prediction lookup was made
+    first_card_reads = {(p, key) for name, p, key in reads if name == "cards"}
+    for tx in txs:  # each card's state is read once, from its first item's partition
+        first = next(j for j, other in enumerate(txs) if other["card_id"] == tx["card_id"])
+        assert (first % 4, tx["card_id"].encode()) in first_card_reads, tx["card_id"]
 
 
 def test_batch_counts_decisions_and_rejections_for_metrics(

@@ -22,8 +22,12 @@ def test_a_line_sums_its_window_then_starts_a_new_one() -> None:
     assert not timings.due()
     clock.now += 0.1
     assert timings.due()
-    # 40 events / 2 batches; score (3 + 1) / 2 = 2.0 ms, apply (10 + 2) / 2 = 6.0 ms per batch
-    assert timings.line() == "40 events in 2 batches (mean 20.0) over 10 s; ms/batch: apply 6.0, score 2.0"
+    # 40 events / 2 batches; score (3 + 1) / 2 = 2.0 ms, apply (10 + 2) / 2 = 6.0 ms per batch;
+    # per event: score 4 ms / 40 = 100 µs, apply 12 ms / 40 = 300 µs
+    assert timings.line() == (
+        "40 events in 2 batches (mean 20.0) over 10 s; ms/batch: apply 6.0, score 2.0; "
+        "µs/event: apply 300, score 100"
+    )
     assert not timings.due() and (timings.batches, timings.events, dict(timings.seconds)) == (0, 0, {})
     clock.now += 12
     assert timings.line() == "no batches in 12 s"

@@ -56,3 +56,17 @@ def test_the_sizes_come_from_settings_and_reach_rocksdb(tmp_path: Path) -> None:
     db[b"k"] = b"v"
     assert db[b"k"] == b"v"
     db.close()
+
+
+def test_fausts_changelog_names_are_the_catalogues(tmp_path: Path) -> None:
+    """The explainer's Faust app is named by its group; the changelog names Faust derives from it
+    are the ones the catalogue gives ``fraudlens tables`` and the broker's retention."""
+    from app.kafka.table_catalogue import EXPLANATION_WAITING, EXPLANATIONS
+
+    settings = Settings(data_dir=tmp_path)
+    app = create_app(settings)
+    tables = ExplanationTables(app, settings)
+    assert app.conf.id == "fraudlens-explainer" == settings.explainer_group
+    assert tables.explanations.changelog_topic.get_topic_name() == EXPLANATIONS.changelog(settings)
+    assert tables.waiting.changelog_topic.get_topic_name() == EXPLANATION_WAITING.changelog(settings)
+    assert EXPLANATION_WAITING.changelog(settings) == "fraudlens-explainer-explanation_waiting-changelog"
