@@ -313,7 +313,11 @@ def test_sigkill_mid_batch_then_restart_completes_everything(stack: Stack, model
 
     updates.read_until(mid_batch, 180, "a batch in the middle of its calculation")
     explainer.kill()
+    # In flight: calculating in everything the killed worker got acked. The reader may lag behind
+    # the worker (seen: a batch read as calculating whose completes were already on the topic).
+    updates.read_to_end()
     in_flight = {t for t, seq in updates_by_id(updates).items() if seq[-1]["status"] == "calculating"}
+    assert in_flight, "the kill landed between two batches: nothing was in flight to compute again"
     stack.start_worker("explainer", **env)
     wanted = {v["transaction_id"] for v in verdicts}
     wait_complete(updates, wanted, 300)
