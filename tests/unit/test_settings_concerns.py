@@ -58,3 +58,13 @@ def test_a_role_refuses_a_bad_value_of_its_own_concern(monkeypatch: pytest.Monke
     with pytest.raises(ValidationError, match="scorer_batch_max"):
         ScorerSettings()
     RelaySettings()  # another concern's variable is not the relay's to refuse
+
+
+def test_every_setting_is_documented_by_its_full_name() -> None:
+    """An operator finds every variable in docs/ (operations, protocol, explainer) by grep."""
+    from pathlib import Path
+
+    docs = "".join(p.read_text() for p in (Path(__file__).resolve().parents[2] / "docs").glob("*.md"))
+    variables = [f"FRAUDLENS_{name.upper()}" for name in Settings.model_fields]
+    assert len(variables) > 70
+    assert [v for v in variables if v not in docs] == []
