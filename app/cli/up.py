@@ -24,7 +24,7 @@ from app.cli.broker import require_installed
 from app.kafka import topics
 from app.kafka.admin import client_config
 from app.runtime import metrics
-from app.runtime.lifetime import child_env
+from app.runtime.lifetime import child_env, stop_process
 from app.runtime.restarts import RestartPolicy, RestartTracker, is_failure
 from app.settings import Settings, get_settings
 
@@ -161,18 +161,6 @@ class Stack:
                 self.out.say(
                     f"{child.name} exited with {child.process.returncode} (its log: {child.name}.log)"
                 )
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """SIGTERM, then SIGKILL if it still runs after ``timeout``; waits for it either way."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class Stopping(Exception):

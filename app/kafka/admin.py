@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from functools import partial
 from typing import Any
 
 from app.kafka import topics
@@ -53,17 +54,25 @@ def ensure_topics(
 
     outage = Outage("creating topics", log)
     admin = AdminClient(quiet_client_logs(client_config(settings), outage))
-    return retry(lambda: _create_missing(admin, settings, names, configs or {}), outage, limit_s, _retriable)
+    create = partial(create_missing, admin, names, settings.partitions, settings.replication_factor, configs)
+    return retry(create, outage, limit_s, _retriable)
 
 
-def _create_missing(
-    admin: Any, settings: SharedSettings, names: tuple[str, ...], configs: dict[str, dict[str, str]]
+def create_missing(
+    admin: Any,
+    names: tuple[str, ...],
+    partitions: int,
+    replication_factor: int,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
+    """Create those of ``names`` the broker lacks, through ``admin`` (a confluent-kafka
+    AdminClient); returns those created. A topic a concurrent creator made first is not an error."""
     from confluent_kafka.admin import NewTopic
 
+    configs = configs or {}
     existing = admin.list_topics(timeout=15).topics
     wanted = [
-        NewTopic(name, settings.partitions, settings.replication_factor, config=configs.get(name, {}))
+        NewTopic(name, partitions, replication_factor, config=configs.get(name, {}))
         for name in names
         if name not in existing
     ]

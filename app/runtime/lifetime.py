@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -95,3 +96,15 @@ def _watch(pidfd: int, parent: int, grace_s: float) -> None:
     log.warning("parent process %s ended; stopping (killed in %.0f s if still running)", parent, grace_s)
     threading.Event().wait(grace_s)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it still runs after ``timeout``; waits for it either way."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

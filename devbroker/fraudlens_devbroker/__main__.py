@@ -14,8 +14,8 @@ import math
 import sys
 from pathlib import Path
 
+from app.runtime.lifetime import exit_with_parent
 from fraudlens_devbroker.embedded import DEFAULT_FETCH_COALESCE_MS, BrokerStartError, Topics, serve
-from fraudlens_devbroker.lifetime import exit_with_parent
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # fraudlens's, so its logs read alike
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from app.kafka.admin import create_missing
+from app.runtime.lifetime import parent_death_signal, stop_process
 from fraudlens_devbroker.datadir import (
     DataDirBusy,
     DataDirLock,
@@ -29,7 +31,6 @@ from fraudlens_devbroker.datadir import (
     process_started,
     stop_leftover,
 )
-from fraudlens_devbroker.lifetime import parent_death_signal
 from fraudlens_devbroker.shim import BrokerShim
 
 log = logging.getLogger(__name__)
@@ -91,22 +92,11 @@ def start_noida(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     # the broker would compete with all of our processes as an equal group, and the explainers'
     # nice would no longer yield to it (measured: verdict p50 with explainers busy 0.5-0.8 s in
     # a session of its own, 30-43 ms in ours; README → Performance). Out of our group, it would
-    # outlive a SIGKILL of us: the kernel sends it SIGTERM when we end (lifetime.py). Started
+    # outlive a SIGKILL of us: the kernel sends it SIGTERM when we end (app/runtime/lifetime.py). Started
     # from the main thread, before any other thread exists (the signal follows the forking thread).
     return subprocess.Popen(
         command, stdout=log_file, stderr=log_file, process_group=0, preexec_fn=parent_death_signal()
     )
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 async def wait_for_metadata(host: str, port: int, timeout: float) -> None:
@@ -224,24 +214,12 @@ async def _noida_ready(host: str, port: int, noida: subprocess.Popen[bytes], noi
 
 
 def _create_topics(bootstrap: str, topics: Topics) -> None:
-    """Create those of ``topics.create`` that do not exist; an existing topic is left as it is."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    """Create those of ``topics.create`` that do not exist (PLAINTEXT, once: the broker answered
+    Metadata already); an existing topic is left as it is."""
+    from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = admin.list_topics(timeout=15).topics
-    wanted = [
-        NewTopic(name, topics.partitions, topics.replication_factor)
-        for name in topics.create
-        if name not in existing
-    ]
-    created = []
-    for name, future in admin.create_topics(wanted).items() if wanted else []:
-        try:
-            future.result(timeout=15)
-            created.append(name)
-        except Exception as exc:  # a concurrent creator won the race
-            if "exist" not in str(exc).lower():
-                raise
+    created = create_missing(admin, tuple(topics.create), topics.partitions, topics.replication_factor)
     if created:
         log.info("created topics %s", ", ".join(created))
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,28 +19,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.model.generator import generate_transactions
 from app.runtime.lifetime import PARENT_PID_ENV
+from fraudlens_devbroker.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(
-    host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Wait until something accepts TCP connections on (host, port)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing answered on {host}:{port} within {timeout:.0f} s")
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import psutil
 
-from fraudlens_devbroker.embedded import noida_binary
-from tests.integration.harness import REPO, Stack, TopicReader, free_port, wait_for_port, wait_until
+from fraudlens_devbroker.embedded import noida_binary, wait_for_port
+from tests.integration.harness import REPO, Stack, TopicReader, free_port, wait_until
 
 
 def _gone(process: psutil.Process) -> bool:

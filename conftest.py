@@ -1,5 +1,5 @@
-"""The development broker's tests: fraudlens's rule that no test skips holds here too (this
-directory is outside tests/, whose conftest enforces it for the product's tests)."""
+"""The rule that no test skips, for every test directory (tests/, devbroker/tests/): a test that
+did not run proves nothing, and a declared dependency that does not import is a failure."""
 
 from __future__ import annotations
 
@@ -18,10 +18,16 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
         _SKIPPED.append(report.nodeid)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _SKIPPED and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        session.config.get_terminal_writer().line(
-            f"{len(_SKIPPED)} skipped in devbroker/tests: a skip is a failure: {', '.join(_SKIPPED[:10])}",
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SKIPPED:
+        terminalreporter.write_line(
+            f"{len(_SKIPPED)} skipped: a skip is a failure here (a test that did not run proves "
+            f"nothing; deselect with -m instead): {', '.join(_SKIPPED[:10])}",
             red=True,
         )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Any skipped test fails the run (make test: STYLE, 'never skip in CI')."""
+    if _SKIPPED and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
