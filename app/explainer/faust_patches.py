@@ -6,7 +6,8 @@ and ``tests/integration/test_faust_rebalance.py`` first, and drop a patch whose 
 brings (its tests then pass without it).
 
 - ``_offset_guard``: every record of a stream partition reaches the agent, in offset order,
-  none skipped, after a rebalance too (faust-streaming#216/#221).
+  none skipped, after a rebalance too (faust-streaming#216/#221; and #596, open: Recovery's
+  final ``flow_control.resume()`` empties the queues of records handed out after its seek).
 - ``_fetch_wait_from_settings``: the worker consumer's fetch long-poll bound is a setting.
 - ``_livelock_detector_skips_partitions_without_position``: Faust's commit-livelock detector
   must not crash a worker while aiokafka resets an offset.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -186,30 +188,48 @@ class OffsetGuard:
 
     def __init__(self) -> None:
         self.expected: dict[Any, int] = {}
+        # A seek back to (offset) awaits its first record; (the record fetched first after the
+        # previous seek back to that same offset, if the gap was seen there already).
+        self.sought_back: dict[Any, tuple[int, int | None]] = {}
+        self.held: set[Any] = set()  # its position is being looked up: every record is skipped
         self.gaps_refetched = 0
         self.gaps_accepted = 0
 
     def reset(self, offsets: Mapping[Any, int | None]) -> None:
         """The consumer now reads ``tp`` from ``offset`` (None or negative: unknown, take the next)."""
         for tp, offset in offsets.items():
+            self.sought_back.pop(tp, None)
+            self.held.discard(tp)
             if offset is None or offset < 0:
                 self.expected.pop(tp, None)
             else:
                 self.expected[tp] = offset
 
+    def hold(self, tps: Iterable[Any]) -> None:
+        """Skip every record of ``tps`` until ``reset`` says where they resume."""
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.sought_back.pop(tp, None)
+            self.held.add(tp)
+
     def forget(self, tps: Iterable[Any]) -> None:
         for tp in tps:
             self.expected.pop(tp, None)
+            self.sought_back.pop(tp, None)
+            self.held.discard(tp)
 
     def owns(self, tp: Any) -> bool:
         """Whether ``tp`` is still tracked (a revocation forgets it)."""
-        return tp in self.expected
+        return tp in self.expected or tp in self.held
 
     def check(self, tp: Any, offset: int) -> str:
         """DELIVER (and expect the next offset), SKIP a stale duplicate, or report a GAP."""
+        if tp in self.held:
+            return SKIP
         want = self.expected.get(tp)
         if want is None or offset == want:
             self.expected[tp] = offset + 1
+            self.sought_back.pop(tp, None)
             return DELIVER
         return SKIP if offset < want else GAP
 
@@ -218,19 +238,68 @@ class OffsetGuard:
 
         ``earliest`` is the broker's first retained offset: below it nothing can be fetched.
         """
-        floor = max(self.expected[tp], earliest)
+        want = self.expected[tp]
+        floor = max(want, earliest)
         if offset <= floor:
             log.warning(
                 "%s: offsets %d..%d were removed by retention before this worker read them",
-                tp, self.expected[tp], offset - 1,
-            )  # fmt: skip
-            self.gaps_accepted += 1
-            self.expected[tp] = offset + 1
+                tp,
+                want,
+                offset - 1,
+            )
+            self._accept(tp, offset)
+            return None
+        target, first = self.sought_back.get(tp, (None, None))
+        if target == want and first == offset:
+            # Twice the first record fetched after seeking back to ``want`` is this one: no record
+            # is left between (a transactional producer's commit markers, compaction). Seeking
+            # back again would fetch it forever; once is not proof (a stale prefetched record).
+            log.warning(
+                "%s: offsets %d..%d hold no records (fetched %d twice after seeking back)",
+                tp,
+                want,
+                offset - 1,
+                offset,
+            )
+            self._accept(tp, offset)
             return None
         log.warning("%s: fetched offset %d but the stream is owed %d: seeking back", tp, offset, floor)
         self.gaps_refetched += 1
         self.expected[tp] = floor
+        self.sought_back[tp] = (floor, offset if target == floor else None)
         return floor
+
+    def _accept(self, tp: Any, offset: int) -> None:
+        self.gaps_accepted += 1
+        self.sought_back.pop(tp, None)
+        self.expected[tp] = offset + 1
+
+
+def guarded(consumer: Any, topic: str) -> bool:
+    """Whether the guard checks ``topic``'s records: a stream topic, not a table's changelog."""
+    app = consumer.app
+    return topic not in app.tables.changelog_topics and bool(app.topics.acks_enabled_for(topic))
+
+
+class _ReadOffsets(defaultdict[Any, Any]):
+    """``Consumer._read_offset`` (the offset last handed on, per partition) as
+    ``Consumer._drain_messages`` reads it: None for a guarded partition, so that the drain's own
+    check, which drops a record below that offset and marks the offsets up to a record above it
+    as a gap, leaves those partitions to the guard. The drain sets it after each record's
+    delivery, which can complete after a rebalance's seek (the flow is resumed first): left on,
+    that check dropped the records the seek fetched again (never handed out, the commit stuck
+    at the first of them) or marked them as a gap before they were read. Writes and ``get``
+    (Faust's seeks, ``perform_seek`` above) are unchanged."""
+
+    def __init__(self, consumer: Any, initial: Mapping[Any, Any]) -> None:
+        super().__init__(lambda: None, initial)
+        self._consumer = weakref.ref(consumer)
+
+    def __getitem__(self, tp: Any) -> Any:
+        consumer = self._consumer()
+        if consumer is not None and guarded(consumer, tp.topic):
+            return None
+        return super().__getitem__(tp)
 
 
 def _offset_guard(consumer_class: Any) -> None:
@@ -260,10 +329,21 @@ def _offset_guard(consumer_class: Any) -> None:
     topic, the next offset the stream must see. A record below it is a stale duplicate and is
     skipped; a record above it is a gap: if the broker still holds the missing offsets the
     partition is sought back to them (the rest of the stale batch is skipped); if retention
-    removed them the gap is real, logged, and accepted. ``perform_seek``/``seek`` reset the
-    expectation (to the committed offset or, with none, the earliest retained one); a revoked
-    partition is forgotten. Changelog topics are left alone: compaction makes gaps there normal,
-    and table recovery reads them its own way.
+    removed them the gap is real, logged, and accepted; so is a gap where the record after it
+    came first twice after seeking back (offsets without records: a transactional producer's
+    markers). An accepted gap is marked for Faust's commit (``Consumer._add_gap``).
+    ``perform_seek``/``seek`` reset the expectation (to the committed offset or, with none, the
+    earliest retained one, the partition held meanwhile), with no await between Faust's seek
+    and the reset; a revoked partition is forgotten. Faust's own per-record check in
+    ``_drain_messages`` is off for these partitions (``_ReadOffsets``): it judged by an offset
+    the drain records after each delivery, which a rebalance's seek can precede, and two checks
+    disagreed. After Recovery's final ``app.flow_control.resume()``, which empties every
+    channel queue, the guard expects the seek's positions again (``resume_flow``): the records
+    handed out since the seek were dropped there unread. Seeks back run in aiokafka's own
+    thread (``seek_wait``). Issue 19's CI run failed on this (a commit stuck at offset 241 of
+    1,118); three causes were found by logging each record's way from the guard through Faust's
+    conductor and stream to the agent (DESIGN-NOTES, Faust adjustments). Changelog topics are
+    left alone: compaction makes gaps there normal, and table recovery reads them its own way.
 
     The "retention removed it" branch is not only for the embedded broker, which trims consumed
     records and caps retention at 60 s: Apache Kafka's ``retention.ms``/``retention.bytes`` and
@@ -278,16 +358,14 @@ def _offset_guard(consumer_class: Any) -> None:
     original_perform_seek = consumer_class.perform_seek
     original_seek = consumer_class.seek
     original_revoked = consumer_class.on_partitions_revoked
+    original_init = consumer_class.__init__
+    original_resume_flow = consumer_class.resume_flow
 
     def guard_of(consumer: Any) -> OffsetGuard:
         guard = consumer.__dict__.get("_offset_guard")
         if guard is None:
             guard = consumer.__dict__["_offset_guard"] = OffsetGuard()
         return guard
-
-    def guarded(consumer: Any, topic: str) -> bool:
-        app = consumer.app
-        return topic not in app.tables.changelog_topics and app.topics.acks_enabled_for(topic)
 
     async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         guard = guard_of(self)
@@ -302,34 +380,69 @@ def _offset_guard(consumer_class: Any) -> None:
             if outcome == DELIVER:
                 yield tp, message
             elif outcome == GAP:
+                owed = guard.expected[tp]
                 earliest = (await self.earliest_offsets(tp)).get(tp, 0)
-                if not guard.owns(tp):
-                    # Revoked while the broker was asked (a rebalance ran meanwhile): the record
-                    # is the new owner's. Found by make chaos (explainer_rebalance): the KeyError
-                    # here crashed the fetcher and stopped the worker.
+                if guard.expected.get(tp) != owed or tp in guard.held:
+                    # A rebalance ran while the broker was asked: the partition was revoked (the
+                    # record is the new owner's) or sought anew (the record is fetched again).
+                    # Found by make chaos (explainer_rebalance): a KeyError here crashed the fetcher.
                     sought.add(tp)
                     continue
                 target = guard.resolve_gap(tp, message.offset, earliest)
                 if target is None:
+                    # Faust commits past an offset once it is acked or marked as a gap; the
+                    # drain's own gap marking is off for guarded partitions (_ReadOffsets).
+                    await self._add_gap(tp, owed, message.offset - 1)
                     yield tp, message
                 else:
                     sought.add(tp)
-                    await original_seek(self, tp, target)
+                    await seek_in_consumer_thread(self, tp, target)
+
+    async def seek_in_consumer_thread(self: Any, tp: Any, offset: int) -> None:
+        """aiokafka runs in Faust's consumer thread and is not thread-safe; ``Consumer.seek``
+        calls its ``seek`` (which edits the fetcher's buffers) from the event loop's thread,
+        ``seek_wait`` runs it in aiokafka's own. No failure was traced to the other way; it is
+        the one Faust uses for its own seeks."""
+        seek_wait = getattr(self, "seek_wait", None)
+        if seek_wait is None:  # a consumer without a thread
+            await original_seek(self, tp, offset)
+        else:
+            await seek_wait({tp: offset})
 
     async def perform_seek(self: Any) -> None:
         await original_perform_seek(self)
-        # perform_seek left the committed offset of every assigned partition in _read_offset; a
-        # partition with none is read from its earliest retained offset (auto_offset_reset).
+        # perform_seek left the committed offset of every assigned partition in _read_offset.
+        # No await until the guard knows them: Recovery resumed the flow before this seek, so the
+        # fetcher is running, and a record checked against the previous generation's positions
+        # would pass (seen: Faust then marked the offsets in between as a gap, its acked list
+        # held them twice and the partition's commit advanced one offset per commit interval).
+        guard = guard_of(self)
         positions = {tp: self._read_offset.get(tp) for tp in self.assignment() if guarded(self, tp.topic)}
         unknown = [tp for tp, offset in positions.items() if offset is None]
+        guard.reset({tp: offset for tp, offset in positions.items() if offset is not None})
+        guard.hold(unknown)  # no commit yet: read from the earliest retained offset (auto_offset_reset)
         if unknown:
-            positions.update(await self.earliest_offsets(*unknown))
+            earliest = await self.earliest_offsets(*unknown)
+            positions.update(earliest)
+            guard.reset({tp: earliest.get(tp, 0) for tp in unknown if tp in guard.held})
         if positions:
             log.info(
                 "streams resume at %s",
                 ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(positions.items())),
             )
-        guard_of(self).reset(positions)
+        self.__dict__["_offset_guard_sought"] = dict(guard.expected)
+
+    def resume_flow(self: Any) -> None:
+        original_resume_flow(self)
+        # Recovery resumes the flow before its seek and again after it, right after
+        # ``app.flow_control.resume()``, which empties every stream's channel queue: the records
+        # handed out since the seek are dropped there, unread, and the partition's commit waits
+        # for them (faust-streaming#596, open). Expect the seek's positions again, so that the
+        # next record fetched is a gap and they are fetched again.
+        sought = self.__dict__.pop("_offset_guard_sought", None)
+        if sought:
+            guard = guard_of(self)
+            guard.reset({tp: offset for tp, offset in sought.items() if guard.owns(tp)})
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
         await original_seek(self, partition, offset)
@@ -337,10 +450,17 @@ def _offset_guard(consumer_class: Any) -> None:
 
     async def on_partitions_revoked(self: Any, revoked: set[Any]) -> None:
         guard_of(self).forget(revoked)
+        self.__dict__.pop("_offset_guard_sought", None)
         await original_revoked(self, revoked)
 
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._read_offset = _ReadOffsets(self, getattr(self, "_read_offset", {}))
+
+    consumer_class.__init__ = __init__
     consumer_class.getmany = getmany
     consumer_class.perform_seek = perform_seek
+    consumer_class.resume_flow = resume_flow
     consumer_class.seek = seek
     consumer_class.on_partitions_revoked = on_partitions_revoked
 
