@@ -361,6 +361,34 @@ def test_records_handed_out_before_the_final_resume_are_fetched_again() -> None:
     assert asyncio.run(run()) == ([10, 11], [10, 11, 12], [10])
 
 
+def test_the_final_resume_expects_the_seeks_positions_not_what_was_handed_out_meanwhile() -> None:
+    """Records are handed out while the seek looks up the earliest offset of a partition with no
+    commit; they land in the queues the final resume empties. Seen when the guard kept what it
+    expected by the end of the seek: every partition's commit stuck (``[10, 11]`` -> 12)."""
+    fresh = TopicPartition("verdicts", 5)
+
+    class Consumer(_DrainConsumer):
+        def assignment(self) -> set[Any]:
+            return {PARTITION, fresh}
+
+        async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+            if fresh in tps:  # the seek's lookup: records of the other partition go out meanwhile
+                self.fetches = [[10, 11]]
+                self.handed = [message.offset async for _, message in self.getmany(1.0)]
+            return {tp: 0 for tp in tps}
+
+    _offset_guard(Consumer)
+
+    async def run() -> tuple[list[int], int]:
+        consumer = Consumer([], {PARTITION: 10, fresh: None}, None)
+        guard = consumer._offset_guard = OffsetGuard()  # type: ignore[attr-defined]
+        await consumer.perform_seek()
+        consumer.resume_flow()
+        return consumer.handed, guard.expected[PARTITION]  # type: ignore[attr-defined]
+
+    assert asyncio.run(run()) == ([10, 11], 10)
+
+
 def test_the_guard_seeks_back_in_the_consumer_thread() -> None:
     """aiokafka is not thread-safe and runs in Faust's consumer thread; ``Consumer.seek`` calls it
     from the event loop's thread, ``seek_wait`` in its own (as Faust's own seeks do)."""
