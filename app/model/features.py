@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -187,7 +187,8 @@ def _covers(highest: list[int] | None, source: tuple[int, int] | None) -> bool:
     return source is not None and highest is not None and highest[0] == source[0] and source[1] <= highest[1]
 
 
-def _median(values: list[float]) -> float:
+def card_median(values: Sequence[float]) -> float:
+    """The median of a card's recent amounts (``state["am"]``): what ``amount_to_median`` divides by."""
     ordered = sorted(values)
     mid = len(ordered) // 2
     if len(ordered) % 2:
@@ -260,7 +261,7 @@ def features_for(tx: Mapping[str, Any], state: Mapping[str, Any] | None) -> list
     device = tx.get("device_id")
     usual = _usual_country(state["cc"])
     last = state["last"]
-    median = _median(state["am"]) if state["am"] else 0.0
+    median = card_median(state["am"]) if state["am"] else 0.0
     row += [
         1.0 if usual is not None and usual != tx["country"] else 0.0,
         1.0 if device else 0.0,
