@@ -147,8 +147,10 @@ class CounterfactualSearch:
             if move.changes:
                 alone[m] = float(self._probabilities(np.asarray([base], dtype=np.float64))[0])
                 scored += 1
-            # At most two fields: a lower amount goes with one other change at most.
-            tried = amounts if len(move.changes) < 2 else amounts[:0]
+            # At most two fields: a lower amount goes with one other change at most; and none
+            # where the change alone approves (a lower amount would not be the smaller change).
+            approves = m in alone and self.decide(alone[m]) == APPROVE
+            tried = amounts if len(move.changes) < 2 and not approves else amounts[:0]
             rows = amount_rows(base, tried, median)
             scores = self._probabilities(rows) if len(rows) else np.zeros(0)
             scored += len(rows)
