@@ -165,6 +165,18 @@ def empty_state() -> CardState:
     }  # fmt: skip
 
 
+# What ``features_for`` reads of a card state: all but the replay bookkeeping (``ids``, ``src``).
+FEATURE_STATE_KEYS: tuple[str, ...] = ("v", "n", "last", "rt", "ra", "rc", "am", "cc", "dv", "mr")
+
+
+def features_state(state: Mapping[str, Any] | None) -> CardState | None:
+    """The part of ``state`` that ``features_for`` reads: what a verdict carries so that an
+    explainer recomputes the verdict's features exactly (issue 20: counterfactuals)."""
+    if state is None:
+        return None
+    return {key: state[key] for key in FEATURE_STATE_KEYS}
+
+
 def contains(state: Mapping[str, Any] | None, transaction_id: str) -> bool:
     """True when ``transaction_id`` was already applied to ``state``."""
     return state is not None and transaction_id in state["ids"]

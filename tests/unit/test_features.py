@@ -194,3 +194,17 @@ def test_a_busy_cards_work_per_transaction_stays_bounded() -> None:
     assert state is not None and state["n"] == len(transactions)
     per_tx = elapsed / len(transactions) * 1e6
     print(f"\nfeatures_for + apply_transaction: {per_tx:.1f} µs/transaction (one busy card)")
+
+
+def test_the_carried_card_state_recomputes_the_same_features_after_a_json_round_trip() -> None:
+    """What a verdict will carry (``features_state``, as JSON): the same features as the full
+    state, for every transaction of a generated stream (issue 20's counterfactuals rely on it)."""
+    states: dict[str, Any] = {}
+    checked = 0
+    for tx in generate_transactions(3000, seed=17):
+        state = states.get(tx["card_id"])
+        carried = orjson.loads(orjson.dumps(F.features_state(state)))
+        assert F.features_for(tx, carried) == F.features_for(tx, state)
+        checked += state is not None
+        states[tx["card_id"]] = F.apply_transaction(tx, state)
+    assert checked > 2000
