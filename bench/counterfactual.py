@@ -18,33 +18,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 
 from app.explain.counterfactual import APPROVE, CounterfactualSearch
 from app.explain.splits import SplitIndex
 from app.model.features import apply_transaction, features_for
 from app.model.generator import generate_transactions
-from app.model.registry import Registry
+from app.model.predictor import ModelScorer
 
 
 def measure(models: Path, count: int, seed: int) -> dict[str, Any]:
-    registry = Registry(models)
-    version = registry.current()
-    if version is None:
-        raise SystemExit(f"no CURRENT model in {models}")
-    thresholds = json.loads((registry.path(version) / "meta.json").read_text())["thresholds"]
-    booster = lgb.Booster(model_file=str(registry.path(version) / "model.txt"))
-    search = CounterfactualSearch(
-        lambda m: booster.predict(m, num_threads=1), thresholds, SplitIndex.from_booster(booster)
-    )
+    scorer = ModelScorer(models)
+    search = CounterfactualSearch(scorer, SplitIndex.from_booster(scorer.booster))
     states: dict[str, Any] = {}
     flagged = []
     for tx in generate_transactions(count, seed=seed):
         state = states.get(tx["card_id"])
-        p = float(booster.predict(np.asarray([features_for(tx, state)]), num_threads=1)[0])
-        if p >= thresholds["review"]:
-            flagged.append((tx, state, "deny" if p >= thresholds["deny"] else "review"))
+        decision = scorer.decide(scorer.predict(np.asarray([features_for(tx, state)]))[1])[0]
+        if decision != APPROVE:
+            flagged.append((tx, state, decision))
         states[tx["card_id"]] = apply_transaction(tx, state)
     cpu, proposals, candidates, fields, reductions = [], [], [], [], []
     found = {"deny": [0, 0], "review": [0, 0]}
@@ -62,7 +54,7 @@ def measure(models: Path, count: int, seed: int) -> dict[str, Any]:
             if "amount" in first.changes:
                 reductions.append(1 - first.changes["amount"] / tx["amount"])
     return {
-        "model_version": version,
+        "model_version": scorer.version,
         "transactions": count,
         "seed": seed,
         "flagged": len(flagged),

@@ -28,9 +28,8 @@ could pay, to the cent; "at most X" is said only when every cell below X gets th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, Decimal
 from itertools import combinations
 from typing import Any
 
@@ -38,8 +37,8 @@ import numpy as np
 
 from app.explain.splits import SplitIndex
 from app.model.features import FEATURE_NAMES, card_median, features_for
+from app.model.predictor import APPROVE, DENY, REVIEW, ModelScorer, decision
 
-APPROVE, REVIEW, DENY = "approve", "review", "deny"
 _RANK = {APPROVE: 0, REVIEW: 1, DENY: 2}
 
 CHANNEL_WORDS = {"pos": "in person", "ecom": "online", "atm": "at an ATM"}
@@ -64,15 +63,6 @@ class Proposal:
     # (``amount_from`` 0.01: "at most"); None: the proposed amount itself, not a range.
     amount_from: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "changes": dict(self.changes),
-            "decision": self.decision,
-            "score": self.score,
-            "text": self.text,
-            "amount_from": self.amount_from,
-        }
-
 
 @dataclass(frozen=True)
 class Counterfactual:
@@ -84,15 +74,6 @@ class Counterfactual:
     candidates: int  # changed transactions scored
     note: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "decision": self.decision,
-            "score": self.score,
-            "proposals": [p.as_dict() for p in self.proposals],
-            "candidates": self.candidates,
-            "note": self.note,
-        }
-
 
 @dataclass
 class _Move:
@@ -103,61 +84,47 @@ class _Move:
 
 
 class CounterfactualSearch:
-    """Proposals for one model: ``probabilities`` scores a feature matrix (the model's fraud
-    probability per row), ``thresholds`` are its review and deny thresholds, ``splits`` its
-    split thresholds (``SplitIndex.from_booster``)."""
+    """Proposals under one model version: ``scorer`` scores and decides exactly as the verdict
+    was scored, ``splits`` are its split thresholds (``SplitIndex.from_booster(scorer.booster)``)."""
 
-    def __init__(
-        self,
-        probabilities: Callable[[np.ndarray], np.ndarray],
-        thresholds: Mapping[str, float],
-        splits: SplitIndex,
-        feature_names: Sequence[str] = FEATURE_NAMES,
-    ) -> None:
-        if tuple(feature_names) != FEATURE_NAMES:
-            raise ValueError("the model's features are not the ones features_for computes")
-        self._probabilities = probabilities
-        self._review = float(thresholds["review"])
-        self._deny = float(thresholds["deny"])
+    def __init__(self, scorer: ModelScorer, splits: SplitIndex) -> None:
+        self._scorer = scorer
+        self._review, self._deny = scorer.thresholds["review"], scorer.thresholds["deny"]
         by_name = {f.name: f for f in splits.features}
         self._thresholds = {name: by_name[name].thresholds for name in _AMOUNT_FEATURES if name in by_name}
 
     def decide(self, probability: float) -> str:
-        if probability >= self._deny:
-            return DENY
-        return REVIEW if probability >= self._review else APPROVE
+        return decision(probability, self._review, self._deny)
 
     def search(self, tx: Mapping[str, Any], state: Mapping[str, Any] | None) -> Counterfactual:
         """Proposals for ``tx`` as scored from ``state`` (the card state before it)."""
-        original = float(self._exact([tx], state)[0])
-        decision = self.decide(original)
-        if decision == APPROVE:
-            return Counterfactual(decision, original, (), 1, note="approved already")
-        cents = _to_cents(float(tx["amount"]))
-        cells = self._amount_cells(cents, state)
+        moves = self._moves(tx, state)  # the first: the transaction as it is
+        bases = np.asarray([features_for({**tx, **move.changes}, state) for move in moves], dtype=np.float64)
+        alone = self._probabilities(bases).tolist()
+        original = alone[0]
+        verdict = self.decide(original)
+        if verdict == APPROVE:
+            return Counterfactual(verdict, original, (), len(moves), note="approved already")
+        median = card_median(state["am"]) if state and state["am"] else 0.0
+        cells = self._amount_cells(round(float(tx["amount"]) * 100), median)
         amounts = np.asarray([amount for amount, _ in cells], dtype=np.int64)
         intervals = dict(cells)  # amount -> the (lo, hi] interval of its cell
-        median = card_median(state["am"]) if state and state["am"] else 0.0
-        moves = self._moves(tx, state)
-        alone: dict[int, float] = {}
         by_move: list[dict[int, float]] = []
-        scored = 1
-        for m, move in enumerate(moves):
-            base = features_for({**tx, **move.changes}, state)
-            if move.changes:
-                alone[m] = float(self._probabilities(np.asarray([base], dtype=np.float64))[0])
-                scored += 1
+        scored = len(moves)
+        for move, base, probability in zip(moves, bases, alone, strict=True):
             # At most two fields: a lower amount goes with one other change at most; and none
             # where the change alone approves (a lower amount would not be the smaller change).
-            approves = m in alone and self.decide(alone[m]) == APPROVE
+            approves = bool(move.changes) and self.decide(probability) == APPROVE
             tried = amounts if len(move.changes) < 2 and not approves else amounts[:0]
-            rows = amount_rows(base, tried, median)
-            scores = self._probabilities(rows) if len(rows) else np.zeros(0)
-            scored += len(rows)
-            by_move.append(dict(zip(tried.tolist(), (float(x) for x in scores), strict=True)))
-        proposals = self._verified(tx, state, self._proposals(tx, decision, moves, alone, by_move, intervals))
+            scores = self._probabilities(amount_rows(base, tried, median)).tolist()
+            scored += len(tried)
+            by_move.append(dict(zip(tried.tolist(), scores, strict=True)))
+        proposals = self._verified(tx, state, self._proposals(tx, verdict, moves, alone, by_move, intervals))
         note = None if any(p.decision == APPROVE for p in proposals) else NO_PROPOSAL
-        return Counterfactual(decision, original, tuple(proposals[:MAX_PROPOSALS]), scored, note)
+        return Counterfactual(verdict, original, tuple(proposals[:MAX_PROPOSALS]), scored, note)
+
+    def _probabilities(self, rows: np.ndarray) -> np.ndarray:
+        return self._scorer.predict(rows)[1]
 
     def _verified(
         self, tx: Mapping[str, Any], state: Mapping[str, Any] | None, proposals: list[Proposal]
@@ -166,10 +133,9 @@ class CounterfactualSearch:
         transaction): kept only if that gives the decision it states."""
         if not proposals:
             return []
-        exact = self._exact([{**tx, **p.changes} for p in proposals], state)
-        return [
-            p for p, score in zip(proposals, exact, strict=True) if self.decide(float(score)) == p.decision
-        ]
+        rows = np.asarray([features_for({**tx, **p.changes}, state) for p in proposals], dtype=np.float64)
+        exact = self._probabilities(rows.reshape(len(proposals), len(FEATURE_NAMES))).tolist()
+        return [p for p, score in zip(proposals, exact, strict=True) if self.decide(score) == p.decision]
 
     # -- candidates ---------------------------------------------------------------------------
 
@@ -192,13 +158,12 @@ class CounterfactualSearch:
         pairs = [_Move({**a.changes, **b.changes}, a.words + b.words) for a, b in combinations(singles, 2)]
         return [_Move(), *singles, *pairs]
 
-    def _amount_cells(self, cents: int, state: Mapping[str, Any] | None) -> list[tuple[int, tuple[int, int]]]:
+    def _amount_cells(self, cents: int, median: float) -> list[tuple[int, tuple[int, int]]]:
         """(amount, its interval) for every cell of constant score below ``cents``: the largest
         amount (cents) of the cell. A cell is an interval (lo, hi] between consecutive boundaries
         (each threshold mapped to the largest amount that still compares ``<=`` it, and the cent
         below that), crossed with the cents classes of ``amount_cents`` and with roundness
-        (``is_round_amount``)."""
-        median = card_median(state["am"]) if state and state["am"] else 0.0
+        (``is_round_amount``). ``median``: the card's (``amount_to_median``), 0 when none."""
         mapped = [_cents_at_most(t) for t in self._thresholds.get("amount", ())]
         mapped += [_cents_at_most(math.expm1(t)) for t in self._thresholds.get("log_amount", ()) if t < 700]
         if median > 0:
@@ -225,9 +190,9 @@ class CounterfactualSearch:
     def _proposals(
         self,
         tx: Mapping[str, Any],
-        decision: str,
+        verdict: str,
         moves: list[_Move],
-        alone: Mapping[int, float],
+        alone: Sequence[float],
         by_move: list[dict[int, float]],
         intervals: Mapping[int, tuple[int, int]],
     ) -> list[Proposal]:
@@ -237,8 +202,8 @@ class CounterfactualSearch:
         out, and so is a lower amount where the other fields alone reach."""
         found: list[tuple[tuple[int, int, float], Proposal]] = []
         reached: list[dict[str, Any]] = []
-        original_cents = _to_cents(float(tx["amount"]))
-        for target in [APPROVE] if decision == REVIEW else [APPROVE, REVIEW]:
+        original_cents = round(float(tx["amount"]) * 100)
+        for target in [APPROVE] if verdict == REVIEW else [APPROVE, REVIEW]:
             for m, move in enumerate(moves):
                 changes: dict[str, Any]
                 amount: int | None = None
@@ -289,7 +254,7 @@ class CounterfactualSearch:
         return _RANK[self.decide(probability)] <= _RANK[target]
 
     @staticmethod
-    def _text(words: list[str], amount: int | None, start: int | None, currency: str, decision: str) -> str:
+    def _text(words: list[str], amount: int | None, start: int | None, currency: str, outcome: str) -> str:
         parts = list(words)
         if amount is not None:
             top = f"{amount / 100:.2f} {currency}".strip()
@@ -299,15 +264,8 @@ class CounterfactualSearch:
                 parts.append(f"the amount were at most {top}")
             else:
                 parts.append(f"the amount were between {start / 100:.2f} and {top}")
-        lead = "approved" if decision == APPROVE else "review instead of deny"
+        lead = "approved" if outcome == APPROVE else "review instead of deny"
         return f"{lead} if " + " and ".join(parts)
-
-    def _exact(
-        self, transactions: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None
-    ) -> np.ndarray:
-        """The model's probabilities for ``transactions``, features computed the serving way."""
-        matrix = np.asarray([features_for(t, state) for t in transactions], dtype=np.float64)
-        return np.asarray(self._probabilities(matrix.reshape(len(transactions), len(FEATURE_NAMES))))
 
 
 def _covered(changes: Mapping[str, Any], reached: list[dict[str, Any]]) -> bool:
@@ -319,10 +277,6 @@ def _covered(changes: Mapping[str, Any], reached: list[dict[str, Any]]) -> bool:
         ):
             return True
     return False
-
-
-def _to_cents(amount: float) -> int:
-    return int(Decimal(repr(amount)).scaleb(2).to_integral_value(rounding=ROUND_FLOOR))
 
 
 def _cents_at_most(value: float) -> int:

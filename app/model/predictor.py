@@ -25,6 +25,13 @@ def sigmoid(raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def decision(probability: float, review: float, deny: float) -> str:
+    """The verdict's rule: deny at or above ``deny``, review at or above ``review``, else approve."""
+    if probability >= deny:
+        return DENY
+    return REVIEW if probability >= review else APPROVE
+
+
 class ModelScorer:
     """One registered model version, loaded once, single-threaded predictions."""
 
@@ -62,6 +69,11 @@ class ModelScorer:
         return self._feature_names
 
     @property
+    def booster(self) -> lgb.Booster:
+        """The loaded model (read it, e.g. for its split thresholds; predict through ``predict``)."""
+        return self._booster
+
+    @property
     def thresholds(self) -> dict[str, float]:
         return {"review": self._review, "deny": self._deny}
 
@@ -77,13 +89,6 @@ class ModelScorer:
         return raw, sigmoid(raw)
 
     def decide(self, probability: np.ndarray | Sequence[float] | float) -> list[str]:
-        """approve / review / deny per probability (``>=`` deny, then review)."""
-        out: list[str] = []
-        for p in np.atleast_1d(np.asarray(probability, dtype=np.float64)):
-            if p >= self._deny:
-                out.append(DENY)
-            elif p >= self._review:
-                out.append(REVIEW)
-            else:
-                out.append(APPROVE)
-        return out
+        """approve / review / deny per probability (``decision``)."""
+        values = np.atleast_1d(np.asarray(probability, dtype=np.float64)).tolist()
+        return [decision(p, self._review, self._deny) for p in values]

@@ -29,6 +29,7 @@ from app.explain.counterfactual import (
 from app.explain.splits import SplitIndex
 from app.model.features import apply_transaction, build_matrix, features_for
 from app.model.generator import generate_transactions
+from app.model.predictor import ModelScorer
 from app.model.registry import Registry
 
 ORDER = {"approve": 0, "review": 1, "deny": 2}
@@ -61,13 +62,9 @@ def oracle(models_dir: Path) -> Oracle:
 
 
 @pytest.fixture(scope="module")
-def search(oracle: Oracle) -> CounterfactualSearch:
-    booster = oracle.booster
-    return CounterfactualSearch(
-        lambda matrix: booster.predict(matrix, num_threads=1),
-        {"review": oracle.review, "deny": oracle.deny},
-        SplitIndex.from_booster(booster),
-    )
+def search(models_dir: Path) -> CounterfactualSearch:
+    scorer = ModelScorer(models_dir)
+    return CounterfactualSearch(scorer, SplitIndex.from_booster(scorer.booster))
 
 
 Case = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]
