@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -61,9 +62,31 @@ def noida_binary() -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, outside the kernel's ephemeral range.
+
+    A port the kernel hands out itself (bind to 0) is an ephemeral one: once its listener stops
+    (a broker restarted on the same port), a client reconnecting to it can be given that very
+    port as its own source port and connect to itself (TCP simultaneous open), or any outgoing
+    connection can take it: the restarted listener then fails with "address already in use"
+    (seen: a clean-clone ``make test``, 2026-12-06, test_broker_killed_while_roles_start)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10_000, 32_768) if not low <= p <= high] or list(range(1024, low))
+    for port in random.sample(candidates, k=min(200, len(candidates))):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port below the ephemeral range {low}-{high} on {host}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 def wait_for_port(

@@ -4,13 +4,14 @@ printed when it ran the broker in its own code)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fraudlens_devbroker import __main__ as entry
-from fraudlens_devbroker.embedded import DEFAULT_FETCH_COALESCE_MS, BrokerStartError, Topics
+from fraudlens_devbroker.embedded import DEFAULT_FETCH_COALESCE_MS, BrokerStartError, Topics, free_port
 
 
 def test_run_by_hand_the_defaults_apply() -> None:
@@ -74,3 +75,15 @@ def test_a_broker_that_cannot_start_says_why_in_one_line(
 
     assert ended.value.code == 1
     assert capsys.readouterr().err.splitlines() == [f"Error: {why}"]
+
+
+def test_free_ports_are_outside_the_kernels_ephemeral_range() -> None:
+    """A restarted listener must get its port back: a port the kernel could give a client as its
+    source port (a self-connecting reconnect) would be taken meanwhile (EADDRINUSE)."""
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) > 1
+    for port in ports:
+        assert not low <= port <= high, (port, low, high)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free, as promised
