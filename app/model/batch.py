@@ -8,7 +8,7 @@ No Kafka here: the scorer's loop feeds batches of :class:`Incoming` and applies 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -59,6 +59,11 @@ class BatchResult:
     rejected: Counter[str] = field(default_factory=Counter)  # DLQ records of the batch, by reason code
 
 
+# A transaction to score: (its index in the batch, the transaction, its features, the card state
+# they were computed from).
+_Fresh = tuple[int, dict[str, Any], list[float], dict[str, Any] | None]
+
+
 @dataclass
 class _Batch:
     """One batch in progress: its result, and the card states it read or changed."""
@@ -92,7 +97,7 @@ class BatchScorer:
         """Score a batch; each item reads the tables' rows of its own partition."""
         now = self.clock()
         work = _Batch()
-        fresh: list[tuple[int, dict[str, Any], list[float]]] = []
+        fresh: list[_Fresh] = []
         seen_in_batch: set[bytes] = set()
         in_batch_copies: list[bytes] = []
         for index, item in enumerate(batch):
@@ -110,7 +115,7 @@ class BatchScorer:
                 self._resend(work, index, tx, source, state, stored)
                 continue
             seen_in_batch.add(txid)
-            fresh.append((index, tx, feature_fns.features_for(tx, state)))
+            fresh.append((index, tx, feature_fns.features_for(tx, state), state))
             work.states[card] = feature_fns.apply_transaction(tx, state, source)
             work.touched[card] = index
         result = work.result
@@ -191,22 +196,20 @@ class BatchScorer:
             work.states[card] = state
             work.touched[card] = index
 
-    def _predict(
-        self, fresh: list[tuple[int, dict[str, Any], list[float]]], now: float, result: BatchResult
-    ) -> None:
+    def _predict(self, fresh: list[_Fresh], now: float, result: BatchResult) -> None:
         if not fresh:
             return
-        matrix = np.asarray([row for _, _, row in fresh], dtype=np.float64)
+        matrix = np.asarray([row for _, _, row, _ in fresh], dtype=np.float64)
         raw_scores, probabilities = self.model.predict(matrix)
         decisions = self.model.decide(probabilities)
         received = format_utc(datetime.fromtimestamp(now, UTC))
         scored = format_utc(datetime.fromtimestamp(self.clock(), UTC))
         names = self.model.feature_names
-        for (index, tx, row), raw, prob, decision in zip(
+        for (index, tx, row, state), raw, prob, decision in zip(
             fresh, raw_scores, probabilities, decisions, strict=True
         ):
             verdict = build_verdict(
-                tx, row, names, float(raw), float(prob), decision, self.model, received, scored
+                tx, row, names, float(raw), float(prob), decision, self.model, received, scored, state
             )
             txid = tx["transaction_id"].encode()
             encoded = orjson.dumps(verdict)
@@ -225,7 +228,12 @@ def build_verdict(
     model: ModelScorer,
     received_at: str,
     scored_at: str,
+    state: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
+    """The verdict record (``schemas/verdict.schema.json``). ``replay`` carries what the
+    features were computed from besides the copied fields: the device and the card's state
+    before the transaction (``features_state``), so an explainer recomputes them exactly
+    (counterfactuals); the relay leaves it out of what browsers get."""
     return {
         "transaction_id": tx["transaction_id"],
         "card_id": tx["card_id"],
@@ -245,4 +253,5 @@ def build_verdict(
         "card_country": tx["card_country"],
         "mcc": tx["mcc"],
         "merchant_id": tx["merchant_id"],
+        "replay": {"device_id": tx.get("device_id"), "card_state": feature_fns.features_state(state)},
     }

@@ -144,8 +144,10 @@ class RelayState:
     # -- ingest ---------------------------------------------------------------------------
 
     def ingest_verdict(self, verdict: dict[str, Any]) -> list[Event]:
-        """Events of one verdict; its card id is masked here, so no frame or snapshot has it."""
+        """Events of one verdict; its card id is masked here, so no frame or snapshot has it, and
+        its ``replay`` (the card's devices, merchants and amounts: the explainer's input) left out."""
         verdict = with_masked_card(verdict)
+        verdict.pop("replay", None)
         txid = str(verdict["transaction_id"])
         tx = self.txs.get(txid)
         if tx is not None and tx.verdict == verdict:

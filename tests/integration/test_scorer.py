@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import orjson
 
+from app.model.features import FEATURE_NAMES, features_for
 from app.model.generator import generate_transactions
 from app.records.contracts import validate_message
 from app.records.malformed import malformed_messages
@@ -21,6 +24,7 @@ from tests.integration.harness import (
     diagnose_missing,
     wait_until,
 )
+from tests.replay import current_booster, transaction_of
 
 
 def _verdicts_by_id(messages: list[Any]) -> dict[str, list[bytes]]:
@@ -66,6 +70,26 @@ def test_valid_and_malformed_inputs(stack: Stack) -> None:
         assert len(record["reason"]) > 10, record
     codes = Counter(record["reason_code"] for record in dlq.values())
     assert Counter(code for _, code in bad) == codes
+    _assert_replays_recompute(stack, verdicts.values())
+
+
+def _assert_replays_recompute(stack: Stack, verdicts: list[dict[str, Any]]) -> None:
+    """Issue 20: each verdict recomputes from what it carries. The transaction rebuilt from the
+    verdict alone, its features from ``replay.card_state`` by the serving feature function, scored
+    by a Booster loaded from the registry's files: the verdict's features and raw score exactly."""
+    booster = current_booster(stack.models_dir)
+    rows, with_history = [], 0
+    for verdict in verdicts:
+        tx = transaction_of(verdict)
+        state = verdict["replay"]["card_state"]
+        with_history += state is not None
+        row = features_for(tx, state)
+        assert [None if math.isnan(x) else x for x in row] == [
+            verdict["features"][n] for n in FEATURE_NAMES
+        ], tx
+        rows.append(row)
+    assert booster.predict(np.asarray(rows), raw_score=True).tolist() == [v["raw_score"] for v in verdicts]
+    assert with_history >= len(verdicts) // 2, "most verdicts' cards had a history"
 
 
 def test_resent_transactions_get_identical_verdicts(stack: Stack) -> None:

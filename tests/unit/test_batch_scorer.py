@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from app.model.predictor import ModelScorer
 from app.records.contracts import validate_message
 from app.records.malformed import MALFORMED_KINDS, malformed_messages
 from app.records.validation import DEFAULT_MAX_BYTES
+from tests.replay import current_booster, transaction_of
 from tests.tables import MemoryTable
 
 TOPIC = "transactions"
@@ -500,6 +502,39 @@ def test_score_matches_the_model_on_the_hand_computed_features(
 
     assert [v["raw_score"] for v in sent] == raw.tolist()
     assert [v["score"] for v in sent] == probability.tolist()
+
+
+def test_a_verdicts_replay_recomputes_its_features_and_score(
+    scorer: BatchScorer,
+    predictions: dict[bytes, bytes],
+    cards: dict[bytes, bytes],
+    stream: list[dict[str, Any]],
+    models_dir: Path,
+) -> None:
+    """Issue 20: what a verdict carries is enough to recompute it. The transaction is rebuilt
+    from the verdict alone (its copied fields + ``replay.device_id``), its features computed by
+    the serving function from ``replay.card_state``, and scored by a Booster loaded from the
+    registry's files: the verdict's features and score, exactly."""
+    booster = current_booster(models_dir)
+    sent: list[dict[str, Any]] = []
+    for start in range(0, len(stream), 37):  # a card's transactions in one batch and across
+        result = scorer.score(batch_of(stream[start : start + 37], start))
+        apply(result, predictions, cards)
+        sent += verdicts(result)
+    rows, seen = [], 0
+    for verdict in sent:
+        tx = transaction_of(verdict)
+        state = verdict["replay"]["card_state"]
+        seen += state is not None and state["n"] > 0
+        row = F.features_for(tx, state)
+        assert [None if np.isnan(x) else x for x in row] == [verdict["features"][n] for n in F.FEATURE_NAMES]
+        rows.append(row)
+    matrix = np.asarray(rows)
+    assert booster.predict(matrix, raw_score=True).tolist() == [v["raw_score"] for v in sent]
+    assert booster.predict(matrix).tolist() == pytest.approx([v["score"] for v in sent], rel=1e-12, abs=0)
+    assert seen >= 50  # most carried a history, not the empty state
+    same_batch = Counter((i // 37, tx["card_id"]) for i, tx in enumerate(stream))
+    assert max(same_batch.values()) >= 2  # a card twice in one batch: the state before each
 
 
 # ------------------------------------------------------------------------------------ focus

@@ -37,3 +37,22 @@ def test_relay_frames_and_snapshots_carry_the_masked_card_only() -> None:
     assert relay.snapshot_of(["tx-1"])[0]["verdict"]["card_id"] == mask_card_id(full)
     assert full not in orjson.dumps(relay.recent(Filter(), 10)).decode()
     assert relay.ingest_verdict(verdict("tx-1")) == [], "a re-sent verdict is still recognised"
+
+
+def test_relay_frames_and_snapshots_leave_out_the_verdicts_replay() -> None:
+    """A verdict's ``replay`` (the card's devices, merchants, amounts: the explainer's input)
+    never reaches a browser: not in the frame, the snapshot or the recent events."""
+    relay = state()
+    sent = verdict("tx-1")
+    device, merchants = sent["replay"]["device_id"], sent["replay"]["card_state"]["mr"]
+    events = relay.ingest_verdict(sent)
+    seen = [
+        events[0].frame,
+        orjson.dumps(relay.snapshot_of(["tx-1"])),
+        orjson.dumps(relay.recent(Filter(), 10)),
+    ]
+    for text in seen:
+        assert b"replay" not in text and device.encode() not in text
+        assert not [m for m in merchants if m.encode() in text]
+    assert orjson.loads(events[0].frame)["verdict"]["amount"] == sent["amount"]  # the rest is there
+    assert "replay" in sent, "the caller's verdict is not changed"
