@@ -34,6 +34,7 @@ import lightgbm as lgb
 import numpy as np
 
 from app.explain.background import DEFAULT_BACKGROUND_ROWS, DEFAULT_POOL_ROWS, DEFAULT_SEED, background_sample
+from app.explain.counterfactual import Counterfactual, CounterfactualSearch
 from app.explain.reasons import reason
 from app.explain.splits import SplitIndex, UnsupportedModel
 from app.model.features import FEATURE_NAMES
@@ -206,6 +207,7 @@ class Explainer:
         self._background_options = (background_rows, background_seed, background_pool)
         self._background = None if background is None else self._checked_rows(background)
         self._shap: Any = None
+        self._counterfactual: CounterfactualSearch | None = None
         self._lock = threading.Lock()
 
     @property
@@ -223,6 +225,15 @@ class Explainer:
     @property
     def has_categorical_splits(self) -> bool:
         return self.splits.has_categorical
+
+    def counterfactual(self, tx: Mapping[str, Any], card_state: Mapping[str, Any] | None) -> Counterfactual:
+        """What would change the verdict of ``tx`` scored from ``card_state`` (the verdict's
+        ``replay``): proposals scored by this version exactly as the scorer scores."""
+        with self._lock:
+            if self._counterfactual is None:
+                self._counterfactual = CounterfactualSearch(self._scorer, self.splits)
+            search = self._counterfactual
+        return search.search(tx, card_state)
 
     # ------------------------------------------------------------- explain
     def explain_batch(self, matrix: np.ndarray, method: str = "tree") -> list[Explanation]:

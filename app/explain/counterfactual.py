@@ -63,6 +63,10 @@ class Proposal:
     # (``amount_from`` 0.01: "at most"); None: the proposed amount itself, not a range.
     amount_from: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"changes": dict(self.changes), "decision": self.decision, "score": self.score,
+                "text": self.text, "amount_from": self.amount_from}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Counterfactual:
@@ -73,6 +77,16 @@ class Counterfactual:
     proposals: tuple[Proposal, ...]
     candidates: int  # changed transactions scored
     note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the ``counterfactual`` of a complete update of that kind)."""
+        return {
+            "decision": self.decision,
+            "score": self.score,
+            "proposals": [p.to_dict() for p in self.proposals],
+            "candidates": self.candidates,
+            "note": self.note,
+        }
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.explain.core import ExplainerCache
 from app.explain.counterfactual import (
     APPROVE,
     NO_PROPOSAL,
@@ -158,6 +159,22 @@ def test_an_approved_transaction_needs_no_proposal(search: CounterfactualSearch,
             assert result.decision == "approve" and result.proposals == ()
             return
     raise AssertionError("no approved transaction in 200")
+
+
+def test_the_explainer_of_a_version_searches_with_that_version(models_dir: Path, oracle: Oracle,
+                                                               flagged: list[Any]) -> None:  # fmt: skip
+    """``Explainer.counterfactual`` (what a worker calls, per model version): its proposals get
+    their decision from the oracle, and its JSON form survives a round trip whole."""
+    explainer = ExplainerCache(models_dir).get()
+    history, tx, state = flagged[0]
+    result = explainer.counterfactual(tx, state)
+    assert result.decision == oracle.decision(history, tx) and result.proposals
+    for proposal in result.proposals:
+        assert oracle.decision(history, {**tx, **proposal.changes}) == proposal.decision
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert as_json["decision"] == result.decision and as_json["note"] == result.note
+    assert [p["changes"] for p in as_json["proposals"]] == [dict(p.changes) for p in result.proposals]
+    assert [p["text"] for p in as_json["proposals"]] == [p.text for p in result.proposals]
 
 
 def test_the_fast_amount_rows_equal_the_serving_features() -> None:
