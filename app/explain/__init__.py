@@ -17,6 +17,7 @@ from app.explain.core import (
     assemble,
 )
 from app.explain.messages import (
+    KINDS,
     PRIORITIES,
     STATUSES,
     FailureCode,
@@ -30,6 +31,7 @@ from app.explain.splits import SplitIndex, UnsupportedModel
 
 __all__ = [
     "ADDITIVITY_TOLERANCE",
+    "KINDS",
     "METHODS",
     "PRIORITIES",
     "STATUSES",

@@ -19,6 +19,15 @@ import numpy as np
 from app.explain.core import METHODS, Explanation
 
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+CONTRIBUTIONS, COUNTERFACTUAL = "contributions", "counterfactual"
+KINDS: tuple[str, ...] = (CONTRIBUTIONS, COUNTERFACTUAL)
+SPLIT_SEARCH = "split_search"  # the counterfactual kind's method (app/explain/counterfactual.py)
+# The verdict's copies of the transaction's fields that the features read (``timestamp`` is its
+# ``event_time``, ``device_id`` its ``replay``'s).
+_TRANSACTION_FIELDS = (
+    "transaction_id", "card_id", "amount", "currency", "channel", "country", "card_country", "mcc",
+    "merchant_id",
+)  # fmt: skip
 STATUSES: tuple[str, ...] = ("pending", "calculating", "complete", "failed")
 
 
@@ -52,10 +61,16 @@ def explain_request(
     *,
     on_demand: bool = False,
     method: str | None = None,
+    kind: str = CONTRIBUTIONS,
 ) -> dict[str, Any]:
-    """The work item for one verdict; everything a worker needs travels with it."""
+    """The work item for one verdict and kind; everything a worker needs travels with it.
+
+    A ``contributions`` request has no ``kind`` field (the same bytes as before kinds existed);
+    a ``counterfactual`` one carries the verdict's ``replay`` with the transaction's fields."""
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     request: dict[str, Any] = {
         "transaction_id": verdict["transaction_id"],
         "card_id": verdict["card_id"],
@@ -75,6 +90,15 @@ def explain_request(
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         request["method"] = method
+    if kind == COUNTERFACTUAL:
+        replay = verdict.get("replay")
+        if replay is None:
+            raise ValueError(
+                f"verdict {verdict['transaction_id']} carries no replay: no counterfactual for it"
+            )
+        transaction = {name: verdict[name] for name in _TRANSACTION_FIELDS}
+        transaction.update(timestamp=verdict["event_time"], device_id=replay["device_id"])
+        request.update(kind=kind, replay={"transaction": transaction, "card_state": replay["card_state"]})
     return request
 
 
@@ -112,17 +136,28 @@ def explanation_update(
     timing: Mapping[str, Any] | None = None,
     attempts: int | None = None,
     failure: tuple[FailureCode, str] | None = None,
+    kind: str = CONTRIBUTIONS,
+    counterfactual: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One status change; ``complete`` needs ``explanation``, ``cache_hit`` and ``timing``,
-    ``failed`` needs ``failure`` (and may carry the failed explanation's values)."""
+    """One status change; ``complete`` needs the result (``explanation`` for contributions,
+    ``counterfactual`` for that kind), ``cache_hit`` and ``timing``; ``failed`` needs
+    ``failure`` (and may carry the failed explanation's values). A contributions update has no
+    ``kind`` field (the same as before kinds existed)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-    if status == "complete" and (explanation is None or cache_hit is None or timing is None):
-        raise ValueError("a complete update needs the explanation, cache_hit and timing")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    result = explanation if kind == CONTRIBUTIONS else counterfactual
+    if (explanation if kind == COUNTERFACTUAL else counterfactual) is not None:
+        raise ValueError(
+            f"a {kind} update carries no {'explanation' if kind == COUNTERFACTUAL else 'counterfactual'}"
+        )
+    if status == "complete" and (result is None or cache_hit is None or timing is None):
+        raise ValueError(f"a complete update needs the {kind} result, cache_hit and timing")
     if status == "failed" and failure is None:
         raise ValueError("a failed update needs a failure code and reason")
-    if status in ("pending", "calculating") and explanation is not None:
-        raise ValueError(f"a {status} update carries no explanation")
+    if status in ("pending", "calculating") and result is not None:
+        raise ValueError(f"a {status} update carries no {'explanation' if kind == CONTRIBUTIONS else kind}")
     update: dict[str, Any] = {
         "transaction_id": transaction_id,
         "status": status,
@@ -131,6 +166,10 @@ def explanation_update(
         "method": method,
         "updated_at": updated_at,
     }
+    if kind != CONTRIBUTIONS:
+        update["kind"] = kind
+    if counterfactual is not None:
+        update["counterfactual"] = dict(counterfactual)
     if attempts is not None:
         update["attempts"] = attempts
     if explanation is not None:

@@ -16,6 +16,7 @@ import pytest
 import rfc3339_validator  # noqa: F401  (jsonschema checks date-time only when it imports)
 
 from app.explain import (
+    KINDS,
     METHODS,
     PRIORITIES,
     STATUSES,
@@ -27,6 +28,8 @@ from app.explain import (
     finished_update,
     timings,
 )
+from app.explain.counterfactual import Counterfactual, Proposal
+from app.explain.messages import SPLIT_SEARCH
 from app.records import contracts
 
 NAMES = ("explanation", "explain_request")
@@ -113,8 +116,10 @@ def test_enums_match_the_code() -> None:
     assert explanation["properties"]["status"]["enum"] == list(STATUSES)
     assert explanation["properties"]["priority"]["enum"] == list(PRIORITIES)
     assert request["properties"]["priority"]["enum"] == list(PRIORITIES)
-    assert explanation["properties"]["method"]["enum"] == list(METHODS)
+    assert explanation["properties"]["method"]["enum"] == [*METHODS, SPLIT_SEARCH]
+    assert explanation["properties"]["kind"]["enum"] == list(KINDS)
     assert request["properties"]["method"]["enum"] == list(METHODS)
+    assert request["properties"]["kind"]["enum"] == list(KINDS)
     assert explanation["properties"]["reason_code"]["enum"] == [code.value for code in FailureCode]
 
 
@@ -215,6 +220,86 @@ def test_request_built_from_a_verdict_validates(format_checker: Any) -> None:
         explain_request(verdict, "urgent", T1)
     with pytest.raises(ValueError, match="method"):
         explain_request(verdict, "high", T1, method="kernel")
+
+
+def test_a_counterfactual_request_carries_what_the_search_reads(format_checker: Any) -> None:
+    """Issue 20: a counterfactual request holds the transaction (rebuilt from the verdict's
+    copies, its event time and device) and the card state; a contributions request is the same
+    as before kinds existed (no ``kind``, no ``replay``)."""
+    verdict = json.loads((EXAMPLES / "verdict.valid.json").read_text("utf-8"))
+    request = explain_request(verdict, "high", T1, kind="counterfactual")
+    check_both("explain_request", request, format_checker)
+    tx = request["replay"]["transaction"]
+    assert tx["timestamp"] == verdict["event_time"] and tx["device_id"] == verdict["replay"]["device_id"]
+    assert {k: tx[k] for k in ("amount", "channel", "country", "card_country", "merchant_id")} == {
+        k: verdict[k] for k in ("amount", "channel", "country", "card_country", "merchant_id")
+    }
+    assert (
+        request["replay"]["card_state"] == verdict["replay"]["card_state"]
+        and request["kind"] == "counterfactual"
+    )
+    plain = explain_request(verdict, "high", T1)
+    assert "kind" not in plain and "replay" not in plain
+    assert explain_request(verdict, "high", T1, kind="contributions") == plain
+    without = dict(request)
+    del without["replay"]
+    assert valid_under_neither("explain_request", without, format_checker)  # a counterfactual needs it
+    assert valid_under_neither("explain_request", {**request, "kind": "uncertainty"}, format_checker)
+    old = {k: v for k, v in verdict.items() if k != "replay"}  # a verdict from before issue 20
+    with pytest.raises(ValueError, match="no replay"):
+        explain_request(old, "high", T1, kind="counterfactual")
+    with pytest.raises(ValueError, match="kind"):
+        explain_request(verdict, "high", T1, kind="similar")
+
+
+def _counterfactual() -> dict[str, Any]:
+    amount = Proposal(
+        {"amount": 412.0}, "approve", 0.002, "approved if the amount were at most 412.00 EUR", 0.01
+    )
+    words = "approved if made in person instead of online and made on a device this card has used"
+    pair = Proposal({"channel": "pos", "device_id": "dev-7f3a"}, "approve", 0.001, words)
+    return Counterfactual("deny", 0.4, (amount, pair), 9000).to_dict()
+
+
+def test_counterfactual_updates_built_by_the_code_validate(format_checker: Any) -> None:
+    """Issue 20: each kind's updates validate; a counterfactual's carry ``kind`` and its result,
+    never SHAP values; a contributions update is the same as before kinds existed."""
+    args = ("tx-1", "high", "3f2a9c1b7e04", SPLIT_SEARCH)
+    pending = explanation_update(
+        args[0], "pending", *args[1:], T1, timing=timings(T0, T1), kind="counterfactual"
+    )
+    result = _counterfactual()
+    complete = explanation_update(
+        args[0], "complete", *args[1:], T3, timing=timings(T0, T1, T2, T3), cache_hit=False,
+        kind="counterfactual", counterfactual=result,
+    )  # fmt: skip
+    for message in (pending, complete):
+        check_both("explanation", message, format_checker)
+    assert complete["kind"] == "counterfactual" and complete["counterfactual"] == result
+    none = Counterfactual("deny", 0.9, (), 9000, note="no change of these fields alone would approve it")
+    nothing = {**complete, "counterfactual": none.to_dict()}
+    check_both("explanation", nothing, format_checker)  # an answer, not a failure
+    shap = explanation_update("tx-1", "pending", "high", "3f2a9c1b7e04", "tree", T1, timing=timings(T0, T1))
+    assert "kind" not in shap
+    broken = [
+        {k: v for k, v in complete.items() if k != "counterfactual"},  # complete without its result
+        {**complete, "method": "tree"},  # a SHAP method on a counterfactual
+        {**complete, "contributions": {"amount": 1.0}},  # SHAP values on a counterfactual
+        {**complete, "kind": "contributions"},  # a counterfactual result on contributions
+        {k: v for k, v in complete.items() if k != "kind"},  # absent kind = contributions
+        {**pending, "counterfactual": result},  # a result before complete
+        {**complete, "counterfactual": {**result, "proposals": result["proposals"] * 2}},  # over three
+        {**complete, "counterfactual": {**result, "proposals": [
+            {**result["proposals"][0], "changes": {"card_country": "DE"}}]}},  # not an actionable field
+    ]  # fmt: skip
+    for message in broken:
+        assert valid_under_neither("explanation", message, format_checker), message
+    with pytest.raises(ValueError, match="result"):
+        explanation_update(*args[:1], "complete", *args[1:], T3, timing=timings(T0, T1, T2, T3),
+                           cache_hit=False, kind="counterfactual")  # fmt: skip
+    with pytest.raises(ValueError, match="no explanation"):
+        explanation_update(*args[:1], "complete", *args[1:], T3, timing=timings(T0, T1, T2, T3),
+                           cache_hit=False, kind="counterfactual", explanation=_explanation())  # fmt: skip
 
 
 def _explanation(raw_offset: float = 0.0) -> Any:
