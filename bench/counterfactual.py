@@ -37,14 +37,7 @@ from app.model.predictor import ModelScorer
 def measure(models: Path, count: int, seed: int) -> dict[str, Any]:
     scorer = ModelScorer(models)
     search = CounterfactualSearch(scorer, SplitIndex.from_booster(scorer.booster))
-    states: dict[str, Any] = {}
-    flagged = []
-    for tx in generate_transactions(count, seed=seed):
-        state = states.get(tx["card_id"])
-        decision = scorer.decide(scorer.predict(np.asarray([features_for(tx, state)]))[1])[0]
-        if decision != APPROVE:
-            flagged.append((tx, state, decision))
-        states[tx["card_id"]] = apply_transaction(tx, state)
+    flagged, _ = flagged_verdicts(scorer, count, seed)
     cpu, proposals, candidates, fields, reductions = [], [], [], [], []
     found = {"deny": [0, 0], "review": [0, 0]}
     for tx, state, decision in flagged:
