@@ -16,6 +16,9 @@ let requestSeq = 0;
 let feedSince = null; // when the relay lost the stream (ISO time), while it is lost
 let feedClearTimer = null;
 const RESUMED_SHOWN_MS = 60000;
+const HELD_MAX = MAX_ROWS * 20; // events waiting while paused (see feedEvent)
+let pause = { on: false, waiting: 0, skipped: 0 };
+let pauseClearTimer = null;
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -91,11 +94,16 @@ function onMessage(message) {
       send(subscribe);
       break;
     }
-    case "verdict": onVerdict(message.verdict, message.priority, message.explain); break;
-    case "explanation": onUpdate(message.update); break;
+    case "verdict":
+      feedEvent(message.verdict.transaction_id, true, () => onVerdict(message.verdict, message.priority, message.explain));
+      break;
+    case "explanation": feedEvent(message.update.transaction_id, false, () => onUpdate(message.update)); break;
     case "snapshot":
-      for (const state of message.transactions.slice().reverse()) onState(state);
-      if (message.last_event_id) lastEventId = message.last_event_id;
+      // Oldest first, one event per transaction: applied (or held) exactly like live events.
+      for (const state of message.transactions.slice().reverse()) {
+        feedEvent(state.transaction_id, Boolean(state.verdict), () => onState(state));
+      }
+      if (message.last_event_id) lastEventId = message.last_event_id; // a reconnect resumes from here, paused or not
       break;
     case "gap": break; // the snapshot that follows resynchronises the feed
     case "stats": onStats(message); break;
@@ -124,6 +132,105 @@ function onFeed(message) {
     feedClearTimer = setTimeout(() => { banner.hidden = true; banner.dataset.state = "live"; }, RESUMED_SHOWN_MS);
   }
   banner.hidden = false;
+}
+
+// -- pause: rows that hold still under the cursor ---------------------------------------------
+// While paused no row is added, moved or removed. The page goes on reading the socket (the relay
+// never finds it lagging; reconnects, replay and snapshots work as usual) and keeps a shadow of the
+// live table: the ids it would show, newest first, each with its row's life (0: the row on screen
+// at the pause; n: the n-th row added since). An event about a row on screen that the live table
+// still has is applied at once: it changes that row's cells, never the order. An event about a row
+// added since waits, in arrival order, tagged with that life; one about a transaction the live
+// table no longer has is dropped, as live. Resume removes the rows the live table has pushed out
+// and applies the waiting events of the lives it keeps, in order: the table ends as without the
+// pause. So the wait is bounded by the table's own MAX_ROWS: rows added while paused and pushed
+// out again by newer ones before resume are counted as skipped.
+
+const newPause = (on) => ({ on, shadow: [], life: new Map(), lives: 0, held: [], waiting: 0, skipped: 0 });
+
+function feedEvent(txid, introduces, apply) {
+  if (!pause.on) { apply(); return; }
+  let life = pause.life.get(txid);
+  if (life === 0) { apply(); return; }
+  if (life === undefined) {
+    if (!introduces) return; // live, an update for a transaction without a row is dropped
+    life = addShadowRow(txid);
+  }
+  pause.held.push({ txid, life, apply });
+  if (pause.held.length > HELD_MAX) pruneHeld();
+  showPause();
+}
+
+// A row the live table would add on top now, pushing out its oldest beyond MAX_ROWS.
+function addShadowRow(txid) {
+  const life = ++pause.lives;
+  pause.life.set(txid, life);
+  pause.shadow.unshift(txid);
+  pause.waiting += 1;
+  while (pause.shadow.length > MAX_ROWS) {
+    const out = pause.shadow.pop();
+    if (pause.life.get(out) > 0) { pause.waiting -= 1; pause.skipped += 1; }
+    pause.life.delete(out);
+  }
+  return life;
+}
+
+function pruneHeld() {
+  pause.held = pause.held.filter((item) => pause.life.get(item.txid) === item.life);
+  // Only dozens of reconnects (a snapshot each) in one pause get past this: keep the newest.
+  if (pause.held.length > HELD_MAX) pause.held.splice(0, pause.held.length - HELD_MAX);
+}
+
+function togglePause() {
+  if (!pause.on) {
+    clearTimeout(pauseClearTimer);
+    pause = newPause(true);
+    for (const row of $("rows").children) {
+      pause.shadow.push(row.dataset.txid);
+      pause.life.set(row.dataset.txid, 0);
+    }
+  } else {
+    const { life, held, skipped } = pause;
+    pause = { ...newPause(false), skipped };
+    for (const row of [...$("rows").children]) {
+      if (life.get(row.dataset.txid) !== 0) { txs.delete(row.dataset.txid); row.remove(); }
+    }
+    for (const item of held) if (life.get(item.txid) === item.life) item.apply();
+    countRows();
+  }
+  showPause();
+}
+
+function showPause() {
+  const button = $("pause");
+  const state = $("pause-state");
+  const waiting = pause.waiting;
+  button.textContent = pause.on ? "Resume feed" : "Pause feed";
+  button.dataset.state = pause.on ? "paused" : "live";
+  state.dataset.new = String(waiting);
+  state.dataset.skipped = String(pause.skipped);
+  const skipped = pause.skipped ? ` · ${pause.skipped} older skipped` : "";
+  if (pause.on) {
+    state.textContent = `paused · ${waiting} new${skipped}`;
+    state.hidden = false;
+  } else if (pause.skipped) {
+    state.textContent = `live · ${pause.skipped} verdicts were skipped while paused (more than the ${MAX_ROWS} rows kept)`;
+    state.hidden = false;
+    clearTimeout(pauseClearTimer);
+    pauseClearTimer = setTimeout(() => { state.hidden = true; }, RESUMED_SHOWN_MS);
+  } else {
+    state.hidden = true;
+  }
+  state.dataset.state = pause.on ? "paused" : "live";
+}
+
+// "p" toggles the pause too, unless the key is typed into a field (or with a modifier: Ctrl+P prints).
+function onKey(event) {
+  if (event.key !== "p" && event.key !== "P") return;
+  if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+  if (event.target.closest && event.target.closest("input, select, textarea, [contenteditable]")) return;
+  event.preventDefault();
+  togglePause();
 }
 
 // -- state ---------------------------------------------------------------------------------
@@ -337,6 +444,8 @@ function waterfallRow(name, from, to, kind, x, delta) {
 for (const id of ["filter-decision", "filter-priority"]) $(id).addEventListener("change", refilter);
 $("filter-search").addEventListener("input", refilter);
 $("filters").addEventListener("submit", (event) => event.preventDefault());
+$("pause").addEventListener("click", togglePause);
+document.addEventListener("keydown", onKey);
 $("detail-close").addEventListener("click", () => { $("detail").hidden = true; delete $("detail").dataset.txid; });
 if (!token) setConnection("refused", "no token in the URL (?token=…; fraudlens token create)");
 else connect();
