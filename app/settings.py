@@ -136,6 +136,14 @@ class PolicySettings(SharedSettings):
     explain_low_sample_rate: float = Field(
         1.0, ge=0, le=1, description="Share of low-priority verdicts explained (the rest: on demand only)."
     )
+    explain_counterfactual_decisions: tuple[Literal["approve", "review", "deny"], ...] = Field(
+        (),
+        description="Verdict decisions that get a counterfactual ('what would change it') by themselves; "
+        "empty: only on demand. Issue 20 makes it deny,review once the relay and console show the kind.",
+    )
+    explain_counterfactual_priority: Literal["high", "normal", "low"] = Field(
+        "high", description="Queue of the counterfactuals routed by explain_counterfactual_decisions."
+    )
 
 
 class ScorerSettings(SharedSettings):

@@ -20,6 +20,9 @@ class PriorityRules:
     high_min_amount: float = 1000.0
     normal_min_amount: float = 100.0
     low_sample_rate: float = 1.0
+    # The counterfactual kind: which decisions get one by themselves, and its queue (issue 20).
+    counterfactual_decisions: frozenset[str] = frozenset()
+    counterfactual_priority: str = "high"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_sample_rate <= 1.0:
@@ -32,6 +35,8 @@ class PriorityRules:
             high_min_amount=settings.explain_high_min_amount,
             normal_min_amount=settings.explain_normal_min_amount,
             low_sample_rate=settings.explain_low_sample_rate,
+            counterfactual_decisions=frozenset(settings.explain_counterfactual_decisions),
+            counterfactual_priority=settings.explain_counterfactual_priority,
         )
 
     def priority(self, verdict: Mapping[str, Any]) -> str:
@@ -42,6 +47,12 @@ class PriorityRules:
         if amount >= self.normal_min_amount:
             return "normal"
         return "low"
+
+    def counterfactual(self, verdict: Mapping[str, Any]) -> str | None:
+        """The queue of the verdict's counterfactual, or None: not by itself (on demand only)."""
+        if verdict["decision"] in self.counterfactual_decisions:
+            return self.counterfactual_priority
+        return None
 
     def sampled(self, priority: str, transaction_id: str) -> bool:
         """Whether the explanation is computed now (only low priority is ever sampled out)."""

@@ -1,4 +1,7 @@
-"""The ``explanations`` row of one transaction and its transitions, as plain dicts.
+"""The ``explanations`` row of one transaction and kind, and its transitions, as plain dicts.
+
+Each kind (``contributions``, ``counterfactual``: issue 20) has a row of its own under its own
+key (``row_key``), so statuses, attempts, dedup and replays below hold per kind.
 
 Statuses: ``pending → calculating → complete | failed`` (published on ``explanation.updates``),
 plus two table-only statuses, never published: ``sampled_out``, a low-priority verdict left out
@@ -25,7 +28,14 @@ from enum import StrEnum
 from typing import Any
 
 from app.explain.core import Explanation
-from app.explain.messages import FailureCode, explanation_update, timings
+from app.explain.messages import (
+    CONTRIBUTIONS,
+    COUNTERFACTUAL,
+    SPLIT_SEARCH,
+    FailureCode,
+    explanation_update,
+    timings,
+)
 
 SAMPLED_OUT = "sampled_out"
 REQUESTED = "requested"
@@ -58,14 +68,35 @@ class WorkAction(StrEnum):
     EXHAUSTED = "exhausted"  # started max_attempts times without finishing (crashes each time?)
 
 
+def kind_of(message: Mapping[str, Any]) -> str:
+    """A request's, row's or update's kind (absent: contributions, as before kinds existed)."""
+    return str(message.get("kind") or CONTRIBUTIONS)
+
+
+def row_key(transaction_id: str, kind: str) -> bytes:
+    """The ``explanations`` key of a transaction's row of ``kind``: the transaction id for
+    contributions (the key of every row written before kinds existed), ``id#kind`` for the
+    others (``#`` is not in the identifier alphabet: no transaction id looks like one)."""
+    return (transaction_id if kind == CONTRIBUTIONS else f"{transaction_id}#{kind}").encode()
+
+
+def method_of(request: Mapping[str, Any], default: str) -> str:
+    """The method a request is computed with: a counterfactual's is the split search; a
+    contributions request names its SHAP method or takes the worker's ``default``."""
+    if kind_of(request) == COUNTERFACTUAL:
+        return SPLIT_SEARCH
+    return str(request.get("method") or default)
+
+
 def new_row(request: Mapping[str, Any], status: str, source: str) -> Row:
     """The row for a freshly routed request; ``source`` names the message that created it."""
     return {
         "transaction_id": request["transaction_id"],
+        "kind": kind_of(request),
         "status": status,
         "priority": request["priority"],
         "model_version": request["model_version"],
-        "method": request["method"],
+        "method": method_of(request, str(request.get("method"))),
         "attempts": 0,
         "source": source,
         "request": dict(request),
@@ -73,6 +104,7 @@ def new_row(request: Mapping[str, Any], status: str, source: str) -> Row:
         "cache_hit": None,
         "reason_code": None,
         "reason": None,
+        "counterfactual": None,
         "timings": timings(request["verdict_at"], request["queued_at"]),
     }
 
@@ -163,6 +195,17 @@ def finished(row: Mapping[str, Any], explanation: Explanation, cache_hit: bool, 
     return out
 
 
+def found(row: Mapping[str, Any], counterfactual: Mapping[str, Any], completed_at: str) -> Row:
+    """A counterfactual row, complete: its result (``Counterfactual.to_dict``). "No proposal" is
+    an answer too (the result's note), never a failure."""
+    out = dict(row)
+    out["counterfactual"] = dict(counterfactual)
+    out["cache_hit"] = False
+    out["timings"] = _completed_timings(row, completed_at)
+    out["status"], out["reason_code"], out["reason"] = "complete", None, None
+    return out
+
+
 def failed(row: Mapping[str, Any], code: FailureCode, reason: str, completed_at: str) -> Row:
     out = dict(row)
     out["status"], out["reason_code"], out["reason"] = "failed", str(code), reason
@@ -186,6 +229,7 @@ def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
     failure = None
     if status == "failed":
         failure = (FailureCode(row["reason_code"]), str(row["reason"]))
+    result = row.get("counterfactual") if status == "complete" else None
     return explanation_update(
         row["transaction_id"],
         status,
@@ -194,10 +238,12 @@ def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
         row["method"],
         updated_at,
         explanation=explanation,
-        cache_hit=row["cache_hit"] if explanation is not None else None,
+        cache_hit=row["cache_hit"] if explanation is not None or result is not None else None,
         timing=row["timings"],
         attempts=row["attempts"] if status != "pending" else None,
         failure=failure,
+        kind=kind_of(row),
+        counterfactual=result,
     )
 
 
@@ -244,10 +290,13 @@ def from_record(record: Any) -> Row | None:
     if row["status"] in TERMINAL and all(k in record for k in _EXPLANATION_FIELDS):
         explanation = {"model_version": row["model_version"], "method": row["method"]}
         explanation.update((k, record[k]) for k in _EXPLANATION_FIELDS)
+    result = record.get("counterfactual") if row["status"] == "complete" else None
     row.update(
-        attempts=int(record.get("attempts") or 0), source=str(record.get("source")),
+        kind=kind_of(record), attempts=int(record.get("attempts") or 0), source=str(record.get("source")),
         request=record["request"],
-        explanation=explanation, cache_hit=record.get("cache_hit") if explanation is not None else None,
+        explanation=explanation,
+        cache_hit=record.get("cache_hit") if explanation is not None or result is not None else None,
         reason_code=record.get("reason_code"), reason=record.get("reason"), timings=record["timings"],
+        counterfactual=result if isinstance(result, dict) else None,
     )  # fmt: skip
     return row

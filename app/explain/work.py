@@ -42,6 +42,7 @@ class Outcome:
     explanation: Explanation | None
     cache_hit: bool
     failure: Failure | None  # set when there is no explanation (additivity failures are in it)
+    counterfactual: Mapping[str, Any] | None = None  # the counterfactual kind's result
 
 
 class ExplanationMemo:
@@ -106,6 +107,33 @@ def _prepared(explainers: ExplainerCache, request: Mapping[str, Any], default_me
     except (ValueError, TypeError, KeyError) as exc:
         item.failure = (FailureCode.INVALID_REQUEST, f"features: {exc}")
     return item
+
+
+def counterfactuals(explainers: ExplainerCache, requests: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+    """The counterfactual kind: the search per request, under the verdict's model version, from
+    the transaction and card state the request carries (the verdict's ``replay``). One bad
+    request fails alone; "no proposal" is a result, not a failure."""
+    out = []
+    for request in requests:
+        try:
+            explainer = explainers.get(str(request["model_version"]))
+        except tuple(kind for kind, _ in _LOAD_FAILURES) as exc:
+            code = next(code for kind, code in _LOAD_FAILURES if isinstance(exc, kind))
+            out.append(Outcome(None, False, (code, str(exc))))
+            continue
+        try:
+            replay = request["replay"]
+            result = explainer.counterfactual(replay["transaction"], replay["card_state"])
+        except (KeyError, TypeError, ValueError) as exc:
+            out.append(
+                Outcome(None, False, (FailureCode.INVALID_REQUEST, f"replay: {type(exc).__name__}: {exc}"))
+            )
+            continue
+        except Exception as exc:  # one bad request must not take the worker down
+            out.append(Outcome(None, False, (FailureCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")))
+            continue
+        out.append(Outcome(None, False, None, result.to_dict()))
+    return out
 
 
 def _sign(prepared: Sequence[Prepared]) -> None:

@@ -1,7 +1,9 @@
 """The router (explainer role): verdicts and on-demand requests → ``explain.<priority>``.
 
-Per verdict: dedup against the ``explanations`` row (one explanation per transaction and model
-version, also for re-sent verdicts), priority by ``PriorityRules``, a ``pending`` row (or
+Per verdict and kind (contributions always; a counterfactual for the decisions
+``FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS`` names, in its own row): dedup against the
+``explanations`` row (one explanation per transaction, kind and model version, also for re-sent
+verdicts), priority by ``PriorityRules``, a ``pending`` row (or
 ``sampled_out`` in ``explanation_waiting`` for a low verdict left out by sampling), then the
 ExplainRequest. The ``pending`` row's changelog record is the ``pending`` update itself
 (``app.explainer.explanation_tables``). Order per batch: rows (so the updates) acked by the broker, then
@@ -33,7 +35,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app.explain.core import METHODS
-from app.explain.messages import explain_request
+from app.explain.messages import COUNTERFACTUAL, explain_request
 from app.explain.policy import PriorityRules
 from app.explain.state import (
     REQUESTED,
@@ -45,6 +47,7 @@ from app.explain.state import (
     replay_action,
     requested_row,
     route_action,
+    row_key,
     to_record,
 )
 from app.explainer.faust_patches import micro_batches
@@ -158,15 +161,47 @@ class Router:
         return row
 
     def _verdict(self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str) -> list[Send]:
-        key = str(verdict["transaction_id"]).encode()
+        sends = self._contributions(stream, event, verdict, now)
+        priority = self.rules.counterfactual(verdict)
+        if priority is not None and verdict.get("replay") is not None:
+            sends += self._counterfactual(stream, event, verdict, priority, now)
+        return sends
+
+    def _counterfactual(
+        self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], priority: str, now: str
+    ) -> list[Send]:
+        """The verdict's counterfactual, a row of its own (``id#counterfactual``): deduplicated,
+        replayed and re-queued like the contributions row, never sampled out."""
+        key = row_key(str(verdict["transaction_id"]), COUNTERFACTUAL)
+        _, done = self._known(stream, event, key, verdict)
+        if done is not None:
+            return done
+        self.counts[f"counterfactual_{priority}"] += 1
+        request = explain_request(verdict, priority, now, kind=COUNTERFACTUAL)
+        return self._publish(stream, event, key, new_row(request, "pending", source_of(event)))
+
+    def _known(
+        self, stream: StreamT, event: EventT, key: bytes, verdict: Mapping[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[Send] | None]:
+        """The row under ``key`` and, when the verdict needs no new request, what to send
+        instead: nothing (a duplicate), or what a replay of the message that wrote it left undone."""
         row = self._row(stream, event, key)
-        source = source_of(event)
-        action = route_action(row, verdict["model_version"], source)
+        action = route_action(row, verdict["model_version"], source_of(event))
         if action is RouteAction.SKIP:
             self.counts["deduplicated"] += 1
-            return []
+            return row, []
         if action is not RouteAction.NEW and row is not None:
-            return self._replayed(stream, event, key, row, action)
+            return row, self._replayed(stream, event, key, row, action)
+        return row, None
+
+    def _contributions(
+        self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str
+    ) -> list[Send]:
+        key = str(verdict["transaction_id"]).encode()
+        row, done = self._known(stream, event, key, verdict)
+        if done is not None:
+            return done
+        source = source_of(event)
         if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
             self.counts["on_demand"] += 1
             request = explain_request(verdict, "high", now, on_demand=True, method=row["method"])
@@ -224,18 +259,21 @@ class Router:
             return []
         if action is RouteAction.RESEND:
             return self._publish(stream, event, key, row)
-        request, partition = row["request"], event.message.partition
-        return [(topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), partition)]
+        return [_request_send(row["request"], event)]
 
     def _publish(self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any]) -> list[Send]:
         """The pending row, whose changelog record is the pending update, then the request.
         Written again on a resend too: the local store may hold a row whose record a SIGKILL
         lost, and the update must be out before the request leaves (same bytes if it was)."""
         self.writer.write(stream, event, self.explanations, key, orjson.dumps(to_record(row)))
-        request = row["request"]
-        return [
-            (topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), event.message.partition)
-        ]
+        return [_request_send(row["request"], event)]
+
+
+def _request_send(request: Mapping[str, Any], event: EventT) -> Send:
+    """A request on its priority's topic, keyed by its transaction id (the contract; the row's
+    key names the kind too), in the routed event's partition."""
+    key = str(request["transaction_id"]).encode()
+    return topics.EXPLAIN_TOPICS[request["priority"]], key, orjson.dumps(request), event.message.partition
 
 
 @dataclass
@@ -278,7 +316,13 @@ async def _publish(
             for event, sends in batch.routed:
                 for topic, key, value, partition in sends:
                     priority = _PRIORITY_OF.get(topic)
-                    if priority is not None and hand_over(stream, event, priority, value):
+                    # At most one request per event is handed over: the event is acked when that
+                    # one is final, so another (a second kind) goes out as a record.
+                    if (
+                        priority is not None
+                        and id(event) not in handed
+                        and hand_over(stream, event, priority, value)
+                    ):
                         handed.add(id(event))
                         router.counts["handed_over"] += 1
                         continue

@@ -17,7 +17,8 @@ publishing its update.
   2. rows → ``calculating`` (attempts + 1);
   3. SHAP on a thread: explainer per model version (``ExplainerCache``), lookups in the
      in-memory explanation cache (``ExplanationMemo``; no table: DESIGN-NOTES, records per
-     transaction), ``explain_batch`` for the misses;
+     transaction), ``explain_batch`` for the misses; the batch's counterfactuals (issue 20) are
+     searched one by one on the same thread after it (``work.counterfactuals``);
   4. rows → ``complete`` | ``failed`` written to the local stores; then,
      on the finishing task while the next batch computes, their records (the updates) acked by
      the broker; then the events. A worker killed anywhere before the ack
@@ -55,10 +56,22 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app.explain.core import ExplainerCache
-from app.explain.messages import FailureCode
+from app.explain.messages import COUNTERFACTUAL, FailureCode
 from app.explain.scheduler import AgingScheduler, BatchSizer, Queued
-from app.explain.state import WorkAction, calculating, failed, finished, from_record, to_record, work_action
-from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, prepare
+from app.explain.state import (
+    WorkAction,
+    calculating,
+    failed,
+    finished,
+    found,
+    from_record,
+    kind_of,
+    method_of,
+    row_key,
+    to_record,
+    work_action,
+)
+from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, counterfactuals, prepare
 from app.explainer.skips import Skips, checked_record
 from app.explainer.table_io import TableWriter, named_sink, source_of, stored_json, utc_now
 from app.runtime import metrics
@@ -306,8 +319,8 @@ class Explaining:
                     self.stats.counts["invalid"] += 1
                     continue  # acked with its batch: skipped, counted, logged (rate-limited)
                 request = checked
-            key = str(request["transaction_id"]).encode()
-            request.setdefault("method", settings.explain_method)
+            key = row_key(str(request["transaction_id"]), kind_of(request))
+            request["method"] = method_of(request, settings.explain_method)
             row = from_record(stored_json(self.writer.get(stream, event, explanations, key)))
             action = work_action(row, request, settings.explain_max_attempts)
             self.stats.counts["handed" if work.handed_request else "from_topic"] += 1
@@ -332,26 +345,40 @@ class Explaining:
         return jobs
 
     async def _explain(self, jobs: Sequence[_Job]) -> list[Outcome]:
+        """Each job's outcome, in job order: contributions in one SHAP hand-off (the batch
+        sizer measures it), counterfactuals searched one by one on the same thread."""
         if not jobs:
             return []
         loop = asyncio.get_running_loop()
-        requests = [job.request for job in jobs]
-        computed = await loop.run_in_executor(
-            self.executor,
-            _explain_on_thread,
-            self.explainers,
-            self.memo,
-            requests,
-            self.settings.explain_method,
-        )
-        for job, item in zip(jobs, computed.prepared, strict=True):
-            job.cache_key = item.cache_key
-        self.sizer.measured(computed.misses, computed.cpu_s)
-        return computed.outcomes
+        searches = [i for i, job in enumerate(jobs) if kind_of(job.request) == COUNTERFACTUAL]
+        shap = [i for i, job in enumerate(jobs) if kind_of(job.request) != COUNTERFACTUAL]
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        if shap:
+            computed = await loop.run_in_executor(
+                self.executor,
+                _explain_on_thread,
+                self.explainers,
+                self.memo,
+                [jobs[i].request for i in shap],
+                self.settings.explain_method,
+            )
+            for i, item, outcome in zip(shap, computed.prepared, computed.outcomes, strict=True):
+                jobs[i].cache_key, outcomes[i] = item.cache_key, outcome
+            self.sizer.measured(computed.misses, computed.cpu_s)
+        if searches:
+            found_ = await loop.run_in_executor(
+                self.executor, counterfactuals, self.explainers, [jobs[i].request for i in searches]
+            )
+            for i, outcome in zip(searches, found_, strict=True):
+                outcomes[i] = outcome
+        return [o if o is not None else Outcome(None, False, None) for o in outcomes]
 
     def _finish(self, job: _Job, outcome: Outcome, completed_at: str) -> None:
         stream, event = job.queued.item.stream, job.queued.item.event
-        if outcome.explanation is not None:
+        if outcome.counterfactual is not None:
+            job.row = found(job.row, outcome.counterfactual, completed_at)
+            self.stats.counts["counterfactuals"] += 1
+        elif outcome.explanation is not None:
             job.row = finished(job.row, outcome.explanation, outcome.cache_hit, completed_at)
             self.stats.counts["cache_hits" if outcome.cache_hit else "computed"] += 1
             if not outcome.cache_hit and outcome.explanation.ok and job.cache_key is not None:
