@@ -43,6 +43,9 @@ from app.settings import Settings
 PRIORITIES = ("high", "normal", "low")
 FINISHED = ("complete", "failed")
 IN_FLIGHT = ("pending", "calculating")
+# An update without ``kind`` is about contributions (app/explain/messages.py: KINDS; not imported:
+# that package loads shap and lightgbm, which `fraudlens lag` does not need).
+CONTRIBUTIONS = "contributions"
 
 
 def percentiles(values: Iterable[float], qs: Iterable[float] = (50, 95, 99)) -> dict[str, float | None]:
@@ -56,9 +59,10 @@ class GapWindow:
     """Explanation updates of the last ``window_s`` seconds (by their own timestamps)."""
 
     window_s: float
-    finished: deque[tuple[float, str, float | None]] = field(default_factory=deque)  # (t, priority, gap)
+    # (t, priority, gap, kind): each kind of explanation (issue 20) has its own gap
+    finished: deque[tuple[float, str, float | None, str]] = field(default_factory=deque)
     routed: deque[float] = field(default_factory=deque)
-    in_flight: dict[str, str] = field(default_factory=dict)  # txid -> priority, latest not final
+    in_flight: dict[tuple[str, str], str] = field(default_factory=dict)  # (txid, kind) -> priority
     ignored: int = 0
 
     def add(self, update: Mapping[str, Any]) -> None:
@@ -66,10 +70,11 @@ class GapWindow:
         status, priority = update.get("status"), update.get("priority")
         raw_timings = update.get("timings")
         timings: Mapping[str, Any] = raw_timings if isinstance(raw_timings, dict) else {}
-        if priority not in PRIORITIES:
+        kind = update.get("kind", CONTRIBUTIONS)
+        if priority not in PRIORITIES or not isinstance(kind, str):
             self.ignored += 1
             return
-        self._track(update.get("transaction_id"), status, priority)
+        self._track(update.get("transaction_id"), kind, status, priority)
         if status == "pending":
             moment = utc_seconds(timings.get("queued_at")) or utc_seconds(update.get("updated_at"))
             if moment is None:
@@ -82,22 +87,30 @@ class GapWindow:
                 self.ignored += 1
                 return
             gap = timings.get("verdict_to_complete_ms") if status == "complete" else None
-            self.finished.append((moment, priority, float(gap) if isinstance(gap, (int, float)) else None))
+            gap_ms = float(gap) if isinstance(gap, (int, float)) else None
+            self.finished.append((moment, priority, gap_ms, kind))
 
-    def _track(self, txid: Any, status: Any, priority: str) -> None:
+    def _track(self, txid: Any, kind: str, status: Any, priority: str) -> None:
         if not isinstance(txid, str):
             return
         if status in IN_FLIGHT:
-            self.in_flight[txid] = priority
+            self.in_flight[(txid, kind)] = priority
         elif status in FINISHED:
-            self.in_flight.pop(txid, None)
+            self.in_flight.pop((txid, kind), None)
 
-    def waiting(self) -> dict[str, int]:
-        """Requests whose latest update read is pending or calculating, per priority."""
+    def waiting(self, kind: str | None = None) -> dict[str, int]:
+        """Requests whose latest update read is pending or calculating, per priority (of
+        ``kind``; None: of every kind)."""
         counts = {priority: 0 for priority in PRIORITIES}
-        for priority in self.in_flight.values():
-            counts[priority] += 1
+        for (_, of), priority in self.in_flight.items():
+            if kind is None or of == kind:
+                counts[priority] += 1
         return counts
+
+    def kinds(self) -> list[str]:
+        """The kinds seen in the window or in flight, contributions first."""
+        seen = {kind for *_, kind in self.finished} | {kind for _, kind in self.in_flight}
+        return [CONTRIBUTIONS, *sorted(seen - {CONTRIBUTIONS})]
 
     def evict(self, now: float) -> None:
         horizon = now - self.window_s
@@ -106,10 +119,13 @@ class GapWindow:
         while self.routed and self.routed[0] < horizon:
             self.routed.popleft()
 
-    def gaps(self) -> dict[str, dict[str, Any]]:
+    def gaps(self, kind: str = CONTRIBUTIONS) -> dict[str, dict[str, Any]]:
+        """Verdict-to-complete percentiles per priority, of one kind (each kind costs its own)."""
         out: dict[str, dict[str, Any]] = {}
         for priority in PRIORITIES:
-            values = [gap for _, p, gap in self.finished if p == priority and gap is not None]
+            values = [
+                gap for _, p, gap, k in self.finished if p == priority and k == kind and gap is not None
+            ]
             out[priority] = {"n": len(values), **percentiles(values)}
         return out
 
@@ -237,6 +253,11 @@ class LagMonitor:
             "queue_depth": depths,
             "backlog": backlog,
             "gap_ms": self.window.gaps(),
+            # every kind (issue 20): its own gaps and requests in flight per priority
+            "kinds": {
+                kind: {"gap_ms": self.window.gaps(kind), "in_flight": self.window.waiting(kind)}
+                for kind in self.window.kinds()
+            },
             "in_per_s": round(in_rate, 2),
             "out_per_s": round(out_rate, 2),
             "explainers": processes,
@@ -263,6 +284,17 @@ def render(snapshot: Mapping[str, Any]) -> str:
             f"{priority:<8} {snapshot['queue_depth'][priority]:>8,} {ms(gap['p50']):>10} "
             f"{ms(gap['p95']):>10} {ms(gap['p99']):>10} {gap['n']:>7,}"
         )
+    for kind, figures in snapshot.get("kinds", {}).items():
+        if kind == CONTRIBUTIONS:
+            continue  # the table above
+        lines.append(f"{kind}:")
+        for priority in PRIORITIES:
+            gap, flight = figures["gap_ms"][priority], figures["in_flight"][priority]
+            if gap["n"] or flight:
+                lines.append(
+                    f"  {priority:<6} {flight:>8,} {ms(gap['p50']):>10} {ms(gap['p95']):>10} "
+                    f"{ms(gap['p99']):>10} {gap['n']:>7,}"
+                )
     hint = snapshot["hint"]
     lines.append(
         f"in {snapshot['in_per_s']:.1f}/s  out {snapshot['out_per_s']:.1f}/s  "

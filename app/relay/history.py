@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from app.explain.messages import CONTRIBUTIONS
 from app.explain.policy import PriorityRules
 from app.records.masking import with_masked_card
 from app.relay.protocol import (
@@ -129,6 +130,7 @@ class RelayState:
     ) -> None:
         self.epoch, self.rules = epoch, rules
         self.state_max, self.orphan_wait_s, self.held_max = state_max, orphan_wait_s, held_max
+        self.other_kinds = 0  # updates of kinds protocol 2 does not carry, left out (ingest_update)
         self.seq = 0
         self.txs: OrderedDict[str, TxState] = OrderedDict()
         self.replay = ReplayBuffer(replay_max)
@@ -169,6 +171,11 @@ class RelayState:
         return events
 
     def ingest_update(self, update: dict[str, Any], now: float) -> list[Event]:
+        if update.get("kind", CONTRIBUTIONS) != CONTRIBUTIONS:
+            # Another kind (a counterfactual, issue 20) has a status of its own, which protocol 2
+            # cannot carry: passed on, it would overwrite the contributions' in every client.
+            self.other_kinds += 1
+            return []
         txid = str(update["transaction_id"])
         tx = self.txs.get(txid)
         if tx is not None and tx.verdict is not None:

@@ -111,3 +111,32 @@ def test_requests_in_flight_are_counted_from_the_updates() -> None:
         for status in statuses:
             window.add({"transaction_id": txid, "status": status, "priority": priority, "timings": timings})
     assert window.waiting() == {"high": 1, "normal": 0, "low": 1}
+
+
+def test_each_kind_has_its_own_gaps_and_requests_in_flight() -> None:
+    """Issue 20: a counterfactual's updates (same transaction, same priority) neither end the
+    contributions' flight nor enter their gaps; each kind is reported on its own."""
+    window = GapWindow(60)
+
+    def of(kind: str | None, status: str, gap: float | None = None) -> dict[str, Any]:
+        out = {**update(status, "high", 100, gap_ms=gap), "transaction_id": "tx-1"}
+        return out if kind is None else {**out, "kind": kind}
+
+    window.add(of(None, "pending"))
+    window.add(of("counterfactual", "pending"))
+    window.add(of(None, "complete", 40.0))
+    assert window.waiting() == {"high": 1, "normal": 0, "low": 0}  # the counterfactual still waits
+    assert window.waiting("contributions")["high"] == 0 and window.waiting("counterfactual")["high"] == 1
+    window.add(of("counterfactual", "complete", 900.0))
+    assert window.waiting() == {"high": 0, "normal": 0, "low": 0}
+    assert window.gaps()["high"]["n"] == 1 and window.gaps()["high"]["p50"] == 40.0
+    assert window.gaps("counterfactual")["high"]["p50"] == 900.0
+    assert window.kinds() == ["contributions", "counterfactual"]
+    snapshot = {
+        "window_s": 60, "queue_depth": {"high": 0, "normal": 0, "low": 0}, "backlog": 0,
+        "gap_ms": window.gaps(), "in_per_s": 1.0, "out_per_s": 1.0, "explainers": 1, "target_s": 60,
+        "hint": scaling_hint(0, 1, 1, 1, 60),
+        "kinds": {k: {"gap_ms": window.gaps(k), "in_flight": window.waiting(k)} for k in window.kinds()},
+    }  # fmt: skip
+    text = render(snapshot)
+    assert "counterfactual:" in text and "900 ms" in text and "40 ms" in text

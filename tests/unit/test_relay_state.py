@@ -80,6 +80,19 @@ def test_a_resent_identical_update_is_not_a_new_event() -> None:
     assert relay.ingest_update(update("tx-1", "complete"), 0) == []
 
 
+def test_an_update_of_another_kind_leaves_the_contributions_status_alone() -> None:
+    """Issue 20: a counterfactual's updates (a status of their own) are not passed on by
+    protocol 2; the transaction's status stays its contributions'."""
+    relay = state()
+    relay.ingest_verdict(verdict("tx-1", "deny"))
+    relay.ingest_update(update("tx-1", "complete"), 0)
+    other = {**update("tx-1", "pending"), "kind": "counterfactual", "method": "split_search"}
+    assert relay.ingest_update(other, 0) == [] and relay.other_kinds == 1
+    assert relay.snapshot_of(["tx-1"])[0]["status"] == "complete"
+    assert relay.ingest_update(update("tx-2", "pending"), 0) == []  # held for its verdict, as before
+    assert relay.other_kinds == 1
+
+
 def test_snapshot_statuses() -> None:
     relay = state(rate=0.0)  # every low verdict sampled out
     relay.ingest_verdict(verdict("tx-low", "approve", 5.0))
