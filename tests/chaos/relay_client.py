@@ -132,6 +132,13 @@ class ConsoleClient:
             self.snapshot_unknown += 1
 
 
+def _as_relayed(value: bytes) -> dict[str, Any]:
+    """A verdict of the topic as the relay passes it on: card id masked, no ``replay``."""
+    verdict = with_masked_card(orjson.loads(value))
+    verdict.pop("replay", None)
+    return verdict
+
+
 def client_shortfall(scenario: Scenario, client: ConsoleClient) -> dict[str, list[str]]:
     """What the client lacks against the topics (as the ledger's tap read them), and where the
     relay's word on a verdict's explanation ("auto" or "on_demand") disagrees with the ledger's
@@ -141,11 +148,9 @@ def client_shortfall(scenario: Scenario, client: ConsoleClient) -> dict[str, lis
     sent = [t for t in scenario.load.valid_order if t in tap.verdicts]
     return {
         "no verdict": [t for t in sent if t not in client.verdicts],
-        "verdict differs from the topic": [  # the relay masks the card id (app/records/masking.py)
-            t
-            for t in sent
-            if t in client.verdicts
-            and client.verdicts[t] != with_masked_card(orjson.loads(tap.verdicts[t][0]))
+        # The relay masks the card id (app/records/masking.py) and leaves out the replay.
+        "verdict differs from the topic": [
+            t for t in sent if t in client.verdicts and client.verdicts[t] != _as_relayed(tap.verdicts[t][0])
         ],
         "no final explanation": [t for t in sent if t in auto and client.finals.get(t) != "complete"],
         "sampled out but not shown so": [
