@@ -147,17 +147,20 @@ def explanation_update(
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    result = explanation if kind == CONTRIBUTIONS else counterfactual
-    if (explanation if kind == COUNTERFACTUAL else counterfactual) is not None:
-        raise ValueError(
-            f"a {kind} update carries no {'explanation' if kind == COUNTERFACTUAL else 'counterfactual'}"
-        )
+    results = {
+        CONTRIBUTIONS: ("explanation", explanation),
+        COUNTERFACTUAL: ("counterfactual", counterfactual),
+    }
+    name, result = results[kind]
+    ((other, wrong),) = (v for k, v in results.items() if k != kind)
+    if wrong is not None:
+        raise ValueError(f"a {kind} update carries no {other}")
     if status == "complete" and (result is None or cache_hit is None or timing is None):
         raise ValueError(f"a complete update needs the {kind} result, cache_hit and timing")
     if status == "failed" and failure is None:
         raise ValueError("a failed update needs a failure code and reason")
     if status in ("pending", "calculating") and result is not None:
-        raise ValueError(f"a {status} update carries no {'explanation' if kind == CONTRIBUTIONS else kind}")
+        raise ValueError(f"a {status} update carries no {name}")
     update: dict[str, Any] = {
         "transaction_id": transaction_id,
         "status": status,

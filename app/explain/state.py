@@ -96,7 +96,7 @@ def new_row(request: Mapping[str, Any], status: str, source: str) -> Row:
         "status": status,
         "priority": request["priority"],
         "model_version": request["model_version"],
-        "method": method_of(request, str(request.get("method"))),
+        "method": SPLIT_SEARCH if kind_of(request) == COUNTERFACTUAL else request["method"],
         "attempts": 0,
         "source": source,
         "request": dict(request),

@@ -95,18 +95,29 @@ def _prepared(explainers: ExplainerCache, request: Mapping[str, Any], default_me
     if method not in METHODS:
         item.failure = (FailureCode.UNSUPPORTED_METHOD, f"unknown explanation method {method!r}")
         return item
-    try:
-        item.explainer = explainers.get(str(request["model_version"]))
-        if method != "tree":
-            item.explainer.warm(method)
-    except tuple(kind for kind, _ in _LOAD_FAILURES) as exc:
-        item.failure = (next(code for kind, code in _LOAD_FAILURES if isinstance(exc, kind)), str(exc))
+    loaded = _load(explainers, request, method)
+    if not isinstance(loaded, Explainer):
+        item.failure = loaded
         return item
+    item.explainer = loaded
     try:
         item.row = features_matrix([request["features"]], item.explainer.feature_names)
     except (ValueError, TypeError, KeyError) as exc:
         item.failure = (FailureCode.INVALID_REQUEST, f"features: {exc}")
     return item
+
+
+def _load(
+    explainers: ExplainerCache, request: Mapping[str, Any], method: str | None = None
+) -> Explainer | Failure:
+    """The request's model version (warmed for ``method``), or why it cannot be loaded."""
+    try:
+        explainer = explainers.get(str(request["model_version"]))
+        if method is not None and method != "tree":
+            explainer.warm(method)
+    except tuple(kind for kind, _ in _LOAD_FAILURES) as exc:
+        return next(code for kind, code in _LOAD_FAILURES if isinstance(exc, kind)), str(exc)
+    return explainer
 
 
 def counterfactuals(explainers: ExplainerCache, requests: Sequence[Mapping[str, Any]]) -> list[Outcome]:
@@ -115,11 +126,9 @@ def counterfactuals(explainers: ExplainerCache, requests: Sequence[Mapping[str, 
     request fails alone; "no proposal" is a result, not a failure."""
     out = []
     for request in requests:
-        try:
-            explainer = explainers.get(str(request["model_version"]))
-        except tuple(kind for kind, _ in _LOAD_FAILURES) as exc:
-            code = next(code for kind, code in _LOAD_FAILURES if isinstance(exc, kind))
-            out.append(Outcome(None, False, (code, str(exc))))
+        explainer = _load(explainers, request)
+        if not isinstance(explainer, Explainer):
+            out.append(Outcome(None, False, explainer))
             continue
         try:
             replay = request["replay"]

@@ -351,8 +351,8 @@ class Explaining:
             return []
         loop = asyncio.get_running_loop()
         searches = [i for i, job in enumerate(jobs) if kind_of(job.request) == COUNTERFACTUAL]
-        shap = [i for i, job in enumerate(jobs) if kind_of(job.request) != COUNTERFACTUAL]
-        outcomes: list[Outcome | None] = [None] * len(jobs)
+        shap = sorted(set(range(len(jobs))) - set(searches))
+        outcomes: dict[int, Outcome] = {}
         if shap:
             computed = await loop.run_in_executor(
                 self.executor,
@@ -366,12 +366,11 @@ class Explaining:
                 jobs[i].cache_key, outcomes[i] = item.cache_key, outcome
             self.sizer.measured(computed.misses, computed.cpu_s)
         if searches:
-            found_ = await loop.run_in_executor(
+            searched = await loop.run_in_executor(
                 self.executor, counterfactuals, self.explainers, [jobs[i].request for i in searches]
             )
-            for i, outcome in zip(searches, found_, strict=True):
-                outcomes[i] = outcome
-        return [o if o is not None else Outcome(None, False, None) for o in outcomes]
+            outcomes.update(zip(searches, searched, strict=True))
+        return [outcomes[i] for i in range(len(jobs))]
 
     def _finish(self, job: _Job, outcome: Outcome, completed_at: str) -> None:
         stream, event = job.queued.item.stream, job.queued.item.event

@@ -277,24 +277,19 @@ def render(snapshot: Mapping[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:,.0f} ms"
 
+    def row(label: str, depth: int, gap: Mapping[str, Any]) -> str:
+        gaps = " ".join(f"{ms(gap[q]):>10}" for q in ("p50", "p95", "p99"))
+        return f"{label:<8} {depth:>8,} {gaps} {gap['n']:>7,}"
+
     lines = [f"{'priority':<8} {'queue':>8} {'gap p50':>10} {'p95':>10} {'p99':>10} {'n':>7}"]
-    for priority in PRIORITIES:
-        gap = snapshot["gap_ms"][priority]
-        lines.append(
-            f"{priority:<8} {snapshot['queue_depth'][priority]:>8,} {ms(gap['p50']):>10} "
-            f"{ms(gap['p95']):>10} {ms(gap['p99']):>10} {gap['n']:>7,}"
-        )
+    lines += [row(p, snapshot["queue_depth"][p], snapshot["gap_ms"][p]) for p in PRIORITIES]
     for kind, figures in snapshot.get("kinds", {}).items():
         if kind == CONTRIBUTIONS:
             continue  # the table above
         lines.append(f"{kind}:")
-        for priority in PRIORITIES:
-            gap, flight = figures["gap_ms"][priority], figures["in_flight"][priority]
-            if gap["n"] or flight:
-                lines.append(
-                    f"  {priority:<6} {flight:>8,} {ms(gap['p50']):>10} {ms(gap['p95']):>10} "
-                    f"{ms(gap['p99']):>10} {gap['n']:>7,}"
-                )
+        for p in PRIORITIES:
+            if figures["gap_ms"][p]["n"] or figures["in_flight"][p]:
+                lines.append(row(f"  {p}", figures["in_flight"][p], figures["gap_ms"][p]))
     hint = snapshot["hint"]
     lines.append(
         f"in {snapshot['in_per_s']:.1f}/s  out {snapshot['out_per_s']:.1f}/s  "

@@ -21,6 +21,7 @@ import orjson
 
 from app.explain.messages import CONTRIBUTIONS
 from app.explain.policy import PriorityRules
+from app.explain.state import kind_of
 from app.records.masking import with_masked_card
 from app.relay.protocol import (
     Filter,
@@ -171,7 +172,7 @@ class RelayState:
         return events
 
     def ingest_update(self, update: dict[str, Any], now: float) -> list[Event]:
-        if update.get("kind", CONTRIBUTIONS) != CONTRIBUTIONS:
+        if kind_of(update) != CONTRIBUTIONS:
             # Another kind (a counterfactual, issue 20) has a status of its own, which protocol 2
             # cannot carry: passed on, it would overwrite the contributions' in every client.
             self.other_kinds += 1

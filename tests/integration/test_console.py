@@ -69,6 +69,19 @@ def predicted_verdicts(models_dir: Path, transactions: list[dict[str, Any]]) -> 
     return [orjson.loads(value) for _, value in scorer.score(batch).verdicts]
 
 
+def open_console(
+    browser: playwright_api.BrowserContext, relay: RelayProcess
+) -> tuple[playwright_api.Page, list[str]]:
+    """The console page, connected to ``relay``, and the list its page errors are collected in."""
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{relay.http}/?token={relay.token()}")
+    page.wait_for_selector('#conn-state[data-state="open"]')
+    return page, errors
+
+
 @pytest.fixture
 def console(stack: Stack) -> Iterator[tuple[Process, RelayProcess]]:
     stack.start_worker("scorer")
@@ -92,12 +105,7 @@ def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess]
             viewport={"width": 1600, "height": 1000},
         )
         try:
-            page = browser.pages[0] if browser.pages else browser.new_page()
-            page.set_default_timeout(WAIT_MS)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{relay.http}/?token={relay.token()}")
-            page.wait_for_selector('#conn-state[data-state="open"]')
+            page, errors = open_console(browser, relay)
             page.evaluate(RECORD_STATES)
 
             # Pause the explainer so the loading state stays long enough to be seen and

@@ -23,7 +23,7 @@ from websockets.sync.client import connect as connect_sync
 
 from app.model.generator import generate_transactions
 from tests.integration.harness import Process, RelayProcess, Stack
-from tests.integration.test_console import CHROMIUM, CHROMIUM_FLAGS, WAIT_MS, console  # noqa: F401
+from tests.integration.test_console import CHROMIUM, CHROMIUM_FLAGS, console, open_console  # noqa: F401
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "app" / "console"
 MAX_ROWS = 500  # console.js: the rows the table keeps
@@ -85,12 +85,7 @@ def test_pause_holds_the_rows_still_and_resume_catches_up(
     transactions = list(generate_transactions(120, seed=203))
     shown_first, while_paused = transactions[:40], transactions[40:]
     with chromium(tmp_path) as browser:
-        page = browser.pages[0] if browser.pages else browser.new_page()
-        page.set_default_timeout(WAIT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{relay.http}/?token={relay.token()}")
-        page.wait_for_selector('#conn-state[data-state="open"]')
+        page, errors = open_console(browser, relay)
         os.kill(explainer.pid, signal.SIGSTOP)  # the first rows wait for their explanations
         try:
             stack.produce_transactions(shown_first)
