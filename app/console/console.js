@@ -7,7 +7,7 @@ const RECENT = 200;
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
 const $ = (id) => document.getElementById(id);
-const txs = new Map(); // transaction_id -> {verdict, priority, explain, status, update, el}
+const txs = new Map(); // transaction_id -> {verdict, priority, explain, status, update, kinds, el}
 let socket = null;
 let lastEventId = null;
 let relayId = null;
@@ -89,15 +89,17 @@ function onMessage(message) {
       setConnection("open");
       // The feed came back while this page was reconnecting: the resumed message went to nobody.
       if (message.feed && message.feed.state === "live" && feedSince) onFeed({ state: "resumed", since: feedSince, resumed_at: message.server_time });
-      const subscribe = { type: "subscribe", subscription: "feed", recent: RECENT };
+      const subscribe = { type: "subscribe", subscription: "feed", recent: RECENT, protocol: 3 };
       if (resume) subscribe.last_event_id = lastEventId;
       send(subscribe);
       break;
     }
     case "verdict":
-      feedEvent(message.verdict.transaction_id, true, () => onVerdict(message.verdict, message.priority, message.explain));
+      feedEvent(message.verdict.transaction_id, true, () => onVerdict(message.verdict, message.priority, message.explain, message.kinds));
       break;
-    case "explanation": feedEvent(message.update.transaction_id, false, () => onUpdate(message.update)); break;
+    case "explanation":
+      feedEvent(message.update.transaction_id, false, () => onUpdate(message.update, message.kind));
+      break;
     case "snapshot":
       // Oldest first, one event per transaction: applied (or held) exactly like live events.
       for (const state of message.transactions.slice().reverse()) {
@@ -238,27 +240,31 @@ function onKey(event) {
 function onState(state) {
   if (!state.verdict) return;
   onVerdict(state.verdict, state.priority, state.explain);
+  const tx = txs.get(state.transaction_id);
+  applyKindStates(tx, state.kinds);
   if (state.explanation) onUpdate(state.explanation);
-  else if (state.status === "sampled_out") render(txs.get(state.transaction_id));
+  else render(tx);
 }
 
-function onVerdict(verdict, priority, explain) {
+function onVerdict(verdict, priority, explain, kinds) {
   const txid = verdict.transaction_id;
   let tx = txs.get(txid);
   if (!tx) {
-    tx = { status: explain === "on_demand" ? "sampled_out" : "awaiting", update: null, el: null };
+    tx = { status: explain === "on_demand" ? "sampled_out" : "awaiting", update: null, kinds: {}, el: null };
     txs.set(txid, tx);
   }
   Object.assign(tx, { verdict, priority, explain });
+  expectKinds(tx, kinds);
   if (!tx.el) addRow(tx);
   render(tx);
 }
 
-function onUpdate(update) {
+// kind: absent for contributions (the row's "why" cell); another kind has a state of its own.
+function onUpdate(update, kind) {
   const tx = txs.get(update.transaction_id);
   if (!tx) return; // a verdict this console never saw (evicted or before its window)
-  tx.status = update.status;
-  tx.update = update;
+  if (kind) applyKindUpdate(tx, kind, update);
+  else { tx.status = update.status; tx.update = update; }
   render(tx);
   if ($("detail").dataset.txid === update.transaction_id) showDetail(tx);
 }
@@ -288,6 +294,7 @@ function addRow(tx) {
     el("td", "num", v.score.toFixed(3)),
     el("td", "priority", ""),
     el("td", "expl"),
+    el("td", "cf"),
   );
   row.addEventListener("click", (event) => {
     if (event.target.closest("button")) return;
@@ -331,6 +338,7 @@ function render(tx) {
     const label = tx.status === "calculating" ? "explaining… (calculating)" : "explaining…";
     cell.append(el("span", "loading", label));
   }
+  renderCounterfactualCell(tx);
   applyFilter(tx.el);
 }
 
@@ -404,6 +412,7 @@ function showDetail(tx) {
   $("detail-title").textContent = `${v.transaction_id} — ${v.decision} (score ${v.score.toFixed(3)})`;
   const chart = $("waterfall");
   chart.replaceChildren();
+  showProposals(tx);
   const u = tx.update;
   if (!u || tx.status !== "complete") {
     $("detail-summary").textContent = `card ${maskCard(v.card_id)}, ${v.amount.toFixed(2)} ${v.currency}; explanation: ${tx.status}`;

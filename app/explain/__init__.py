@@ -3,31 +3,35 @@
 Pure model code (imports no Kafka or Faust); the explainer agents are thin adapters over it.
 """
 
-from app.explain.core import (
-    ADDITIVITY_TOLERANCE,
-    METHODS,
-    TOP_N,
-    UNITS,
-    Explainer,
-    ExplainerCache,
-    Explanation,
-    Signature,
-    TopFeature,
-    additivity_error,
-    assemble,
-)
-from app.explain.messages import (
-    KINDS,
-    PRIORITIES,
-    STATUSES,
-    FailureCode,
-    explain_request,
-    explanation_update,
-    features_matrix,
-    finished_update,
-    timings,
-)
-from app.explain.splits import SplitIndex, UnsupportedModel
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): ``app.explain.policy`` is all the relay needs of this package,
+# and importing ``core`` loads lightgbm (~1-4 s at start, measured with ``python -X importtime``).
+_WHERE = {
+    **dict.fromkeys(
+        ("ADDITIVITY_TOLERANCE", "METHODS", "TOP_N", "UNITS", "Explainer", "ExplainerCache", "Explanation",
+         "Signature", "TopFeature", "additivity_error", "assemble"),
+        "app.explain.core",
+    ),
+    **dict.fromkeys(
+        ("PRIORITIES", "STATUSES", "FailureCode", "explain_request", "explanation_update",
+         "features_matrix", "finished_update", "timings"),
+        "app.explain.messages",
+    ),
+    "KINDS": "app.records.kinds",
+    **dict.fromkeys(("SplitIndex", "UnsupportedModel"), "app.explain.splits"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "ADDITIVITY_TOLERANCE",

@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from app.explain.core import METHODS, Explanation
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, KINDS
 
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
-CONTRIBUTIONS, COUNTERFACTUAL = "contributions", "counterfactual"
-KINDS: tuple[str, ...] = (CONTRIBUTIONS, COUNTERFACTUAL)
-SPLIT_SEARCH = "split_search"  # the counterfactual kind's method (app/explain/counterfactual.py)
 # The verdict's copies of the transaction's fields that the features read (``timestamp`` is its
 # ``event_time``, ``device_id`` its ``replay``'s).
 _TRANSACTION_FIELDS = (

@@ -29,13 +29,11 @@ from typing import Any
 
 from app.explain.core import Explanation
 from app.explain.messages import (
-    CONTRIBUTIONS,
-    COUNTERFACTUAL,
-    SPLIT_SEARCH,
     FailureCode,
     explanation_update,
     timings,
 )
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, SPLIT_SEARCH, kind_of
 
 SAMPLED_OUT = "sampled_out"
 REQUESTED = "requested"
@@ -66,11 +64,6 @@ class WorkAction(StrEnum):
     # time is the row's completed_at).
     ANNOUNCE = "announce"
     EXHAUSTED = "exhausted"  # started max_attempts times without finishing (crashes each time?)
-
-
-def kind_of(message: Mapping[str, Any]) -> str:
-    """A request's, row's or update's kind (absent: contributions, as before kinds existed)."""
-    return str(message.get("kind") or CONTRIBUTIONS)
 
 
 def row_key(transaction_id: str, kind: str) -> bytes:

@@ -35,7 +35,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app.explain.core import METHODS
-from app.explain.messages import COUNTERFACTUAL, explain_request
+from app.explain.messages import explain_request
 from app.explain.policy import PriorityRules
 from app.explain.state import (
     REQUESTED,
@@ -55,6 +55,7 @@ from app.explainer.skips import Skips, contract_problem
 from app.explainer.table_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
 from app.kafka import topics
 from app.kafka.sink import DeliveryFailed, Sink
+from app.records.kinds import COUNTERFACTUAL
 from app.records.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
 from app.runtime import metrics
 from app.runtime.stats import BatchTimings

@@ -56,7 +56,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app.explain.core import ExplainerCache
-from app.explain.messages import COUNTERFACTUAL, FailureCode
+from app.explain.messages import FailureCode
 from app.explain.scheduler import AgingScheduler, BatchSizer, Queued
 from app.explain.state import (
     WorkAction,
@@ -74,6 +74,7 @@ from app.explain.state import (
 from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, counterfactuals, prepare
 from app.explainer.skips import Skips, checked_record
 from app.explainer.table_io import TableWriter, named_sink, source_of, stored_json, utc_now
+from app.records.kinds import COUNTERFACTUAL
 from app.runtime import metrics
 
 if TYPE_CHECKING:

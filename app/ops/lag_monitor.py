@@ -38,14 +38,12 @@ import orjson
 from app.kafka import topics
 from app.kafka.admin import client_config
 from app.records.contracts import utc_seconds
+from app.records.kinds import CONTRIBUTIONS
 from app.settings import Settings
 
 PRIORITIES = ("high", "normal", "low")
 FINISHED = ("complete", "failed")
 IN_FLIGHT = ("pending", "calculating")
-# An update without ``kind`` is about contributions (app/explain/messages.py: KINDS; not imported:
-# that package loads shap and lightgbm, which `fraudlens lag` does not need).
-CONTRIBUTIONS = "contributions"
 
 
 def percentiles(values: Iterable[float], qs: Iterable[float] = (50, 95, 99)) -> dict[str, float | None]:

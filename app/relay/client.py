@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import ServerConnection
 
+from app.records.kinds import CONTRIBUTIONS
 from app.relay.history import Event
 from app.relay.outbox import Outbox
-from app.relay.protocol import Filter
+from app.relay.protocol import DEFAULT_PROTOCOL, Filter
 from app.relay.ratelimit import FloodGuard
 from app.relay.tokens import Claims
 
@@ -26,11 +27,18 @@ class Client:
         self.writer: asyncio.Task[None] | None = None
         self.dropping = False
         self.requests: set[asyncio.Task[None]] = set()  # explain_now requests awaiting the broker
+        self.protocol = DEFAULT_PROTOCOL  # the highest a subscribe asked for (protocol.py)
+
+    def gets(self, event: Event) -> bool:
+        """Whether this client's protocol carries the event (protocol 2: contributions only)."""
+        return self.protocol >= 3 or event.kind == CONTRIBUTIONS
 
     def set_subscriptions(self) -> None:
         self.match_all = any(f == Filter() for f in self.subscriptions.values())
 
     def wants(self, event: Event) -> bool:
+        if not self.gets(event):
+            return False
         if self.match_all:
             return True
         return any(

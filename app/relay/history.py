@@ -5,6 +5,14 @@ only from the event loop. Each ingested message becomes at most a few ``Event``s
 once and shared by every client. Per transaction a verdict event always precedes its
 explanation events: an update whose verdict has not been read yet (the two topics are fetched
 independently) is held until the verdict arrives, or released alone after ``orphan_wait_s``.
+
+Each kind of explanation (issue 20: ``contributions``, ``counterfactual``) has a status of its
+own per transaction (``KindState``). Protocol 2 knows one status per transaction, the
+contributions': its clients get no event and no snapshot field of another kind (``Event.kind``;
+``TxState.as_message``); a protocol-3 client gets every kind's events, each naming its kind
+(contributions' frames are the same bytes for both: no ``kind`` field means contributions, as on
+the topic), and a verdict event that names the other kinds the explainer computes for it by
+itself (``Event.frame3``: a second frame, only for such verdicts).
 """
 
 from __future__ import annotations
@@ -19,9 +27,8 @@ from typing import Any
 
 import orjson
 
-from app.explain.messages import CONTRIBUTIONS
 from app.explain.policy import PriorityRules
-from app.explain.state import kind_of
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, kind_of
 from app.records.masking import with_masked_card
 from app.relay.protocol import (
     Filter,
@@ -47,6 +54,29 @@ class Event:
     decision: str | None
     priority: str | None
     frame: bytes
+    kind: str = CONTRIBUTIONS  # an explanation event's kind; a verdict's is contributions (all see it)
+    frame3: bytes | None = None  # the frame for protocol 3 where it differs (a verdict naming kinds)
+
+    def frame_for(self, protocol: int) -> bytes:
+        return self.frame3 if protocol >= 3 and self.frame3 is not None else self.frame
+
+
+@dataclass(slots=True)
+class KindState:
+    """One kind of explanation of one transaction, as this relay knows it."""
+
+    status: str = "unknown"
+    explanation: dict[str, Any] | None = None  # the latest update
+    event_id: str | None = None  # of the latest update's event
+    flight_priority: str | None = None  # the queue an in-flight request sits in
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "priority": None if self.explanation is None else self.explanation["priority"],
+            "explanation": self.explanation,
+            "explanation_event_id": self.event_id,
+        }
 
 
 @dataclass(slots=True)
@@ -56,30 +86,33 @@ class TxState:
     verdict_event_id: str | None = None
     priority: str | None = None
     auto: bool | None = None
-    status: str = "unknown"
-    explanation: dict[str, Any] | None = None
-    explanation_event_id: str | None = None
-    flight_priority: str | None = None  # the queue an in-flight request sits in
+    kinds: dict[str, KindState] = field(default_factory=lambda: {CONTRIBUTIONS: KindState()})
 
     @property
     def decision(self) -> str | None:
         return None if self.verdict is None else self.verdict["decision"]
 
-    def as_message(self) -> dict[str, Any]:
-        return {
+    def as_message(self, protocol: int = 2) -> dict[str, Any]:
+        """Its snapshot entry: the contributions' status at the top (protocol 2); protocol 3 adds
+        ``kinds``, every other kind this relay expects or has seen for it."""
+        contributions = self.kinds[CONTRIBUTIONS]
+        out = {
             "transaction_id": self.transaction_id,
-            "status": self.status,
+            "status": contributions.status,
             "priority": self.priority,
             "explain": None if self.auto is None else ("auto" if self.auto else "on_demand"),
             "verdict": self.verdict,
             "verdict_event_id": self.verdict_event_id,
-            "explanation": self.explanation,
-            "explanation_event_id": self.explanation_event_id,
+            "explanation": contributions.explanation,
+            "explanation_event_id": contributions.event_id,
         }
+        if protocol >= 3:
+            out["kinds"] = {k: s.as_message() for k, s in self.kinds.items() if k != CONTRIBUTIONS}
+        return out
 
 
-def unknown_state(transaction_id: str) -> dict[str, Any]:
-    return TxState(transaction_id).as_message()
+def unknown_state(transaction_id: str, protocol: int = 2) -> dict[str, Any]:
+    return TxState(transaction_id).as_message(protocol)
 
 
 class ReplayBuffer:
@@ -131,7 +164,6 @@ class RelayState:
     ) -> None:
         self.epoch, self.rules = epoch, rules
         self.state_max, self.orphan_wait_s, self.held_max = state_max, orphan_wait_s, held_max
-        self.other_kinds = 0  # updates of kinds protocol 2 does not carry, left out (ingest_update)
         self.seq = 0
         self.txs: OrderedDict[str, TxState] = OrderedDict()
         self.replay = ReplayBuffer(replay_max)
@@ -149,6 +181,8 @@ class RelayState:
     def ingest_verdict(self, verdict: dict[str, Any]) -> list[Event]:
         """Events of one verdict; its card id is masked here, so no frame or snapshot has it, and
         its ``replay`` (the card's devices, merchants and amounts: the explainer's input) left out."""
+        # The explainer routes a counterfactual by itself only with the replay it needs.
+        counterfactual = verdict.get("replay") is not None and self.rules.counterfactual(verdict) is not None
         verdict = with_masked_card(verdict)
         verdict.pop("replay", None)
         txid = str(verdict["transaction_id"])
@@ -160,29 +194,28 @@ class RelayState:
         priority = self.rules.priority(verdict)
         tx.verdict, tx.priority = verdict, priority
         tx.auto = self.rules.sampled(priority, txid)
-        if tx.status == "unknown":
-            self._set_status(tx, "awaiting" if tx.auto else "sampled_out", None)
-        event = self._event(tx, verdict_message(self._next_id(), verdict, priority, tx.auto))
+        contributions = tx.kinds[CONTRIBUTIONS]
+        if contributions.status == "unknown":
+            self._set_status(contributions, "awaiting" if tx.auto else "sampled_out", None)
+        if counterfactual:
+            tx.kinds.setdefault(COUNTERFACTUAL, KindState("awaiting"))
+        message = verdict_message(self._next_id(), verdict, priority, tx.auto)
+        event = self._event(tx, message)
+        if counterfactual:
+            event.frame3 = orjson.dumps({**message, "kinds": [COUNTERFACTUAL]})
         tx.verdict_event_id = event.event_id
         self._note_verdict_time(verdict)
         events = [event]
         held = self.held.pop(txid, None)
         for update in held.updates if held else ():
-            events.append(self._apply_update(tx, update))
+            events += self._apply_update(tx, update)
         return events
 
     def ingest_update(self, update: dict[str, Any], now: float) -> list[Event]:
-        if kind_of(update) != CONTRIBUTIONS:
-            # Another kind (a counterfactual, issue 20) has a status of its own, which protocol 2
-            # cannot carry: passed on, it would overwrite the contributions' in every client.
-            self.other_kinds += 1
-            return []
         txid = str(update["transaction_id"])
         tx = self.txs.get(txid)
         if tx is not None and tx.verdict is not None:
-            if tx.explanation == update:
-                return []  # re-sent (a worker re-announces a finished row on replay): nothing new
-            return [self._apply_update(tx, update)]
+            return self._apply_update(tx, update)
         self.held.setdefault(txid, _Held(now)).updates.append(update)
         if len(self.held) > self.held_max:
             return self._release(next(iter(self.held)))
@@ -201,61 +234,66 @@ class RelayState:
     def _release(self, txid: str) -> list[Event]:
         held = self.held.pop(txid)
         tx = self.txs.get(txid) or self._new_tx(txid)
-        return [self._apply_update(tx, update) for update in held.updates]
+        return [event for update in held.updates for event in self._apply_update(tx, update)]
 
-    def _apply_update(self, tx: TxState, update: dict[str, Any]) -> Event:
-        self._set_status(tx, str(update["status"]), str(update["priority"]))
-        tx.explanation = update
+    def _apply_update(self, tx: TxState, update: dict[str, Any]) -> list[Event]:
+        kind = kind_of(update)
+        state = tx.kinds.setdefault(kind, KindState())
+        if state.explanation == update:
+            return []  # re-sent (a worker re-announces a finished row on replay): nothing new
+        self._set_status(state, str(update["status"]), str(update["priority"]))
+        state.explanation = update
         if tx.priority is None:
             tx.priority = str(update["priority"])
-        event = self._event(tx, explanation_message(self._next_id(), update))
-        tx.explanation_event_id = event.event_id
-        if update["status"] == "complete":
+        event = self._event(tx, explanation_message(self._next_id(), update, kind), kind)
+        state.event_id = event.event_id
+        if update["status"] == "complete" and kind == CONTRIBUTIONS:
             self._note_gap(update)
-        return event
+        return [event]
 
     def _new_tx(self, txid: str) -> TxState:
         tx = self.txs[txid] = TxState(txid)
         while len(self.txs) > self.state_max:
             _, evicted = self.txs.popitem(last=False)
-            self._set_status(evicted, "unknown", None)
+            for state in evicted.kinds.values():
+                self._set_status(state, "unknown", None)
         return tx
 
-    def _set_status(self, tx: TxState, status: str, priority: str | None) -> None:
-        if tx.status in IN_FLIGHT and tx.flight_priority:
-            self.in_flight[tx.flight_priority] -= 1
-        tx.status, tx.flight_priority = status, (priority if status in IN_FLIGHT else None)
-        if tx.flight_priority:
-            self.in_flight[tx.flight_priority] += 1
+    def _set_status(self, state: KindState, status: str, priority: str | None) -> None:
+        """In-flight counts are per queue, every kind together (the kinds share the queues)."""
+        if state.status in IN_FLIGHT and state.flight_priority:
+            self.in_flight[state.flight_priority] -= 1
+        state.status, state.flight_priority = status, (priority if status in IN_FLIGHT else None)
+        if state.flight_priority:
+            self.in_flight[state.flight_priority] += 1
 
     def _next_id(self) -> str:
         self.seq += 1
         return format_event_id(self.epoch, self.seq)
 
-    def _event(self, tx: TxState, message: dict[str, Any]) -> Event:
-        event = Event(
-            self.seq, message["event_id"], tx.transaction_id, tx.decision, tx.priority, orjson.dumps(message)
-        )
+    def _event(self, tx: TxState, message: dict[str, Any], kind: str = CONTRIBUTIONS) -> Event:
+        frame = orjson.dumps(message)
+        event = Event(self.seq, message["event_id"], tx.transaction_id, tx.decision, tx.priority, frame, kind)
         self.replay.append(event)
         return event
 
     # -- reading ---------------------------------------------------------------------------
 
-    def snapshot_of(self, transaction_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def snapshot_of(self, transaction_ids: Sequence[str], protocol: int = 2) -> list[dict[str, Any]]:
         out = []
         for txid in transaction_ids:
             tx = self.txs.get(txid)
-            out.append(tx.as_message() if tx is not None else unknown_state(txid))
+            out.append(tx.as_message(protocol) if tx is not None else unknown_state(txid, protocol))
         return out
 
-    def recent(self, wanted: Filter, limit: int) -> list[dict[str, Any]]:
+    def recent(self, wanted: Filter, limit: int, protocol: int = 2) -> list[dict[str, Any]]:
         """Up to ``limit`` most recent transactions matching ``wanted``, newest first."""
         out: list[dict[str, Any]] = []
         for tx in self._newest_first():
             if len(out) >= limit:
                 break
             if wanted.matches(tx.transaction_id, tx.decision, tx.priority):
-                out.append(tx.as_message())
+                out.append(tx.as_message(protocol))
         return out
 
     def _newest_first(self) -> Iterator[TxState]:

@@ -40,7 +40,7 @@ class Route:
     public: bool = False
 
 
-STATIC_FILES = ("index.html", "console.js", "console.css")
+STATIC_FILES = ("index.html", "console.js", "kinds.js", "console.css")
 ROUTES: dict[str, Route] = {
     route.path: route
     for route in (

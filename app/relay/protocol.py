@@ -12,8 +12,13 @@ import fastjsonschema
 import orjson
 
 from app.records.contracts import validator
+from app.records.kinds import CONTRIBUTIONS
 
-PROTOCOL_VERSION = 2  # 2: hello carries protocol and feed; the feed message (interrupted/resumed)
+# 2: hello carries protocol and feed; the feed message (interrupted/resumed). 3: kinds of
+# explanation (issue 20) for a client whose subscribe asks for it: explanation events of every
+# kind, naming theirs, and snapshots with ``kinds``. A client that does not ask gets protocol 2.
+PROTOCOL_VERSION = 3
+DEFAULT_PROTOCOL = 2
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
 DEFAULT_SUBSCRIPTION = "default"
 MAX_ERROR_TEXT = 300  # an error echoes little of what it refuses (a 60 KB key stays out of it)
@@ -157,8 +162,11 @@ def verdict_message(event_id: str, verdict: Mapping[str, Any], priority: str, au
     }
 
 
-def explanation_message(event_id: str, update: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+def explanation_message(
+    event_id: str, update: Mapping[str, Any], kind: str = CONTRIBUTIONS
+) -> dict[str, Any]:
+    """An explanation event; one of another kind than contributions names it (protocol 3 only)."""
+    out = {
         "type": "explanation",
         "event_id": event_id,
         "transaction_id": update["transaction_id"],
@@ -166,6 +174,9 @@ def explanation_message(event_id: str, update: Mapping[str, Any]) -> dict[str, A
         "priority": update["priority"],
         "update": update,
     }
+    if kind != CONTRIBUTIONS:
+        out["kind"] = kind
+    return out
 
 
 def error_message(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:

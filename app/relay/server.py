@@ -27,11 +27,13 @@ from websockets.http11 import Request, Response
 from app.explain.policy import PriorityRules
 from app.kafka import topics
 from app.records.contracts import format_utc
+from app.records.kinds import CONTRIBUTIONS
 from app.relay import http
 from app.relay.client import Client
 from app.relay.feed import FeedChange
 from app.relay.history import Event, RelayState
 from app.relay.protocol import (
+    DEFAULT_PROTOCOL,
     DEFAULT_SUBSCRIPTION,
     PROTOCOL_VERSION,
     Filter,
@@ -125,11 +127,19 @@ class Relay:
         events = list(events)
         if not events:
             return
-        every = [event.frame for event in events]
+        # Protocol 2 carries contributions only; protocol 3 has frames of its own for some
+        # verdicts (app.relay.client.Client.gets, app.relay.history.Event.frame_for).
+        every = {
+            2: [e.frame for e in events if e.kind == CONTRIBUTIONS],
+            3: [e.frame_for(3) for e in events],
+        }
         for client in list(self.clients):
             if not client.subscriptions or client.dropping:
                 continue
-            frames = every if client.match_all else [e.frame for e in events if client.wants(e)]
+            if client.match_all:
+                frames = every[min(client.protocol, 3)]
+            else:
+                frames = [e.frame_for(client.protocol) for e in events if client.wants(e)]
             if frames and not client.outbox.offer_many(frames):
                 self._drop_lagging(client)
 
@@ -347,6 +357,7 @@ class Relay:
         """Replay or snapshot, then live: all in one step of the loop, so nothing falls between."""
         name = message.get("subscription", DEFAULT_SUBSCRIPTION)
         wanted = Filter.from_message(message.get("filter"))
+        client.protocol = max(client.protocol, message.get("protocol", DEFAULT_PROTOCOL))
         frames: list[bytes] = []
         replayed: int | None = None
         recent = message.get("recent")
@@ -358,11 +369,13 @@ class Relay:
                 recent = GAP_SNAPSHOT_RECENT if recent is None else recent  # "gap, then a snapshot"
             else:
                 frames += [
-                    e.frame for e in missed if wanted.matches(e.transaction_id, e.decision, e.priority)
+                    e.frame_for(client.protocol)
+                    for e in missed
+                    if client.gets(e) and wanted.matches(e.transaction_id, e.decision, e.priority)
                 ]
                 replayed = len(frames)
         if replayed is None and (wanted.transaction_ids or recent or resume is not None):
-            frames.append(orjson.dumps(self._snapshot(name, wanted, message, recent or 0)))
+            frames.append(orjson.dumps(self._snapshot(name, wanted, message, recent or 0, client.protocol)))
         client.subscriptions[name] = wanted
         client.set_subscriptions()
         frames.append(
@@ -371,9 +384,12 @@ class Relay:
         if not client.send(frames):
             self._drop_lagging(client)
 
-    def _snapshot(self, name: str, wanted: Filter, message: dict[str, Any], recent: int) -> dict[str, Any]:
+    def _snapshot(
+        self, name: str, wanted: Filter, message: dict[str, Any], recent: int, protocol: int
+    ) -> dict[str, Any]:
         ids = (message.get("filter") or {}).get("transaction_ids")  # in the order the client gave
-        states = self.state.snapshot_of(ids) if ids else self.state.recent(wanted, recent)
+        state = self.state
+        states = state.snapshot_of(ids, protocol) if ids else state.recent(wanted, recent, protocol)
         return {
             "type": "snapshot",
             "subscription": name,

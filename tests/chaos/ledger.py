@@ -26,12 +26,14 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from app.kafka import topics
 from app.model.generator import generate_transactions
 from app.records.malformed import MALFORMED_KINDS, malformed_cases
 from app.settings import Settings
 from tests.integration.harness import Stack, wait_until
 
 FINAL = frozenset({"complete", "failed"})
+EXPLAIN_QUEUES = tuple(topics.EXPLAIN_TOPICS.values())
 BAD_KEY_PREFIX = "chaos-bad-"
 
 
@@ -123,10 +125,11 @@ class Tap:
             "bootstrap.servers": self.stack.bootstrap, "group.id": "chaos-tap",
             "enable.auto.commit": False, "fetch.wait.max.ms": 100, "log_level": 2,
         })  # fmt: skip
-        topics = ("verdicts", "transactions.dlq", "explanation.updates")
+        # The explain queues only for ``where``: a stuck explanation's diagnosis names its requests.
+        read = ("verdicts", "transactions.dlq", "explanation.updates", *EXPLAIN_QUEUES)
         metadata = self.consumer.list_topics(timeout=30).topics
         self.consumer.assign(
-            [TopicPartition(t, p, 0) for t in topics for p in range(len(metadata[t].partitions))]
+            [TopicPartition(t, p, 0) for t in read for p in range(len(metadata[t].partitions))]
         )
         self.thread.start()
 
@@ -153,6 +156,10 @@ class Tap:
             self.updates.setdefault(update["transaction_id"], []).append(update)
             self.where.setdefault(update["transaction_id"], []).append(
                 f"{update.get('status')} {message.partition()}@{message.offset()}"
+            )
+        elif topic in EXPLAIN_QUEUES:
+            self.where.setdefault(message.key().decode(errors="replace"), []).append(
+                f"request {topic} {message.partition()}@{message.offset()}"
             )
         else:
             record = orjson.loads(message.value())

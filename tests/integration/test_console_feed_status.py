@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,15 +24,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_sync
 
 from tests.integration.harness import RelayProcess, Stack, start_relay
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
+from tests.integration.test_console import chromium
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 SERVER = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "ws_server.schema.json").read_text()))
@@ -93,7 +84,7 @@ def open_client(relay: RelayProcess) -> tuple[ClientConnection, dict[str, Any]]:
 def test_a_client_is_told_when_the_feed_stops_and_when_it_resumes(stack: Stack) -> None:
     relay = start_relay(stack)
     ws, hello = open_client(relay)
-    assert hello["protocol"] == 2 and hello["feed"] == {"state": "live", "since": None}, hello
+    assert hello["protocol"] == 3 and hello["feed"] == {"state": "live", "since": None}, hello
     frames: list[dict[str, Any]] = []
     before = verdict("before")
     send_verdict(stack, before)
@@ -140,48 +131,37 @@ def _epoch(text: str) -> float:
 
 
 def test_the_console_shows_a_banner_while_the_feed_is_interrupted(stack: Stack, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "chromium is not installed (make test installs it)"
     relay = start_relay(stack)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            page = browser.pages[0] if browser.pages else browser.new_page()
-            page.set_default_timeout(NOTICE_S * 1000)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{relay.http}/?token={relay.token()}")
-            page.wait_for_selector('#conn-state[data-state="open"]')
-            before = verdict("page-before")
-            send_verdict(stack, before)
-            page.wait_for_selector(f'tr.row[data-txid="{before["transaction_id"]}"]')
-            banner = page.locator("#feed-banner")
-            assert banner.is_hidden(), "a banner while the feed is live"
+    with chromium(tmp_path) as browser:
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        page.set_default_timeout(NOTICE_S * 1000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{relay.http}/?token={relay.token()}")
+        page.wait_for_selector('#conn-state[data-state="open"]')
+        before = verdict("page-before")
+        send_verdict(stack, before)
+        page.wait_for_selector(f'tr.row[data-txid="{before["transaction_id"]}"]')
+        banner = page.locator("#feed-banner")
+        assert banner.is_hidden(), "a banner while the feed is live"
 
-            broker_of(stack).stop()
-            page.wait_for_selector('#feed-banner[data-state="interrupted"]')
-            assert banner.is_visible()
-            assert re.match(rf"live feed interrupted since {CLOCK}\b", banner.inner_text()), (
-                banner.inner_text()
-            )
-            page.screenshot(path=str(tmp_path / "console-feed-interrupted.png"))
-            assert page.locator("#conn-state").get_attribute("data-state") == "open"  # the relay is there
+        broker_of(stack).stop()
+        page.wait_for_selector('#feed-banner[data-state="interrupted"]')
+        assert banner.is_visible()
+        assert re.match(rf"live feed interrupted since {CLOCK}\b", banner.inner_text()), banner.inner_text()
+        page.screenshot(path=str(tmp_path / "console-feed-interrupted.png"))
+        assert page.locator("#conn-state").get_attribute("data-state") == "open"  # the relay is there
 
-            stack.start_broker()
-            page.wait_for_selector('#feed-banner[data-state="resumed"]')
-            text = banner.inner_text()
-            assert re.match(rf"live feed resumed at {CLOCK} \(interrupted since {CLOCK}\)", text), text
-            assert "interrupted since" not in text.split("(")[0]  # the interrupted notice is gone
-            after = verdict("page-after")
-            send_verdict(stack, after)
-            page.wait_for_selector(f'tr.row[data-txid="{after["transaction_id"]}"]')
-            page.screenshot(path=str(tmp_path / "console-feed-resumed.png"))
-            assert not errors, errors
-        finally:
-            browser.close()
+        stack.start_broker()
+        page.wait_for_selector('#feed-banner[data-state="resumed"]')
+        text = banner.inner_text()
+        assert re.match(rf"live feed resumed at {CLOCK} \(interrupted since {CLOCK}\)", text), text
+        assert "interrupted since" not in text.split("(")[0]  # the interrupted notice is gone
+        after = verdict("page-after")
+        send_verdict(stack, after)
+        page.wait_for_selector(f'tr.row[data-txid="{after["transaction_id"]}"]')
+        page.screenshot(path=str(tmp_path / "console-feed-resumed.png"))
+        assert not errors, errors
 
 
 def test_a_frozen_broker_interrupts_the_feed_too(stack: Stack) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import mimetypes
 import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,7 +21,7 @@ from websockets.sync.client import connect as connect_sync
 
 from app.model.generator import generate_transactions
 from tests.integration.harness import Process, RelayProcess, Stack
-from tests.integration.test_console import CHROMIUM, CHROMIUM_FLAGS, console, open_console  # noqa: F401
+from tests.integration.test_console import chromium, console, open_console  # noqa: F401
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "app" / "console"
 MAX_ROWS = 500  # console.js: the rows the table keeps
@@ -48,18 +46,6 @@ RECONNECTED = "() => window.connStates.includes('reconnecting') && window.connSt
 TABLE = """() => [...document.querySelectorAll('#rows tr.row')].map((r) => [
   r.dataset.txid, r.className, r.dataset.priority, r.querySelector('.expl').dataset.state,
   r.querySelector('.expl').innerText])"""
-
-
-@contextmanager
-def chromium(tmp_path: Path) -> Iterator[playwright_api.BrowserContext]:
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def relay_order(relay: RelayProcess) -> list[str]:

@@ -139,7 +139,7 @@ def test_every_route_of_every_role_refuses_a_missing_bad_or_expired_token(secure
     token_routes = [r for r in http.ROUTES.values() if not r.public]
     public = {r.path for r in http.ROUTES.values() if r.public}
     # The only routes open without a token: the console's code and style, and the liveness probe.
-    assert public == {"/", "/index.html", "/console.js", "/console.css", "/healthz"}, public
+    assert public == {"/", "/index.html", "/console.js", "/kinds.js", "/console.css", "/healthz"}, public
     assert {r.kind for r in token_routes} >= {"websocket", "stats", "token"}
     metrics_paths = {
         resource.canonical for resource in metrics_app(RELAY_TOKEN_SECRET.encode()).router.resources()

@@ -29,8 +29,8 @@ from app.explain import (
     timings,
 )
 from app.explain.counterfactual import Counterfactual, Proposal
-from app.explain.messages import SPLIT_SEARCH
 from app.records import contracts
+from app.records.kinds import SPLIT_SEARCH
 
 NAMES = ("explanation", "explain_request")
 EXAMPLES = contracts.SCHEMA_DIR / "examples"

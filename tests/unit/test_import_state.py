@@ -22,8 +22,9 @@ events = []
 ROOTS = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 CODE = (".py", ".pyc", ".so", ".pth")
 # What libraries read while they are imported, not state of ours: package metadata (pydantic
-# looks for plugins when the first model class is made), psutil's probes of /proc.
-LIBRARY = (".egg-info/", ".dist-info/", "/proc/", "/dev/null")
+# looks for plugins when the first model class is made), psutil's probes of /proc, the system's
+# time zone data (pandas, imported by lightgbm and shap, reads UTC's).
+LIBRARY = (".egg-info/", ".dist-info/", "/proc/", "/dev/null", "/usr/share/zoneinfo/")
 
 def hook(event, args):
     if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):

@@ -32,8 +32,10 @@ def update(txid: str, status: str, priority: str = "high") -> dict[str, Any]:
 
 def state(**kwargs: Any) -> RelayState:
     rate = kwargs.pop("rate", 1.0)
+    decisions = frozenset(kwargs.pop("counterfactual", ()))
     options = {"state_max": 100, "replay_max": 100, "orphan_wait_s": 5.0} | kwargs
-    return RelayState(EPOCH, PriorityRules(low_sample_rate=rate), **options)
+    rules = PriorityRules(low_sample_rate=rate, counterfactual_decisions=decisions)
+    return RelayState(EPOCH, rules, **options)
 
 
 def kinds(events: list[Event]) -> list[str]:
@@ -80,17 +82,82 @@ def test_a_resent_identical_update_is_not_a_new_event() -> None:
     assert relay.ingest_update(update("tx-1", "complete"), 0) == []
 
 
-def test_an_update_of_another_kind_leaves_the_contributions_status_alone() -> None:
-    """Issue 20: a counterfactual's updates (a status of their own) are not passed on by
-    protocol 2; the transaction's status stays its contributions'."""
-    relay = state()
-    relay.ingest_verdict(verdict("tx-1", "deny"))
-    relay.ingest_update(update("tx-1", "complete"), 0)
-    other = {**update("tx-1", "pending"), "kind": "counterfactual", "method": "split_search"}
-    assert relay.ingest_update(other, 0) == [] and relay.other_kinds == 1
-    assert relay.snapshot_of(["tx-1"])[0]["status"] == "complete"
-    assert relay.ingest_update(update("tx-2", "pending"), 0) == []  # held for its verdict, as before
-    assert relay.other_kinds == 1
+def counterfactual(txid: str, status: str, priority: str = "high") -> dict[str, Any]:
+    return {**update(txid, status, priority), "kind": "counterfactual", "method": "split_search"}
+
+
+def with_replay(verdict: dict[str, Any]) -> dict[str, Any]:
+    return {**verdict, "replay": {"device_id": "dev-1", "card_state": {"n": 0}}}
+
+
+def test_each_kind_has_its_own_status_and_protocol_2_sees_contributions_only() -> None:
+    """Issue 20, protocol 3: a counterfactual's updates are events of their own kind (named in
+    the frame); the contributions' status, events and snapshot fields are what protocol 2 knew."""
+    relay = state(counterfactual=("deny", "review"))
+    events = relay.ingest_verdict(with_replay(verdict("tx-1", "deny")))
+    snap3 = relay.snapshot_of(["tx-1"], protocol=3)[0]
+    assert snap3["kinds"] == {
+        "counterfactual": {
+            "status": "awaiting",
+            "priority": None,
+            "explanation": None,
+            "explanation_event_id": None,
+        }
+    }
+    assert "kinds" not in relay.snapshot_of(["tx-1"])[0]  # protocol 2: as before kinds existed
+    events += relay.ingest_update(update("tx-1", "pending"), 0)
+    events += relay.ingest_update(counterfactual("tx-1", "pending"), 0)
+    assert relay.in_flight["high"] == 2  # both kinds sit in the high queue
+    events += relay.ingest_update(counterfactual("tx-1", "calculating"), 0)
+    events += relay.ingest_update(update("tx-1", "complete"), 0)
+    assert relay.ingest_update(counterfactual("tx-1", "calculating"), 0) == []  # re-sent: per kind
+    events += relay.ingest_update(counterfactual("tx-1", "complete"), 0)
+    frames = [orjson.loads(e.frame) for e in events]
+    assert [(f["type"], f.get("status"), f.get("kind")) for f in frames] == [
+        ("verdict", None, None),
+        ("explanation", "pending", None),
+        ("explanation", "pending", "counterfactual"),
+        ("explanation", "calculating", "counterfactual"),
+        ("explanation", "complete", None),
+        ("explanation", "complete", "counterfactual"),
+    ]
+    assert [e.kind for e in events] == ["contributions", "contributions", *["counterfactual"] * 2,
+                                        "contributions", "counterfactual"]  # fmt: skip
+    for frame in frames:
+        validate_message("ws_server", frame)
+    assert relay.in_flight["high"] == 0
+    snap2, snap3 = relay.snapshot_of(["tx-1"])[0], relay.snapshot_of(["tx-1"], protocol=3)[0]
+    assert snap2["status"] == "complete" and snap2["explanation"]["top_features"]
+    assert snap3["kinds"]["counterfactual"]["status"] == "complete"
+    assert snap3["kinds"]["counterfactual"]["explanation_event_id"] == frames[-1]["event_id"]
+    assert {k: v for k, v in snap3.items() if k != "kinds"} == snap2
+    for snap in (snap2, snap3):
+        validate_message("ws_server", {"type": "snapshot", "subscription": "s", "last_event_id": None,
+                                       "transactions": [snap]})  # fmt: skip
+
+
+def test_a_counterfactual_is_awaited_only_where_the_explainer_routes_one() -> None:
+    """As the router does: a decision the policy names, with the replay the search needs."""
+    relay = state(counterfactual=("deny",))
+    relay.ingest_verdict(with_replay(verdict("tx-review", "review")))
+    relay.ingest_verdict({k: v for k, v in verdict("tx-no-replay", "deny").items() if k != "replay"})
+    relay.ingest_verdict(with_replay(verdict("tx-deny", "deny")))
+    snaps = {s["transaction_id"]: s["kinds"] for s in relay.recent(Filter(), 10, protocol=3)}
+    assert {t: sorted(k) for t, k in snaps.items()} == {
+        "tx-review": [], "tx-no-replay": [], "tx-deny": ["counterfactual"]
+    }  # fmt: skip
+    assert snaps["tx-deny"]["counterfactual"]["status"] == "awaiting"
+
+
+def test_a_counterfactual_update_before_its_verdict_waits_for_it_too() -> None:
+    relay = state(counterfactual=("deny",))
+    assert relay.ingest_update(counterfactual("tx-1", "pending"), 0) == []
+    events = relay.ingest_verdict(with_replay(verdict("tx-1", "deny")))
+    assert [(e.kind, orjson.loads(e.frame)["type"]) for e in events] == [
+        ("contributions", "verdict"),
+        ("counterfactual", "explanation"),
+    ]
+    assert relay.snapshot_of(["tx-1"], protocol=3)[0]["kinds"]["counterfactual"]["status"] == "pending"
 
 
 def test_snapshot_statuses() -> None:
