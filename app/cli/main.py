@@ -13,6 +13,7 @@ import click
 
 from app.cli.broker import DEFAULT_FETCH_COALESCE_MS
 from app.cli.types import FiniteRange
+from app.records.kinds import KINDS
 from app.settings import DEFAULT_BROKER_PORT
 
 
@@ -251,7 +252,14 @@ def lag(watch: bool, every: float, window: float, target: float, as_json: bool) 
 @click.argument("transaction_id")
 @click.option("--timeout", default=60.0, show_default=True, type=FiniteRange(min=1), help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="The explanation update as JSON.")
-def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default=KINDS[0],
+    show_default=True,
+    help="contributions: why (SHAP values); counterfactual: what would change the verdict.",
+)
+def explain(transaction_id: str, timeout: float, as_json: bool, kind: str) -> None:
     """Request the explanation of TRANSACTION_ID on demand (high priority) and print it when done."""
     from app.cli.on_demand import run_explain
 
@@ -259,7 +267,7 @@ def explain(transaction_id: str, timeout: float, as_json: bool) -> None:
         raise click.BadParameter(
             "not a transaction id (schemas/transaction.schema.json)", param_hint="TRANSACTION_ID"
         )
-    sys.exit(run_explain(transaction_id, timeout, as_json))
+    sys.exit(run_explain(transaction_id, timeout, as_json, kind))
 
 
 def _register_groups() -> None:

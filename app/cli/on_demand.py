@@ -17,6 +17,7 @@ import click
 import orjson
 
 from app.kafka import topics
+from app.records.kinds import CONTRIBUTIONS, row_key
 
 FINISHED = ("complete", "failed")
 
@@ -29,13 +30,14 @@ def _producer(settings: Any) -> Any:
     return Producer(producer_config(settings, **{"acks": "all", "partitioner": "murmur2_random"}))
 
 
-def _request(producer: Any, settings: Any, txid: str) -> int:
+def _request(producer: Any, settings: Any, txid: str, kind: str) -> int:
     """Send the request; the delivery report names the partition the key maps to."""
     delivered: list[Any] = []
+    value = {"transaction_id": txid} if kind == CONTRIBUTIONS else {"transaction_id": txid, "kind": kind}
     producer.produce(
         topics.EXPLAIN_REQUESTS,
         key=txid.encode(),
-        value=orjson.dumps({"transaction_id": txid}),
+        value=orjson.dumps(value),
         on_delivery=lambda err, msg: delivered.append((err, msg)),
     )
     producer.flush(30)
@@ -47,8 +49,9 @@ def _request(producer: Any, settings: Any, txid: str) -> int:
     return int(message.partition())
 
 
-def _latest_final(settings: Any, txid: str, timeout_s: float) -> dict[str, Any] | None:
-    """Request, then watch the transaction's partition of the updates for its final state.
+def _latest_final(settings: Any, txid: str, timeout_s: float, kind: str) -> dict[str, Any] | None:
+    """Request, then watch the transaction's partition of the updates for the kind's final state
+    (its row's key: the transaction id, ``id#kind`` for another kind than contributions).
 
     One request is enough: a request that reaches the explainer before the transaction's verdict
     is remembered and served when the verdict comes (``app/explainer/router.py``).
@@ -69,14 +72,15 @@ def _latest_final(settings: Any, txid: str, timeout_s: float) -> dict[str, Any] 
     )
     producer = _producer(settings)
     try:
-        partition = _request(producer, settings, txid)
+        partition = _request(producer, settings, txid, kind)
+        key = row_key(txid, kind)
         sent = time.monotonic()
         consumer.assign([TopicPartition(topics.EXPLANATION_UPDATES, partition, -2)])  # from the start
         deadline = sent + timeout_s
         latest: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             for message in consumer.consume(500, timeout=0.2):
-                if message.error() is not None or message.key() != txid.encode():
+                if message.error() is not None or message.key() != key:
                     continue
                 try:
                     update = orjson.loads(message.value() or b"")
@@ -91,14 +95,14 @@ def _latest_final(settings: Any, txid: str, timeout_s: float) -> dict[str, Any] 
         consumer.close()
 
 
-def run_explain(txid: str, timeout_s: float, as_json: bool) -> int:
+def run_explain(txid: str, timeout_s: float, as_json: bool, kind: str = CONTRIBUTIONS) -> int:
     from confluent_kafka import KafkaException
 
     from app.settings import get_settings
 
     settings = get_settings()
     try:
-        update = _latest_final(settings, txid, timeout_s)
+        update = _latest_final(settings, txid, timeout_s, kind)
     except KafkaException as exc:
         raise click.ClickException(f"cannot talk to Kafka at {settings.bootstrap_servers}: {exc}") from None
     if update is None:
@@ -109,17 +113,25 @@ def run_explain(txid: str, timeout_s: float, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(update, indent=2))
     else:
-        click.echo(render(update))
+        click.echo(render(update) if kind == CONTRIBUTIONS else render_counterfactual(update))
     return 0 if update["status"] == "complete" else 1
 
 
-def render(update: dict[str, Any]) -> str:
+def _head(update: dict[str, Any], label: str = "") -> str:
+    """The first line; when it did not complete, the failure's reason too (all there is to say)."""
     head = (
-        f"{update['transaction_id']}: {update['status']} "
+        f"{update['transaction_id']}{label}: {update['status']} "
         f"({update.get('priority')}, model {update.get('model_version')})"
     )
     if update["status"] != "complete":
         return f"{head}\n  {update.get('reason_code', '')}: {update.get('reason', '')}"
+    return head
+
+
+def render(update: dict[str, Any]) -> str:
+    head = _head(update)
+    if update["status"] != "complete":
+        return head
     lines = [
         head,
         f"  base value {update['base_value']:+.4f} + contributions = raw score {update['raw_score']:+.4f} "
@@ -127,4 +139,19 @@ def render(update: dict[str, Any]) -> str:
     ]
     for top in update.get("top_features", []):
         lines.append(f"  {top['contribution']:+.4f}  {top['feature']:<24} {top['reason']}")
+    return "\n".join(lines)
+
+
+def render_counterfactual(update: dict[str, Any]) -> str:
+    """What would change the verdict: each verified proposal in words, with its score."""
+    head = _head(update, " (counterfactual)")
+    if update["status"] != "complete":
+        return head
+    result = update["counterfactual"]
+    lines = [head, f"  the verdict: {result['decision']} (score {result['score']:.4f})"]
+    for proposal in result["proposals"]:
+        lines.append(f"  - {proposal['text']} (score {proposal['score']:.4f} -> {proposal['decision']})")
+    if result["note"]:
+        lines.append(f"  {result['note']}")
+    lines.append(f"  ({result['candidates']} changed transactions scored)")
     return "\n".join(lines)

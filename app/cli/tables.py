@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from app.records.kinds import KINDS
+
 
 def _settings() -> Any:
     from app.settings import get_settings
@@ -32,7 +34,7 @@ def _snapshot(name: str) -> tuple[Any, Any]:
 def _summary(value: Any) -> str:
     if not isinstance(value, dict):
         return str(value)[:60]
-    keys = ("status", "priority", "decision", "model_version", "attempts", "n")
+    keys = ("kind", "status", "priority", "decision", "model_version", "attempts", "n")
     parts = [f"{k}={value[k]}" for k in keys if k in value]
     return " ".join(parts) or ", ".join(sorted(value))[:60]
 
@@ -80,9 +82,16 @@ def get(table: str, key: str) -> None:
     "--since", default=None, help="ISO time (UTC if no zone) or a duration back from now: 90s, 15m, 2h."
 )
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--kind", type=click.Choice(KINDS), help="explanations: rows of this kind only.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of {key, value} instead of a table.")
 def scan(
-    table: str, status: str | None, priority: str | None, since: str | None, limit: int, as_json: bool
+    table: str,
+    status: str | None,
+    priority: str | None,
+    since: str | None,
+    limit: int,
+    kind: str | None,
+    as_json: bool,
 ) -> None:
     """Rows of TABLE, newest first, filtered by status, priority and time."""
     from app.ops.table_scan import scan as do_scan
@@ -93,7 +102,7 @@ def scan(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     spec, snapshot = _snapshot(table)
-    rows = do_scan(snapshot, spec, status, priority, since_at, limit)
+    rows = do_scan(snapshot, spec, status, priority, since_at, limit, kind)
     if as_json:
         click.echo(json.dumps(rows))
         return

@@ -111,7 +111,7 @@ function onMessage(message) {
     case "stats": onStats(message); break;
     case "feed": onFeed(message); break;
     case "lagging": setConnection("reconnecting", "too slow; resuming"); break;
-    case "error": console.warn("relay error", message); markExplainError(message); break;
+    case "error": console.warn("relay error", message); markExplainError(message); markKindError(message); break;
     default: break;
   }
 }

@@ -35,13 +35,43 @@ function kindLoadingLabel(kind, status) {
   return status === "calculating" ? `${label} (calculating)` : label;
 }
 
-// The row's "what would change it" cell: nothing when no counterfactual is coming.
+// "Explain now" for one kind: an on-demand request (high priority); the answer comes as that
+// kind's updates. A refused request (error with its id) puts the button back with the reason.
+function explainKind(tx, kind) {
+  const id = `explain-${++requestSeq}`;
+  tx.kindRequests = { ...(tx.kindRequests || {}), [id]: kind };
+  tx.kinds[kind] = { status: "awaiting", update: null };
+  render(tx);
+  send({ type: "explain_now", id, transaction_id: tx.verdict.transaction_id, kind });
+}
+
+function markKindError(message) {
+  for (const tx of txs.values()) {
+    const kind = tx.kindRequests && tx.kindRequests[message.id];
+    if (!kind) continue;
+    delete tx.kindRequests[message.id];
+    tx.kinds[kind] = { status: "refused", update: { reason: message.message } };
+    render(tx);
+  }
+}
+
+function kindButton(tx, kind, label) {
+  const button = el("button", "explain-kind", label);
+  button.type = "button";
+  button.dataset.kind = kind;
+  button.addEventListener("click", () => explainKind(tx, kind));
+  return button;
+}
+
+// The row's "what would change it" cell: for a deny or review the explainer does not search by
+// itself, a button that asks for it; nothing for an approve.
 function renderCounterfactualCell(tx) {
   const cell = tx.el.querySelector(".cf");
   cell.replaceChildren();
   const state = counterfactualOf(tx);
   if (!state) {
     cell.dataset.state = "none";
+    if (tx.verdict.decision !== "approve") cell.append(kindButton(tx, COUNTERFACTUAL, "What would change it?"));
     return;
   }
   if (state.status === "complete" && state.update && state.update.counterfactual) {
@@ -54,10 +84,11 @@ function renderCounterfactualCell(tx) {
     }
     cell.append(el("span", `proposal ${first.decision}`, first.text));
     if (result.proposals.length > 1) cell.append(el("span", "more", ` (+${result.proposals.length - 1} more)`));
-  } else if (state.status === "failed") {
-    cell.dataset.state = "failed";
+  } else if (state.status === "failed" || state.status === "refused") {
+    cell.dataset.state = state.status;
     const reason = (state.update && state.update.reason) || "unknown";
-    cell.append(el("span", "failed", `could not look for what would change it: ${reason}`));
+    cell.append(el("span", "failed", `could not look for what would change it: ${reason} `));
+    cell.append(kindButton(tx, COUNTERFACTUAL, "Try again"));
   } else {
     cell.dataset.state = "loading";
     cell.append(el("span", "loading", kindLoadingLabel(COUNTERFACTUAL, state.status)));
@@ -83,7 +114,7 @@ function showProposals(tx) {
     $("proposal-note").textContent = result.proposals.length
       ? `verified: each change scored with model ${state.update.model_version} and the card's history as the verdict saw it (${result.candidates} candidates)`
       : result.note || "no change of these fields alone would approve it";
-  } else if (state.status === "failed") {
+  } else if (state.status === "failed" || state.status === "refused") {
     $("proposal-note").textContent = `could not look for what would change it: ${(state.update && state.update.reason) || "unknown"}`;
   } else {
     $("proposal-note").textContent = kindLoadingLabel(COUNTERFACTUAL, state.status);

@@ -39,6 +39,8 @@ class FailureCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     INTERNAL_ERROR = "internal_error"
+    # An on-demand counterfactual whose verdict (the card state it carries) cannot be read back.
+    VERDICT_UNAVAILABLE = "verdict_unavailable"
 
 
 def features_matrix(features: Sequence[Mapping[str, float | None]], names: Sequence[str]) -> np.ndarray:

@@ -33,7 +33,7 @@ from app.explain.messages import (
     explanation_update,
     timings,
 )
-from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, SPLIT_SEARCH, kind_of
+from app.records.kinds import COUNTERFACTUAL, SPLIT_SEARCH, kind_of
 
 SAMPLED_OUT = "sampled_out"
 REQUESTED = "requested"
@@ -64,13 +64,6 @@ class WorkAction(StrEnum):
     # time is the row's completed_at).
     ANNOUNCE = "announce"
     EXHAUSTED = "exhausted"  # started max_attempts times without finishing (crashes each time?)
-
-
-def row_key(transaction_id: str, kind: str) -> bytes:
-    """The ``explanations`` key of a transaction's row of ``kind``: the transaction id for
-    contributions (the key of every row written before kinds existed), ``id#kind`` for the
-    others (``#`` is not in the identifier alphabet: no transaction id looks like one)."""
-    return (transaction_id if kind == CONTRIBUTIONS else f"{transaction_id}#{kind}").encode()
 
 
 def method_of(request: Mapping[str, Any], default: str) -> str:

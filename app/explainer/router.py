@@ -13,7 +13,11 @@ request again (``RouteAction.RESEND``), so no request is lost and none is comput
 worker skips a request whose row is already finished).
 
 On-demand requests (``explain.requests``, keyed by transaction_id, value
-``{"transaction_id": …, "method": optional}``) re-queue a known transaction at high priority.
+``{"transaction_id": …, "method": optional, "kind": optional}``) re-queue a known transaction at
+high priority. An on-demand counterfactual needs its verdict's card state: before the verdict it
+waits as a ``requested`` row like any kind; after it, the verdict is read back from ``verdicts``
+(``app.explainer.verdict_reader``, before the batch is routed), and one the topic no longer holds
+ends ``failed`` (``verdict_unavailable``).
 A request that arrives before its verdict leaves a ``requested`` row; the verdict, when it
 comes, is routed at high priority with the requested method (never sampled out). The row lives
 as long as any ``explanations`` row (the table's retention), so a request for a transaction that
@@ -35,27 +39,28 @@ import orjson
 from faust.types import EventT, StreamT
 
 from app.explain.core import METHODS
-from app.explain.messages import explain_request
+from app.explain.messages import FailureCode, explain_request
 from app.explain.policy import PriorityRules
 from app.explain.state import (
     REQUESTED,
     SAMPLED_OUT,
     RouteAction,
+    failed,
     from_record,
     new_row,
     on_demand_wanted,
     replay_action,
     requested_row,
     route_action,
-    row_key,
     to_record,
 )
 from app.explainer.faust_patches import micro_batches
 from app.explainer.skips import Skips, contract_problem
 from app.explainer.table_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
+from app.explainer.verdict_reader import VerdictReader
 from app.kafka import topics
 from app.kafka.sink import DeliveryFailed, Sink
-from app.records.kinds import COUNTERFACTUAL
+from app.records.kinds import COUNTERFACTUAL, SPLIT_SEARCH, kind_of, row_key
 from app.records.validation import InvalidInput, build_dlq_record, dlq_key, validate_explain_request
 from app.runtime import metrics
 from app.runtime.stats import BatchTimings
@@ -94,6 +99,9 @@ class Router:
         self.explanations, self.waiting = tables.explanations, tables.waiting
         self.method = settings.explain_method
         self.skips = skips or Skips(settings.explain_stats_every_s)
+        # This batch's on-demand counterfactuals' verdicts, read back before it is routed
+        # (``verdicts_to_read``): transaction id → the verdict, or why it could not be read.
+        self.verdicts_read: dict[str, dict[str, Any] | str] = {}
         self.counts: Counter[str] = Counter()
         # Sources of the rejected requests this process sent to the DLQ (bounded, oldest out):
         # a record read again in the same process (the offset guard seeking back after Faust
@@ -163,22 +171,29 @@ class Router:
 
     def _verdict(self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str) -> list[Send]:
         sends = self._contributions(stream, event, verdict, now)
-        priority = self.rules.counterfactual(verdict)
-        if priority is not None and verdict.get("replay") is not None:
-            sends += self._counterfactual(stream, event, verdict, priority, now)
+        if verdict.get("replay") is not None:
+            sends += self._counterfactual(stream, event, verdict, self.rules.counterfactual(verdict), now)
         return sends
 
     def _counterfactual(
-        self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], priority: str, now: str
+        self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], priority: str | None, now: str
     ) -> list[Send]:
         """The verdict's counterfactual, a row of its own (``id#counterfactual``): deduplicated,
-        replayed and re-queued like the contributions row, never sampled out."""
+        replayed and re-queued like the contributions row, never sampled out; routed when the
+        rules give it a ``priority``, or at high priority when it was asked for before its verdict."""
         key = row_key(str(verdict["transaction_id"]), COUNTERFACTUAL)
-        _, done = self._known(stream, event, key, verdict)
+        row, done = self._known(stream, event, key, verdict)
         if done is not None:
             return done
-        self.counts[f"counterfactual_{priority}"] += 1
-        request = explain_request(verdict, priority, now, kind=COUNTERFACTUAL)
+        asked = row is not None and row["status"] == REQUESTED
+        if asked:
+            self.counts["on_demand_counterfactual"] += 1
+            request = explain_request(verdict, "high", now, on_demand=True, kind=COUNTERFACTUAL)
+        elif priority is not None:
+            self.counts[f"counterfactual_{priority}"] += 1
+            request = explain_request(verdict, priority, now, kind=COUNTERFACTUAL)
+        else:
+            return []
         return self._publish(stream, event, key, new_row(request, "pending", source_of(event)))
 
     def _known(
@@ -219,6 +234,8 @@ class Router:
 
     def _on_demand(self, stream: StreamT, event: EventT, asked: Mapping[str, Any], now: str) -> list[Send]:
         txid = asked["transaction_id"]
+        if kind_of(asked) == COUNTERFACTUAL:
+            return self._on_demand_counterfactual(stream, event, str(txid), now)
         method = asked.get("method") or self.method
         if not isinstance(txid, str) or not txid or method not in METHODS:
             raise ValueError(f"on-demand request needs a transaction_id and a method in {METHODS}")
@@ -231,12 +248,9 @@ class Router:
             waiting = orjson.dumps(requested_row(txid, method, source, now))
             self.writer.write(stream, event, self.waiting, key, waiting)
             return []
-        replay = replay_action(row, source)
-        if replay is not None:  # replayed after a stop
-            return self._replayed(stream, event, key, row, replay)
-        if not on_demand_wanted(row, method):
-            self.counts["on_demand_deduplicated"] += 1
-            return []
+        done = self._asked_again(stream, event, key, row, method)
+        if done is not None:
+            return done
         self.counts["on_demand"] += 1
         request = {
             **row["request"],
@@ -246,6 +260,71 @@ class Router:
             "method": method,
         }
         return self._publish(stream, event, key, new_row(request, "pending", source))
+
+    def verdicts_to_read(self, stream: StreamT, events: Sequence[EventT]) -> dict[str, tuple[int, str]]:
+        """The verdicts this batch's on-demand counterfactuals need read back (``VerdictReader``):
+        transaction id → (partition, scored_at), for those whose contributions row says the
+        verdict came and whose counterfactual is not in flight or done already."""
+        wanted: dict[str, tuple[int, str]] = {}
+        for event in events:
+            message = event.message
+            if message.topic != topics.EXPLAIN_REQUESTS:
+                continue
+            try:
+                asked = orjson.loads(message.value or b"")
+                txid = str(asked["transaction_id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # the router refuses it with its reason
+            if not isinstance(asked, dict) or kind_of(asked) != COUNTERFACTUAL:
+                continue
+            verdict_row = self._row(stream, event, txid.encode())
+            if verdict_row is None or verdict_row["status"] == REQUESTED or not verdict_row.get("request"):
+                continue
+            row = self._row(stream, event, row_key(txid, COUNTERFACTUAL))
+            if row is not None and row["status"] != REQUESTED and not on_demand_wanted(row, SPLIT_SEARCH):
+                continue
+            wanted[txid] = (message.partition, str(verdict_row["request"]["verdict_at"]))
+        return wanted
+
+    def _on_demand_counterfactual(self, stream: StreamT, event: EventT, txid: str, now: str) -> list[Send]:
+        key = row_key(txid, COUNTERFACTUAL)
+        source = source_of(event)
+        row = self._row(stream, event, key)
+        if row is not None and row["status"] != REQUESTED:
+            done = self._asked_again(stream, event, key, row, SPLIT_SEARCH)
+            if done is not None:
+                return done
+        verdict_row = self._row(stream, event, txid.encode())
+        if verdict_row is None or verdict_row["status"] == REQUESTED or not verdict_row.get("request"):
+            # Before its verdict (or an id that never comes): routed with the verdict (_counterfactual).
+            self.counts["on_demand_early"] += 1
+            waiting = {**requested_row(txid, SPLIT_SEARCH, source, now), "kind": COUNTERFACTUAL}
+            self.writer.write(stream, event, self.waiting, key, orjson.dumps(waiting))
+            return []
+        self.counts["on_demand_counterfactual"] += 1
+        verdict = self.verdicts_read.get(txid, "the verdict was not read back")
+        if isinstance(verdict, str) or verdict.get("replay") is None:
+            why = verdict if isinstance(verdict, str) else f"the verdict of {txid} carries no card state"
+            base = {**verdict_row["request"], "priority": "high", "on_demand": True, "queued_at": now}
+            pending = new_row({**base, "kind": COUNTERFACTUAL}, "pending", source)
+            gone = failed(pending, FailureCode.VERDICT_UNAVAILABLE, why, now)
+            self.writer.write(stream, event, self.explanations, key, orjson.dumps(to_record(gone)))
+            return []
+        request = explain_request(verdict, "high", now, on_demand=True, kind=COUNTERFACTUAL)
+        return self._publish(stream, event, key, new_row(request, "pending", source))
+
+    def _asked_again(
+        self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any], method: str
+    ) -> list[Send] | None:
+        """For an on-demand request whose kind has a row already: what a replay of the message
+        that wrote it left undone, nothing when it is in flight or done, None: compute it."""
+        replay = replay_action(row, source_of(event))
+        if replay is not None:  # replayed after a stop
+            return self._replayed(stream, event, key, row, replay)
+        if not on_demand_wanted(row, method):
+            self.counts["on_demand_deduplicated"] += 1
+            return []
+        return None
 
     def _replayed(
         self, stream: StreamT, event: EventT, key: bytes, row: dict[str, Any], action: RouteAction
@@ -368,6 +447,7 @@ async def _route(
     urgent = named_sink(settings, "explainer-router-high")
     writer = TableWriter(sink, (tables.explanations, tables.waiting))
     router = Router(writer, tables, PriorityRules.from_settings(settings), settings)
+    reader = VerdictReader(settings)
     stats = BatchTimings(settings.explain_stats_every_s)
     batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
     publisher = asyncio.ensure_future(
@@ -380,6 +460,8 @@ async def _route(
             began, now, rows_before = time.monotonic(), utc_now(), writer.pending
             for event in events:
                 router_acks.track(stream, event)
+            wanted = router.verdicts_to_read(stream, events)
+            router.verdicts_read = await asyncio.to_thread(reader.read_many, wanted) if wanted else {}
             routed = [(event, router.route(stream, event, now)) for event in events]
             routed_at = time.monotonic()
             stats.seconds["route"] += routed_at - began
@@ -392,3 +474,4 @@ async def _route(
             yield len(events)
     finally:
         publisher.cancel()
+        reader.close()

@@ -67,14 +67,13 @@ from app.explain.state import (
     from_record,
     kind_of,
     method_of,
-    row_key,
     to_record,
     work_action,
 )
 from app.explain.work import ExplanationMemo, Outcome, Prepared, compute, counterfactuals, prepare
 from app.explainer.skips import Skips, checked_record
 from app.explainer.table_io import TableWriter, named_sink, source_of, stored_json, utc_now
-from app.records.kinds import COUNTERFACTUAL
+from app.records.kinds import COUNTERFACTUAL, row_key
 from app.runtime import metrics
 
 if TYPE_CHECKING:

@@ -26,6 +26,7 @@ from app.kafka.admin import client_config
 from app.kafka.table_catalogue import CARD_ACTIVITY, EXPLANATION_WAITING, EXPLANATIONS, PREDICTIONS
 from app.kafka.table_catalogue import TableSpec as CatalogueSpec
 from app.records.contracts import utc_seconds
+from app.records.kinds import CONTRIBUTIONS, kind_of
 from app.settings import Settings
 
 
@@ -159,12 +160,16 @@ def scan(
     priority: str | None = None,
     since: float | None = None,
     limit: int | None = None,
+    kind: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows matching every given filter, newest first where the table has a time, else by key."""
+    """Rows matching every given filter, newest first where the table has a time, else by key.
+    ``kind`` is an explanation row's (``explanations``: absent means contributions)."""
     out: list[tuple[float, str, Any]] = []
     for key, row in snapshot.rows.items():
         fields = row if isinstance(row, dict) else {}
         if status is not None and fields.get("status") != status:
+            continue
+        if kind is not None and (spec.name != "explanations" or not fields or kind_of(fields) != kind):
             continue
         if priority is not None and fields.get("priority") != priority:
             continue
@@ -189,7 +194,12 @@ def stats(snapshot: Snapshot, spec: TableSpec) -> dict[str, Any]:
         rows = [r for r in snapshot.rows.values() if isinstance(r, dict)]
         out["status"] = dict(Counter(str(r.get("status")) for r in rows))
         out["priority"] = dict(Counter(str(r.get("priority")) for r in rows))
-        complete = [r for r in rows if r.get("status") == "complete"]
+        kinds: dict[str, Counter[str]] = {}
+        for r in rows:
+            kinds.setdefault(kind_of(r), Counter())[str(r.get("status"))] += 1
+        out["kinds"] = {k: dict(counts) for k, counts in sorted(kinds.items())}  # status counts per kind
+        # the cache serves contributions only
+        complete = [r for r in rows if r.get("status") == "complete" and kind_of(r) == CONTRIBUTIONS]
         hits = sum(1 for r in complete if r.get("cache_hit"))
         out["cache_hits"] = hits
         out["cache_hit_rate"] = round(hits / len(complete), 4) if complete else None

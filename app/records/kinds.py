@@ -15,3 +15,11 @@ SPLIT_SEARCH = "split_search"  # the counterfactual kind's method (app/explain/c
 def kind_of(message: Mapping[str, Any]) -> str:
     """A request's, row's or update's kind (absent: contributions, as before kinds existed)."""
     return str(message.get("kind") or CONTRIBUTIONS)
+
+
+def row_key(transaction_id: str, kind: str) -> bytes:
+    """The ``explanations`` key of a transaction's row of ``kind`` (also its records' key on
+    ``explanation.updates``): the transaction id for contributions (the key of every row written
+    before kinds existed), ``id#kind`` for the others (``#`` is not in the identifier alphabet:
+    no transaction id looks like one)."""
+    return (transaction_id if kind == CONTRIBUTIONS else f"{transaction_id}#{kind}").encode()

@@ -38,6 +38,7 @@ import fastjsonschema
 import orjson
 
 from app.records import contracts
+from app.records.kinds import CONTRIBUTIONS, KINDS
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -329,15 +330,17 @@ def _first_non_finite_path(obj: Any) -> str:
 # ------------------------------------------------------------- on-demand requests
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # schemas: $defs/identifier
-_REQUEST_FIELDS = ("transaction_id", "method")
+_REQUEST_FIELDS = ("transaction_id", "method", "kind")
 
 
 def validate_explain_request(
     value: bytes | None, key: bytes | None, methods: tuple[str, ...], max_bytes: int = DEFAULT_MAX_BYTES
 ) -> dict[str, Any]:
-    """An ``explain.requests`` record (``{"transaction_id": …, "method": optional}``, keyed by
-    the transaction id), or ``InvalidInput``. The key matters: the record's partition is the one
-    whose explainer owns the transaction's row, so a request keyed otherwise would wait forever."""
+    """An ``explain.requests`` record (``{"transaction_id": …, "method": optional, "kind":
+    optional}``, keyed by the transaction id), or ``InvalidInput``. The key matters: the record's
+    partition is the one whose explainer owns the transaction's row, so a request keyed otherwise
+    would wait forever. ``kind`` is one of ``KINDS`` (absent: contributions); a method names a
+    SHAP method, so it goes with contributions only."""
     obj = _parse_precisely(_check_envelope(value, max_bytes))
     if not isinstance(obj, dict):
         raise InvalidInput(
@@ -351,6 +354,11 @@ def validate_explain_request(
         errors.insert(0, _error("/transaction_id", problem))
     if method is not None and method not in methods:
         errors.append(_error("/method", f"{_snippet(method)} is not one of {', '.join(methods)}"))
+    kind = obj.get("kind", CONTRIBUTIONS)
+    if kind not in KINDS:
+        errors.append(_error("/kind", f"{_snippet(kind)} is not one of {', '.join(KINDS)}"))
+    elif kind != CONTRIBUTIONS and method is not None:
+        errors.append(_error("/method", f"a method is for contributions only, not for kind {kind}"))
     tx_id = _readable_id(txid)
     if errors:
         raise InvalidInput(ReasonCode.INVALID_REQUEST, _reason_from(errors), _capped(errors), tx_id)

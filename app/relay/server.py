@@ -318,6 +318,9 @@ class Relay:
             elif kind == "unsubscribe":
                 self._unsubscribe(client, message)
             elif kind == "explain_now":
+                if message.get("method") and message.get("kind", CONTRIBUTIONS) != CONTRIBUTIONS:
+                    text = "explain_now: a method goes with kind contributions only"
+                    raise ProtocolError("invalid_message", text, request_id)
                 action = client.guard.check_explain(now)
                 if action is not FrameAction.ALLOW:
                     return self._refuse(client, action, request_id, "explain_now")
@@ -410,7 +413,7 @@ class Relay:
         txid, request_id = message["transaction_id"], message.get("id")
         assert self.requester is not None
         try:
-            await self.requester.request(txid, message.get("method"))
+            await self.requester.request(txid, message.get("method"), message.get("kind"))
         except Exception as exc:
             client.send(
                 error_message("explain_failed", f"could not request an explanation: {exc}", request_id)

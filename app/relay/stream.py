@@ -16,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from app.kafka import topics
 from app.kafka.admin import client_config, producer_config
+from app.records.kinds import CONTRIBUTIONS
 from app.relay.feed import FeedChange, FeedWatch, feed_problem
 from app.settings import RelaySettings
 
@@ -150,7 +151,7 @@ class ExplainRequester:
         while not self.stopping.is_set():
             self.producer.poll(0.1)
 
-    async def request(self, transaction_id: str, method: str | None) -> None:
+    async def request(self, transaction_id: str, method: str | None, kind: str | None = None) -> None:
         """Send one request; returns once the broker acked it, raises when it was not written."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -169,6 +170,8 @@ class ExplainRequester:
         value: dict[str, Any] = {"transaction_id": transaction_id}
         if method:
             value["method"] = method
+        if kind and kind != CONTRIBUTIONS:
+            value["kind"] = kind
         self.producer.produce(
             topics.EXPLAIN_REQUESTS, key=transaction_id.encode(), value=orjson.dumps(value), on_delivery=acked
         )

@@ -152,8 +152,21 @@ def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess]
         waterfall_shot = tmp_path / "console-waterfall.png"
         page.screenshot(path=str(waterfall_shot))
 
-        # "Explain now" on a sampled-out (low priority) row ends with an explanation.
+        # "What would change it?" (no counterfactual is routed by itself here): asked on demand,
+        # the deny row's own cell goes from loading to the first proposal or the note.
         page.click("#detail-close")
+        cf = row.locator(".cf")
+        assert cf.get_attribute("data-state") == "none"
+        cf.locator("button.explain-kind").click()
+        page.wait_for_selector(f'tr.row[data-txid="{deny}"] .cf[data-state="done"]')
+        assert (
+            cf.locator(".proposal, .no-proposal")
+            .inner_text()
+            .startswith(("approved if", "review instead of deny", "no change"))
+        )
+        assert page.locator('tr.row[data-decision="approve"] .cf button').count() == 0
+
+        # "Explain now" on a sampled-out (low priority) row ends with an explanation.
         button = page.locator('tr.row .expl[data-state="sampled_out"] button.explain-now').first
         button.wait_for()
         asked = button.locator("xpath=ancestor::tr").get_attribute("data-txid")

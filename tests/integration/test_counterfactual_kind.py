@@ -8,14 +8,19 @@ loaded from the registry's files scores it against the thresholds of its ``meta.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from app.model.features import build_matrix
 from app.model.generator import generate_transactions
 from app.records.contracts import validate_message
-from tests.integration.harness import Stack, TopicReader, wait_until
+from tests.integration.harness import REPO, Stack, TopicReader, wait_until
+from tests.integration.test_explainer import group_caught_up
 from tests.replay import current_booster
 
 KINDS_ON = {"FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS": '["deny","review"]'}
@@ -161,3 +166,79 @@ def test_sigkill_mid_counterfactual_then_restart_completes_it(stack: Stack, mode
     # announced again as it was, as in test_explainer's SIGKILL test).
     assert [t for t in in_flight if finals[t]["attempts"] >= 2], "no search in flight at the kill was redone"
     assert all(finals[v["transaction_id"]]["counterfactual"]["decision"] == v["decision"] for v in flagged)
+
+
+def test_on_demand_counterfactual_by_cli_after_and_before_the_verdict(stack: Stack, models_dir: Path) -> None:
+    """With no counterfactual routed by itself (the default), ``fraudlens explain TXID --kind
+    counterfactual`` asks for one: after the verdict (read back from ``verdicts``) and before it
+    (a request that waits for its verdict). Each ends complete at high priority, its proposals
+    confirmed by the oracle; asked again, it is found at once and not searched again."""
+    from tests.integration.test_explain_cli import explain
+
+    stack.start_worker("scorer")
+    stack.start_worker("explainer")
+    transactions = list(generate_transactions(300, seed=43))
+    stack.produce_transactions(transactions[:299])
+    verdicts = stack.reader("verdicts")
+    verdicts.read_until(lambda m: len(m) >= 299, 120, "299 verdicts")
+    flagged = [v for v in verdicts.values() if v["decision"] != "approve"][:2]
+    assert len(flagged) == 2, "too few flagged verdicts for the claims below"
+    updates = stack.reader("explanation.updates")
+    updates.read_until(lambda _: len(complete(updates, "contributions")) >= 299, 120, "contributions")
+    assert not complete(updates, "counterfactual"), "a counterfactual computed unasked"
+
+    history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    before: dict[str, list[dict[str, Any]]] = {}
+    for tx in transactions:
+        before[tx["transaction_id"]] = list(history[tx["card_id"]])
+        history[tx["card_id"]].append(tx)
+    by_tx, oracle = {tx["transaction_id"]: tx for tx in transactions}, Oracle(models_dir)
+
+    def check(txid: str, decision: str) -> dict[str, Any]:
+        done = explain(stack, txid, "--kind", "counterfactual", "--json")
+        assert done.returncode == 0, done.stderr + done.stdout
+        update = json.loads(done.stdout)
+        validate_message("explanation", update)
+        assert (update["kind"], update["status"]) == ("counterfactual", "complete")
+        assert update["priority"] == "high"
+        result = update["counterfactual"]
+        assert result["decision"] == decision == oracle.decision(before[txid], by_tx[txid])
+        for proposal in result["proposals"]:
+            changed = {**by_tx[txid], **proposal["changes"]}
+            assert oracle.decision(before[txid], changed) == proposal["decision"], (txid, proposal)
+        return update
+
+    for verdict in flagged:  # after the verdict: read back from the topic
+        check(verdict["transaction_id"], verdict["decision"])
+    count = len(updates.read_to_end())
+    again = explain(stack, flagged[0]["transaction_id"], "--kind", "counterfactual")
+    assert again.returncode == 0 and "(counterfactual): complete" in again.stdout, again.stdout
+    assert "changed transactions scored" in again.stdout
+
+    # Before the verdict: the request waits for it (the last transaction, produced meanwhile).
+    last = transactions[-1]
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "app.cli.main", "explain", last["transaction_id"], "--kind", "counterfactual",
+         "--json", "--timeout", "120"],
+        cwd=REPO, env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        requests = stack.reader("explain.requests")
+        asked = last["transaction_id"].encode()
+        requests.read_until(lambda m: any(r.key() == asked for r in m), 60, "the early request")
+        wait_until(lambda: group_caught_up(stack, "explain.requests"), 60, "the early request routed")
+        assert len(updates.read_to_end()) == count, (
+            "asked again or before its verdict, something was published"
+        )
+        stack.produce_transactions([last])
+        out, err = waiting.communicate(timeout=150)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err + out
+    update = json.loads(out)
+    assert (update["status"], update["priority"], update["kind"]) == ("complete", "high", "counterfactual")
+    decision = oracle.decision(before[last["transaction_id"]], last)
+    assert update["counterfactual"]["decision"] == decision
+    key = f"{flagged[0]['transaction_id']}#counterfactual".encode()
+    searched = [u for u in updates.read_to_end() if u.key() == key]
+    assert [orjson.loads(u.value())["status"] for u in searched] == ["pending", "calculating", "complete"]

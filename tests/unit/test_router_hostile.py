@@ -60,6 +60,13 @@ def router() -> Router:
         (b"tx-1", b"\xff" * 1_040_000, "oversized"),
         (b"tx-1", b'{"transaction_id": 5}', "invalid_request"),
         (b"tx-2", b'{"transaction_id": "tx-1"}', "wrong_key"),
+        (b"tx-1", b'{"transaction_id": "tx-1", "kind": "shap"}', "invalid_request"),
+        (b"tx-1", b'{"transaction_id": "tx-1", "kind": ["counterfactual"]}', "invalid_request"),
+        (
+            b"tx-1",
+            b'{"transaction_id": "tx-1", "kind": "counterfactual", "method": "tree"}',
+            "invalid_request",
+        ),
     ],
 )
 def test_a_bad_on_demand_request_becomes_one_bounded_dlq_send(

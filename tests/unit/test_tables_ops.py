@@ -48,6 +48,23 @@ def test_stats_counts_keys_per_partition_statuses_and_cache_hits() -> None:
     assert got["unreadable_values"] == 1
 
 
+def test_kinds_are_filtered_and_counted_apart() -> None:
+    """Issue 20: a counterfactual row (key ``id#counterfactual``, ``kind`` field) is found by
+    ``--kind``, counted per kind, and left out of the cache's hit rate (the cache is SHAP's)."""
+    counterfactual = {**row("complete", "high", "2026-11-29T10:00:03Z"), "kind": "counterfactual"}
+    snapshot = Snapshot(
+        rows={**SNAPSHOT.rows, "a#counterfactual": counterfactual},
+        partition_of={**SNAPSHOT.partition_of, "a#counterfactual": 0},
+        partitions=3,
+        unreadable=1,
+    )
+    assert [r["key"] for r in scan(snapshot, EXPLANATIONS, kind="counterfactual")] == ["a#counterfactual"]
+    assert [r["key"] for r in scan(snapshot, EXPLANATIONS, kind="contributions")] == ["b", "c", "a"]
+    got = stats(snapshot, EXPLANATIONS)
+    assert got["kinds"] == {"contributions": {"complete": 2, "pending": 1}, "counterfactual": {"complete": 1}}
+    assert got["cache_hit_rate"] == 0.5
+
+
 def test_since_takes_durations_and_iso_times() -> None:
     assert abs(since_epoch("15m") - (time.time() - 900)) < 5
     assert since_epoch("2026-11-29T10:00:00") == since_epoch("2026-11-29T10:00:00+00:00")
