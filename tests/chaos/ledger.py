@@ -153,7 +153,7 @@ class Tap:
             )
         elif topic == "explanation.updates":
             update = orjson.loads(message.value())
-            self.updates.setdefault(update["transaction_id"], []).append(update)
+            self.updates.setdefault(explanation_key(update), []).append(update)
             self.where.setdefault(update["transaction_id"], []).append(
                 f"{update.get('status')} {message.partition()}@{message.offset()}"
             )
@@ -202,6 +202,14 @@ class Figures:
         return int(self.counts["lost"])
 
 
+def explanation_key(update: dict[str, Any]) -> str:
+    """An update's explanation: the transaction id for contributions (``kind`` absent), else
+    ``id#kind`` — one status sequence per (transaction, kind)."""
+    kind = update.get("kind") or "contributions"
+    txid = str(update["transaction_id"])
+    return txid if kind == "contributions" else f"{txid}#{kind}"
+
+
 @dataclass(frozen=True)
 class ExpectedRouting:
     """The routing rules as docs/explainer.md states them, with the thresholds the workers read from
@@ -213,21 +221,33 @@ class ExpectedRouting:
     high_min_amount: float
     normal_min_amount: float
     low_sample_rate: float
+    # The counterfactual kind (issue 20): the decisions that get one unasked, never sampled, and its queue.
+    counterfactual_decisions: frozenset[str] = frozenset()
+    counterfactual_priority: str = "high"
 
     @classmethod
-    def from_settings(cls, low_sample_rate: float) -> ExpectedRouting:
-        settings = Settings(explain_low_sample_rate=low_sample_rate)
+    def from_settings(cls, low_sample_rate: float, **overrides: Any) -> ExpectedRouting:
+        settings = Settings(explain_low_sample_rate=low_sample_rate, **overrides)
         return cls(
             frozenset(settings.explain_high_decisions),
             settings.explain_high_min_amount,
             settings.explain_normal_min_amount,
             settings.explain_low_sample_rate,
+            frozenset(settings.explain_counterfactual_decisions),
+            settings.explain_counterfactual_priority,
         )
 
     def priority(self, decision: str, amount: float) -> str:
         if decision in self.high_decisions or amount >= self.high_min_amount:
             return "high"
         return "normal" if amount >= self.normal_min_amount else "low"
+
+    def counterfactual(self, verdict: dict[str, Any]) -> str | None:
+        """The queue of the verdict's counterfactual when it gets one unasked (it needs the card
+        state the verdict carries)."""
+        if verdict["decision"] in self.counterfactual_decisions and verdict.get("replay") is not None:
+            return self.counterfactual_priority
+        return None
 
     def explained_unasked(self, priority: str, transaction_id: str) -> bool:
         if priority != "low":
@@ -237,9 +257,11 @@ class ExpectedRouting:
 
 
 class Ledger:
-    def __init__(self, stack: Stack, load: ChaosLoad, tap: Tap, low_sample_rate: float) -> None:
+    def __init__(
+        self, stack: Stack, load: ChaosLoad, tap: Tap, low_sample_rate: float, **overrides: Any
+    ) -> None:
         self.stack, self.load, self.tap = stack, load, tap
-        self.routing = ExpectedRouting.from_settings(low_sample_rate)
+        self.routing = ExpectedRouting.from_settings(low_sample_rate, **overrides)
         # inputs a broker lost after their verdict was out: no explanation is expected of them
         self.unexplainable: set[str] = set()
 
@@ -252,16 +274,21 @@ class Ledger:
         return set(self.load.bad) - set(self.tap.dlq)
 
     def auto_explained(self) -> dict[str, str]:
-        """txid -> priority of every valid transaction with a verdict whose explanation must be
-        computed unasked: the verdict's decision and the amount the load sent, by the rules."""
+        """Explanation key -> priority of every explanation that must be computed unasked, for
+        each valid transaction with a verdict: its contributions (key: the transaction id) by the
+        verdict's decision and the amount the load sent, and its counterfactual (key
+        ``id#counterfactual``) where the rules give it one."""
         out = {}
         for txid, transaction in self.load.valid.items():
             values = self.tap.verdicts.get(txid)
             if values and txid not in self.unexplainable:
-                decision = orjson.loads(values[0])["decision"]
-                priority = self.routing.priority(decision, float(transaction["amount"]))
+                verdict = orjson.loads(values[0])
+                priority = self.routing.priority(verdict["decision"], float(transaction["amount"]))
                 if self.routing.explained_unasked(priority, txid):
                     out[txid] = priority
+                counterfactual = self.routing.counterfactual(verdict)
+                if counterfactual is not None:
+                    out[f"{txid}#counterfactual"] = counterfactual
         return out
 
     def unfinished_explanations(self) -> set[str]:
@@ -336,6 +363,7 @@ class Ledger:
             for t, p in auto.items()
             if t in tap.updates and {u["priority"] for u in tap.updates[t]} != {p}
         ]
+        kinds = Counter(key.partition("#")[2] or "contributions" for key in auto)
         sampled_out = [t for t in with_verdict if t not in auto and t not in self.unexplainable]
         problems["sampled-out verdicts explained unasked"] = [t for t in sampled_out if t in tap.updates]
 
@@ -347,7 +375,7 @@ class Ledger:
             "dlq_records": dlq_records, "dlq_covered": len(bad & set(tap.dlq)),
             "auto": len(auto), "complete": complete, "failed": statuses["failed"],
             "stuck": len(stuck), "sampled_out": len(sampled_out), "complete_resent": resent,
-            "by_priority": dict(Counter(auto.values())), "lost": lost,
+            "by_priority": dict(Counter(auto.values())), "by_kind": dict(kinds), "lost": lost,
         }  # fmt: skip
         return Figures(counts, problems)
 
@@ -359,11 +387,14 @@ class Ledger:
                 continue
             resent += len(completes) - 1
             contents = {
-                orjson.dumps([u["contributions"], u["base_value"], u["model_version"]]) for u in completes
+                orjson.dumps(
+                    [u.get(f) for f in ("contributions", "base_value", "counterfactual", "model_version")]
+                )
+                for u in completes
             }
             if len(contents) > 1:
                 differing.append(txid)
-            verdict = orjson.loads(self.tap.verdicts[txid][0])
+            verdict = orjson.loads(self.tap.verdicts[txid.partition("#")[0]][0])
             if completes[-1]["model_version"] != verdict["model_version"]:
                 wrong_version.append(txid)
         return resent, differing, wrong_version
@@ -382,7 +413,8 @@ class Ledger:
             f" duplicates {c['duplicates']}, identical content: {same}",
             f"  DLQ         {c['dlq_covered']} of {c['malformed']} malformed with their reason"
             f" ({c['dlq_records']} records); valid inputs in DLQ {len(f.problems['valid inputs in the DLQ'])}",  # noqa: E501
-            f"  explained   complete {c['complete']} of {c['auto']} auto-explained {c['by_priority']};"
+            f"  explained   complete {c['complete']} of {c['auto']} auto-explained {c['by_priority']}"
+            f" {c['by_kind']};"
             f" failed {c['failed']}, stuck {c['stuck']}; complete re-sent {c['complete_resent']}",
             f"  sampled out {c['sampled_out']} low-priority verdicts (explained on demand only, by rule)",
             f"  lost        {c['lost']}",
@@ -391,7 +423,9 @@ class Ledger:
             if items:
                 lines.append(f"  PROBLEM     {name}: {len(items)}, e.g. {items[:5]}")
                 lines += [
-                    f"    {t}: read {self.tap.where.get(t, [])}" for t in items[:3] if t in self.tap.where
+                    f"    {t}: read {self.tap.where.get(t.partition('#')[0], [])}"
+                    for t in items[:3]
+                    if t.partition("#")[0] in self.tap.where
                 ]
         print("\n" + "\n".join(lines), flush=True)
         return f

@@ -117,6 +117,55 @@ def test_every_flagged_verdict_gets_a_verified_counterfactual(stack: Stack, mode
     wait_until(lambda: _router_caught_up(stack), 60, "the router to consume every verdict")
     assert len(updates.read_to_end()) == count, "a re-sent verdict was explained or searched again"
 
+    # Black box, not calling the search nor any feature code: each proposal (and the other end of
+    # its amount range) produced as a new transaction, on a fresh card given the same history,
+    # gets the stated decision from the scorer.
+    fresh, stated = black_box_transactions(sequences, before, by_tx)
+    assert len(stated) >= proposals
+    stack.produce_transactions(fresh)
+    verdicts.read_until(
+        lambda _: set(stated) <= {v["transaction_id"] for v in verdicts.values()},
+        120,
+        "the black-box verdicts",
+    )
+    got = {v["transaction_id"]: v["decision"] for v in verdicts.values() if v["transaction_id"] in stated}
+    assert got == stated, {t: (got[t], stated[t]) for t in stated if got[t] != stated[t]}
+
+
+def black_box_transactions(
+    sequences: dict[tuple[str, str], list[dict[str, Any]]],
+    before: dict[str, list[dict[str, Any]]],
+    by_tx: dict[str, dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Transactions to produce, and each proposal transaction's stated decision: per proposal and
+    amount (the proposed one; ``amount_from`` too where a range is stated), a card of its own
+    whose history is the original card's transactions before this one, same times and fields."""
+    fresh: list[dict[str, Any]] = []
+    stated: dict[str, str] = {}
+    for (txid, kind), sequence in sorted(sequences.items()):
+        if kind != "counterfactual":
+            continue
+        for proposal in sequence[-1]["counterfactual"]["proposals"]:
+            ends = [None] if proposal["amount_from"] is None else [None, proposal["amount_from"]]
+            for amount in ends:
+                n = len(stated)
+                card = f"card-bb-{n:04d}"
+                fresh += [
+                    {**old, "card_id": card, "transaction_id": f"bb-{n:04d}-h{i}"}
+                    for i, old in enumerate(before[txid])
+                ]
+                changed = {
+                    **by_tx[txid],
+                    **proposal["changes"],
+                    "card_id": card,
+                    "transaction_id": f"bb-{n:04d}",
+                }
+                if amount is not None:
+                    changed["amount"] = amount
+                fresh.append(changed)
+                stated[changed["transaction_id"]] = proposal["decision"]
+    return fresh, stated
+
 
 def _router_caught_up(stack: Stack) -> bool:
     from tests.integration.test_explainer import group_caught_up

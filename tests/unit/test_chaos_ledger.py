@@ -126,3 +126,38 @@ def test_expected_sampling_keeps_about_the_rate_of_lows_and_every_other_priority
     kept = sum(routing_rules.explained_unasked("low", t) for t in ids) / len(ids)
     assert 0.28 < kept < 0.32
     assert all(routing_rules.explained_unasked(p, t) for p in ("high", "normal") for t in ids[:100])
+
+
+def test_counterfactuals_are_expected_per_kind_where_the_rules_route_them() -> None:
+    """Issue 20: with counterfactuals routed for deny and review, each such verdict (carrying the
+    card state) owes a complete counterfactual of its own, a status sequence apart from its
+    contributions; one missing or stuck fails the ledger even when the contributions are clean."""
+    valid, verdicts = traffic()
+    verdicts = {t: [orjson.dumps({**orjson.loads(v[0]), "replay": {}})] for t, v in verdicts.items()}
+    flagged = [t for t, v in verdicts.items() if orjson.loads(v[0])["decision"] != "approve"]
+    assert len(flagged) > 50
+
+    def ledger(updates: dict[str, list[dict[str, Any]]]) -> Ledger:
+        base = ledger_of(valid, verdicts)
+        tap = SimpleNamespace(verdicts=verdicts, dlq=base.tap.dlq, updates={**base.tap.updates, **updates})
+        return Ledger(None, base.load, tap, SAMPLE_RATE, explain_counterfactual_decisions=("deny", "review"))  # type: ignore[arg-type]
+
+    searched = {
+        f"{t}#counterfactual": [
+            {"transaction_id": t, "kind": "counterfactual", "status": s, "priority": "high",
+             "model_version": "v1", "counterfactual": {"proposals": []}}
+            for s in ("pending", "calculating", "complete")
+        ]
+        for t in flagged
+    }  # fmt: skip
+    figures = ledger(searched).figures()
+    assert_clean(figures, "-")
+    assert figures.counts["by_kind"] == {"contributions": figures.counts["auto"] - len(flagged),
+                                         "counterfactual": len(flagged)}  # fmt: skip
+
+    missing = ledger({k: v for k, v in searched.items() if not k.startswith(flagged[0])}).figures()
+    assert missing.problems["explanations missing (no update at all)"] == [f"{flagged[0]}#counterfactual"]
+    stuck = ledger({**searched, f"{flagged[1]}#counterfactual": searched[f"{flagged[1]}#counterfactual"][:2]})
+    assert stuck.figures().problems["explanations stuck (pending/calculating)"] == [
+        f"{flagged[1]}#counterfactual"
+    ]
