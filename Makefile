@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RATE ?= 50
 
-.PHONY: demo test lint unit integration conformance soak bench-relay bench-scorer bench-explainer bench-counterfactual model clean chaos chaos-broker-loss
+.PHONY: demo test lint unit integration conformance soak bench-relay bench-scorer bench-explainer bench-kinds bench-counterfactual model clean chaos chaos-broker-loss
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -64,6 +64,9 @@ bench-scorer: $(STAMP) models/CURRENT
 
 bench-explainer: $(STAMP) models/CURRENT
 	$(BIN)/python -m bench.explainer --models models $(if $(QUICK),--quick)
+
+bench-kinds: $(STAMP) models/CURRENT
+	$(BIN)/python -m bench.kinds --models models $(if $(QUICK),--quick)
 
 # What would change the verdict: the split-guided search side by side with dice-ml (issue 20;
 # DESIGN-NOTES). dice-ml pulls in xgboost and NCCL (~700 MB), so it is an extra of its own.

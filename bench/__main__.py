@@ -36,6 +36,7 @@ BENCHES = (
     "isolation",
     "sync",
     "explainer",
+    "kinds",
     "relay",
     "memory",
 )

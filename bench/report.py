@@ -141,6 +141,34 @@ def _explainer_cost(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+KIND_ROWS = ("contributions high", "contributions normal", "contributions low", "counterfactual high")
+
+
+def _kinds(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    cpu = s["cpu_ms_per_explanation"]
+    rows = [[name, _ms(p50), _ms(p95), done] for name, (p50, p95, done) in s["gap_ms_at_200"].items()]
+    validity = ", ".join(f"{d} {_share(v)}" for d, v in s["validity_by_decision"].items())
+    return [
+        f"CPU per explanation: contributions {cpu['contributions']} ms (batches of 64), counterfactual "
+        f"{cpu['counterfactual']} ms median, {cpu['counterfactual_p95']} ms p95 (one search). Validity: "
+        f"{_share(s['validity_share'])} of {s['flagged']} generator deny/review verdicts get a verified "
+        f"approve proposal ({validity}).",
+        "",
+        *_table(["kind, priority (200 tx/s, one explainer)", "gap p50", "gap p95", "complete/routed"], rows),
+        "",
+        "Gap p95 with counterfactuals routed (on) and without (off), alternating runs:",
+        "",
+        *_table(
+            ["run", *KIND_ROWS],
+            [
+                [run, *(_ms(p95.get(name)) for name in KIND_ROWS)]
+                for run, p95 in s.get("gap_ms_p95_by_run", {}).items()
+            ],
+        ),
+    ]
+
+
 def _share(value: Any) -> str:
     return f"{value:.0%}" if isinstance(value, int | float) else "—"
 
@@ -260,6 +288,7 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "isolation": ("Isolation: verdict latency with the explainers stopped vs saturated", _isolation),
     "sync": ("Synchronous baseline: explanation inline vs async", _sync),
     "explainer": ("Explanation gap per priority at 500 tx/s, and drain", _explainer),
+    "kinds": ("Kinds of explanation: CPU per explanation, gap per priority at 200 tx/s, validity", _kinds),
     "explainer_cost": ("Explainer cost", _explainer_cost),
     "cost": ("Whole-stack CPU per explained transaction, and the explainer's beside SHAP's", _cost),
     "records": ("Broker records per transaction", _records),

@@ -8,8 +8,10 @@ loaded from the registry's files scores it against the thresholds of its ``meta.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -291,3 +293,70 @@ def test_on_demand_counterfactual_by_cli_after_and_before_the_verdict(stack: Sta
     key = f"{flagged[0]['transaction_id']}#counterfactual".encode()
     searched = [u for u in updates.read_to_end() if u.key() == key]
     assert [orjson.loads(u.value())["status"] for u in searched] == ["pending", "calculating", "complete"]
+
+
+def test_priority_under_overload_with_both_kinds(stack: Stack, models_dir: Path) -> None:
+    """4,000 low contributions queued, then deny/review verdicts (high contributions and high
+    counterfactuals, ~20x the CPU each): the high work of both kinds finishes while most of the
+    low backlog still waits, and no low request is passed by high work of either kind queued
+    more than the aging bound after it (the strict aged-first rule, as test_explainer's test)."""
+    from tests.integration.test_explainer import aging_held, by_priority, moment, scored_verdicts, send
+
+    aging = 6.0
+    stack.start_worker(
+        "explainer", **KINDS_ON, FRAUDLENS_EXPLAIN_AGING_S=str(aging), FRAUDLENS_EXPLAIN_AGED_SHARE="1"
+    )
+    verdicts = scored_verdicts(models_dir, 8000, 5)
+    lows = by_priority(verdicts)["low"][:4000]
+    flagged = [v for v in verdicts if v["decision"] != "approve"]
+    first_wave, second_wave = flagged[:30], flagged[30:60]
+    assert len(second_wave) == 30, len(flagged)
+    updates = stack.reader("explanation.updates")
+    send(stack, "verdicts", lows)
+    updates.read_until(
+        lambda _: len(complete(updates, "contributions")) >= 1, 120, "the low backlog to start"
+    )
+    send(stack, "verdicts", first_wave)
+    low_ids = {v["transaction_id"] for v in lows}
+
+    def aged_low_waiting(_: list[Any]) -> bool:
+        cutoff = time.time() - aging - 1.0
+        last = {
+            t: seq[-1] for (t, k), seq in by_kind(updates).items() if k == "contributions" and t in low_ids
+        }
+        return any(
+            u["status"] == "pending" and moment(u["timings"]["queued_at"]) < cutoff for u in last.values()
+        )
+
+    updates.read_until(aged_low_waiting, 90, "a low request waiting past the aging bound")
+    lows_left = len(low_ids - complete(updates, "contributions"))
+    send(stack, "verdicts", second_wave)
+    high_ids = {v["transaction_id"] for v in [*first_wave, *second_wave]}
+    updates.read_until(
+        lambda _: complete(updates, "contributions") >= low_ids | high_ids
+        and complete(updates, "counterfactual") >= high_ids,
+        400, "every low and high explanation of both kinds",
+    )  # fmt: skip
+
+    sequences = by_kind(updates)
+    started = {key: moment(u["timings"]["started_at"]) for key, seq in sequences.items()
+               for u in seq if u["status"] == "calculating"}  # fmt: skip
+    finals = {key: seq[-1] for key, seq in sequences.items()}
+    queued = {key: moment(u["timings"]["queued_at"]) for key, u in finals.items()}
+    completed = {key: moment(u["timings"]["completed_at"]) for key, u in finals.items()}
+    first = [(t["transaction_id"], k) for t in first_wave for k in ("contributions", "counterfactual")]
+    second = [(t["transaction_id"], k) for t in second_wave for k in ("contributions", "counterfactual")]
+    assert {finals[key]["priority"] for key in first + second} == {"high"}
+    lows_keys = [(t, "contributions") for t in low_ids]
+    first_done = max(completed[key] for key in first)
+    lows_after = sum(completed[key] > first_done for key in lows_keys)
+    assert lows_after >= 1000, f"only {lows_after} lows finished after the first high wave (both kinds)"
+    passed, aged = aging_held(queued, started, lows_keys, second, aging)
+    assert not passed, f"{len(passed)} low requests passed by newer high work, e.g. {passed[:3]}"
+    assert lows_left > 200, f"only {lows_left} lows left at the second wave: the scenario cannot test aging"
+    assert aged, "no aged low request was still waiting when the second wave came"
+    searches = [completed[k] - queued[k] for k in first + second if k[1] == "counterfactual"]
+    print(
+        f"\n{lows_after} lows finished after the first wave; {len(aged)} aged lows served before the "
+        f"second; counterfactual gap median {statistics.median(searches):.2f} s, max {max(searches):.2f} s"
+    )

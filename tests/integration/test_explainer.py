@@ -9,6 +9,7 @@ import statistics
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -208,6 +209,29 @@ def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack,
     assert len(updates.messages) == 1500, "a re-sent verdict was queued or explained again"
 
 
+def aging_held(
+    queued: Mapping[Any, float],
+    started: Mapping[Any, float],
+    lows: Iterable[Any],
+    highs: Iterable[Any],
+    aging: float,
+) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """(low, high) pairs where a low request started after high work queued more than the aging
+    bound after it (none may exist), and the lows that had aged past the bound when the first of
+    ``highs`` was queued and started after it (served before it by aging: the scenario's proof)."""
+    slack = 0.5  # queued_at is the router's clock, aging uses the broker's record timestamps
+    lows, highs = list(lows), list(highs)
+    passed = [
+        (low, high)
+        for high in highs
+        for low in lows
+        if queued[high] - queued[low] > aging + slack and started[low] > started[high]
+    ]
+    first_high = min(queued[h] for h in highs)
+    aged = [t for t in lows if started[t] > first_high and first_high - queued[t] > aging + slack]
+    return passed, aged
+
+
 def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> None:
     """Thousands of low requests queued, then high ones: the highs finish long before the low
     backlog drains, and no low request is passed by high work queued more than the (shortened)
@@ -261,17 +285,8 @@ def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> N
     first_done = max(completed[h] for h in first_ids)
     lows_after_highs = sum(completed[t] > first_done for t in low_ids)
     assert lows_after_highs >= 1000, f"only {lows_after_highs} lows finished after the first high wave"
-    # Aging: a low request is never started after high work queued more than the bound later.
-    slack = 0.5  # queued_at is the router's clock, aging uses the broker's record timestamps
-    passed = [
-        (low, high)
-        for high in second_ids
-        for low in low_ids
-        if queued[high] - queued[low] > aging + slack and started[low] > started[high]
-    ]
+    passed, aged = aging_held(queued, started, low_ids, second_ids, aging)
     assert not passed, f"{len(passed)} low requests passed by newer high work, e.g. {passed[:3]}"
-    second_queued = min(queued[h] for h in second_ids)
-    aged = [t for t in low_ids if started[t] > second_queued and second_queued - queued[t] > aging + slack]
     # The scenario must leave a backlog for aging to act on; then aging must have acted.
     assert lows_left_at_second_wave > 200, (
         f"only {lows_left_at_second_wave} lows left at the second wave: the scenario cannot test aging"
