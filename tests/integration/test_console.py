@@ -35,7 +35,12 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-NO_SAMPLING = {"FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE": "0"}  # every low verdict waits for "Explain now"
+# Every low verdict waits for "Explain now"; no counterfactual is routed by itself, so the deny
+# row's "What would change it?" asks for one.
+NO_SAMPLING = {
+    "FRAUDLENS_EXPLAIN_LOW_SAMPLE_RATE": "0",
+    "FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS": "[]",
+}
 WAIT_MS = 120_000
 
 # Records every state each row's explanation cell goes through (render() sets data-state

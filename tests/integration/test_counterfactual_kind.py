@@ -26,6 +26,7 @@ from tests.integration.test_explainer import group_caught_up
 from tests.replay import current_booster
 
 KINDS_ON = {"FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS": '["deny","review"]'}
+KINDS_OFF = {"FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS": "[]"}  # none routed by itself: on demand only
 ORDER = {"approve": 0, "review": 1, "deny": 2}
 
 
@@ -220,14 +221,14 @@ def test_sigkill_mid_counterfactual_then_restart_completes_it(stack: Stack, mode
 
 
 def test_on_demand_counterfactual_by_cli_after_and_before_the_verdict(stack: Stack, models_dir: Path) -> None:
-    """With no counterfactual routed by itself (the default), ``fraudlens explain TXID --kind
+    """With no counterfactual routed by itself, ``fraudlens explain TXID --kind
     counterfactual`` asks for one: after the verdict (read back from ``verdicts``) and before it
     (a request that waits for its verdict). Each ends complete at high priority, its proposals
     confirmed by the oracle; asked again, it is found at once and not searched again."""
     from tests.integration.test_explain_cli import explain
 
     stack.start_worker("scorer")
-    stack.start_worker("explainer")
+    stack.start_worker("explainer", **KINDS_OFF)
     transactions = list(generate_transactions(300, seed=43))
     stack.produce_transactions(transactions[:299])
     verdicts = stack.reader("verdicts")

@@ -57,7 +57,7 @@ def ask(txid: str, offset: int) -> Event:
 
 @pytest.fixture
 def setup() -> tuple[Router, Tables]:
-    settings = Settings()  # no counterfactual routed by itself (the default)
+    settings = Settings(explain_counterfactual_decisions=())  # no counterfactual routed by itself
     tables = Tables()
     names = SimpleNamespace(explanations="explanations", waiting="explanation_waiting")
     router = Router(tables, names, PriorityRules.from_settings(settings), settings, Skips(every_s=10.0))  # type: ignore[arg-type]
