@@ -18,6 +18,7 @@ import orjson
 
 from app.kafka import topics
 from app.records.kinds import CONTRIBUTIONS, row_key
+from app.records.validation import explain_request_record
 
 FINISHED = ("complete", "failed")
 
@@ -33,11 +34,10 @@ def _producer(settings: Any) -> Any:
 def _request(producer: Any, settings: Any, txid: str, kind: str) -> int:
     """Send the request; the delivery report names the partition the key maps to."""
     delivered: list[Any] = []
-    value = {"transaction_id": txid} if kind == CONTRIBUTIONS else {"transaction_id": txid, "kind": kind}
     producer.produce(
         topics.EXPLAIN_REQUESTS,
         key=txid.encode(),
-        value=orjson.dumps(value),
+        value=explain_request_record(txid, kind=kind),
         on_delivery=lambda err, msg: delivered.append((err, msg)),
     )
     producer.flush(30)

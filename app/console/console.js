@@ -13,6 +13,7 @@ let lastEventId = null;
 let relayId = null;
 let retryMs = 500;
 let requestSeq = 0;
+const asked = new Map(); // explain_now request id -> {txid, kind} (kind null: contributions)
 let feedSince = null; // when the relay lost the stream (ISO time), while it is lost
 let feedClearTimer = null;
 const RESUMED_SHOWN_MS = 60000;
@@ -111,7 +112,8 @@ function onMessage(message) {
     case "stats": onStats(message); break;
     case "feed": onFeed(message); break;
     case "lagging": setConnection("reconnecting", "too slow; resuming"); break;
-    case "error": console.warn("relay error", message); markExplainError(message); markKindError(message); break;
+    case "ack": if (message.of === "explain_now") asked.delete(message.id); break;
+    case "error": console.warn("relay error", message); markExplainError(message); break;
     default: break;
   }
 }
@@ -269,12 +271,15 @@ function onUpdate(update, kind) {
   if ($("detail").dataset.txid === update.transaction_id) showDetail(tx);
 }
 
+// A refused explain_now: the kind's button comes back, with the reason.
 function markExplainError(message) {
-  for (const tx of txs.values()) {
-    if (tx.requestId && tx.requestId === message.id) {
-      tx.status = "sampled_out"; tx.requestId = null; tx.requestError = message.message; render(tx);
-    }
-  }
+  const request = asked.get(message.id);
+  const tx = request && txs.get(request.txid);
+  asked.delete(message.id);
+  if (!tx) return;
+  if (request.kind) tx.kinds[request.kind] = { status: "refused", update: { reason: message.message } };
+  else { tx.status = "sampled_out"; tx.requestError = message.message; }
+  render(tx);
 }
 
 // -- rows ----------------------------------------------------------------------------------
@@ -357,11 +362,17 @@ function featureBar(feature, scale) {
 }
 
 function explainNow(tx) {
-  tx.requestId = `explain-${++requestSeq}`;
   tx.requestError = null;
   tx.status = "awaiting";
   render(tx);
-  send({ type: "explain_now", id: tx.requestId, transaction_id: tx.verdict.transaction_id });
+  requestExplanation(tx, null);
+}
+
+function requestExplanation(tx, kind) {
+  const id = `explain-${++requestSeq}`;
+  asked.set(id, { txid: tx.verdict.transaction_id, kind });
+  const message = { type: "explain_now", id, transaction_id: tx.verdict.transaction_id };
+  send(kind ? { ...message, kind } : message);
 }
 
 // -- filters -------------------------------------------------------------------------------

@@ -9,25 +9,22 @@ const KIND_LOADING = { counterfactual: "looking for what would change it…" };
 
 // A verdict event (protocol 3) names the kinds the explainer computes for it by itself.
 function expectKinds(tx, kinds) {
-  tx.kinds = tx.kinds || {};
   for (const kind of kinds || []) if (!tx.kinds[kind]) tx.kinds[kind] = { status: "awaiting", update: null };
 }
 
 // A snapshot's kinds: {kind: {status, explanation, …}}.
 function applyKindStates(tx, kinds) {
-  tx.kinds = tx.kinds || {};
   for (const [kind, state] of Object.entries(kinds || {})) {
     tx.kinds[kind] = { status: state.status, update: state.explanation };
   }
 }
 
 function applyKindUpdate(tx, kind, update) {
-  tx.kinds = tx.kinds || {};
   tx.kinds[kind] = { status: update.status, update };
 }
 
 function counterfactualOf(tx) {
-  return (tx.kinds && tx.kinds[COUNTERFACTUAL]) || null;
+  return tx.kinds[COUNTERFACTUAL] || null;
 }
 
 function kindLoadingLabel(kind, status) {
@@ -36,23 +33,11 @@ function kindLoadingLabel(kind, status) {
 }
 
 // "Explain now" for one kind: an on-demand request (high priority); the answer comes as that
-// kind's updates. A refused request (error with its id) puts the button back with the reason.
+// kind's updates. A refused request puts the button back with the reason (markExplainError).
 function explainKind(tx, kind) {
-  const id = `explain-${++requestSeq}`;
-  tx.kindRequests = { ...(tx.kindRequests || {}), [id]: kind };
   tx.kinds[kind] = { status: "awaiting", update: null };
   render(tx);
-  send({ type: "explain_now", id, transaction_id: tx.verdict.transaction_id, kind });
-}
-
-function markKindError(message) {
-  for (const tx of txs.values()) {
-    const kind = tx.kindRequests && tx.kindRequests[message.id];
-    if (!kind) continue;
-    delete tx.kindRequests[message.id];
-    tx.kinds[kind] = { status: "refused", update: { reason: message.message } };
-    render(tx);
-  }
+  requestExplanation(tx, kind);
 }
 
 function kindButton(tx, kind, label) {

@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 # Loaded on first use (PEP 562): ``app.explain.policy`` is all the relay needs of this package,
-# and importing ``core`` loads lightgbm (~1-4 s at start, measured with ``python -X importtime``).
+# and importing ``core`` loads lightgbm. ``import app.relay.server`` took 1.66 s with the eager
+# imports and takes 0.29 s without (medians of five alternating runs, warm, 2026-12-06 10:40).
 _WHERE = {
     **dict.fromkeys(
         ("ADDITIVITY_TOLERANCE", "METHODS", "TOP_N", "UNITS", "Explainer", "ExplainerCache", "Explanation",

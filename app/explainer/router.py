@@ -271,31 +271,42 @@ class Router:
             if message.topic != topics.EXPLAIN_REQUESTS:
                 continue
             try:
-                asked = orjson.loads(message.value or b"")
-                txid = str(asked["transaction_id"])
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue  # the router refuses it with its reason
-            if not isinstance(asked, dict) or kind_of(asked) != COUNTERFACTUAL:
+                asked = validate_explain_request(
+                    message.value, message.key, METHODS, self.settings.max_message_bytes
+                )
+            except InvalidInput:
+                continue  # ``route`` refuses it with its reason
+            txid = str(asked["transaction_id"])
+            if kind_of(asked) != COUNTERFACTUAL:
                 continue
-            verdict_row = self._row(stream, event, txid.encode())
-            if verdict_row is None or verdict_row["status"] == REQUESTED or not verdict_row.get("request"):
+            row = self._counterfactual_row(stream, event, txid)
+            if row is not None and not on_demand_wanted(row, SPLIT_SEARCH):
                 continue
-            row = self._row(stream, event, row_key(txid, COUNTERFACTUAL))
-            if row is not None and row["status"] != REQUESTED and not on_demand_wanted(row, SPLIT_SEARCH):
-                continue
-            wanted[txid] = (message.partition, str(verdict_row["request"]["verdict_at"]))
+            verdict_row = self._verdict_row(stream, event, txid)
+            if verdict_row is not None:
+                wanted[txid] = (message.partition, str(verdict_row["request"]["verdict_at"]))
         return wanted
+
+    def _counterfactual_row(self, stream: StreamT, event: EventT, txid: str) -> dict[str, Any] | None:
+        """The transaction's counterfactual row, unless there is none or only a request waiting."""
+        row = self._row(stream, event, row_key(txid, COUNTERFACTUAL))
+        return None if row is None or row["status"] == REQUESTED else row
+
+    def _verdict_row(self, stream: StreamT, event: EventT, txid: str) -> dict[str, Any] | None:
+        """The contributions row, once the verdict came (its request says when it was scored)."""
+        row = self._row(stream, event, txid.encode())
+        return None if row is None or row["status"] == REQUESTED or not row.get("request") else row
 
     def _on_demand_counterfactual(self, stream: StreamT, event: EventT, txid: str, now: str) -> list[Send]:
         key = row_key(txid, COUNTERFACTUAL)
         source = source_of(event)
-        row = self._row(stream, event, key)
-        if row is not None and row["status"] != REQUESTED:
+        row = self._counterfactual_row(stream, event, txid)
+        if row is not None:
             done = self._asked_again(stream, event, key, row, SPLIT_SEARCH)
             if done is not None:
                 return done
-        verdict_row = self._row(stream, event, txid.encode())
-        if verdict_row is None or verdict_row["status"] == REQUESTED or not verdict_row.get("request"):
+        verdict_row = self._verdict_row(stream, event, txid)
+        if verdict_row is None:
             # Before its verdict (or an id that never comes): routed with the verdict (_counterfactual).
             self.counts["on_demand_early"] += 1
             waiting = {**requested_row(txid, SPLIT_SEARCH, source, now), "kind": COUNTERFACTUAL}

@@ -46,6 +46,7 @@ __all__ = [
     "ReasonCode",
     "build_dlq_record",
     "dlq_key",
+    "explain_request_record",
     "validate_explain_request",
     "validate_transaction",
 ]
@@ -331,6 +332,18 @@ def _first_non_finite_path(obj: Any) -> str:
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # schemas: $defs/identifier
 _REQUEST_FIELDS = ("transaction_id", "method", "kind")
+
+
+def explain_request_record(transaction_id: str, method: str | None = None, kind: str | None = None) -> bytes:
+    """The value of an ``explain.requests`` record (key it by ``transaction_id``), as
+    ``validate_explain_request`` reads it: ``method`` and ``kind`` only when given (contributions
+    is the default kind)."""
+    value: dict[str, Any] = {"transaction_id": transaction_id}
+    if method:
+        value["method"] = method
+    if kind and kind != CONTRIBUTIONS:
+        value["kind"] = kind
+    return orjson.dumps(value)
 
 
 def validate_explain_request(

@@ -27,7 +27,6 @@ from websockets.http11 import Request, Response
 from app.explain.policy import PriorityRules
 from app.kafka import topics
 from app.records.contracts import format_utc
-from app.records.kinds import CONTRIBUTIONS
 from app.relay import http
 from app.relay.client import Client
 from app.relay.feed import FeedChange
@@ -127,19 +126,18 @@ class Relay:
         events = list(events)
         if not events:
             return
-        # Protocol 2 carries contributions only; protocol 3 has frames of its own for some
-        # verdicts (app.relay.client.Client.gets, app.relay.history.Event.frame_for).
-        every = {
-            2: [e.frame for e in events if e.kind == CONTRIBUTIONS],
-            3: [e.frame_for(3) for e in events],
-        }
+        # What a protocol carries (``Client.gets``) and in which frame (``Event.frame_for``):
+        # made once per protocol for the clients that take every event.
+        every: dict[int, list[bytes]] = {}
         for client in list(self.clients):
             if not client.subscriptions or client.dropping:
                 continue
-            if client.match_all:
-                frames = every[min(client.protocol, 3)]
+            if client.match_all and client.protocol in every:
+                frames = every[client.protocol]
             else:
                 frames = [e.frame_for(client.protocol) for e in events if client.wants(e)]
+                if client.match_all:
+                    every[client.protocol] = frames
             if frames and not client.outbox.offer_many(frames):
                 self._drop_lagging(client)
 
@@ -318,9 +316,6 @@ class Relay:
             elif kind == "unsubscribe":
                 self._unsubscribe(client, message)
             elif kind == "explain_now":
-                if message.get("method") and message.get("kind", CONTRIBUTIONS) != CONTRIBUTIONS:
-                    text = "explain_now: a method goes with kind contributions only"
-                    raise ProtocolError("invalid_message", text, request_id)
                 action = client.guard.check_explain(now)
                 if action is not FrameAction.ALLOW:
                     return self._refuse(client, action, request_id, "explain_now")

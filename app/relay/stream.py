@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from app.kafka import topics
 from app.kafka.admin import client_config, producer_config
-from app.records.kinds import CONTRIBUTIONS
+from app.records.validation import explain_request_record
 from app.relay.feed import FeedChange, FeedWatch, feed_problem
 from app.settings import RelaySettings
 
@@ -167,13 +167,9 @@ class ExplainRequester:
 
             loop.call_soon_threadsafe(settle)
 
-        value: dict[str, Any] = {"transaction_id": transaction_id}
-        if method:
-            value["method"] = method
-        if kind and kind != CONTRIBUTIONS:
-            value["kind"] = kind
+        value = explain_request_record(transaction_id, method, kind)
         self.producer.produce(
-            topics.EXPLAIN_REQUESTS, key=transaction_id.encode(), value=orjson.dumps(value), on_delivery=acked
+            topics.EXPLAIN_REQUESTS, key=transaction_id.encode(), value=value, on_delivery=acked
         )
         await done  # the delivery report comes within message.timeout.ms, success or not
 

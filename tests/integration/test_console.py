@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,8 +124,7 @@ def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess]
 
         # Pause the explainer so the loading state stays long enough to be seen and
         # photographed; the verdicts keep flowing (the scorer never waits on it).
-        os.kill(explainer.pid, signal.SIGSTOP)
-        try:
+        with explainer.frozen():
             stack.produce_transactions(transactions)
             row = page.locator(f'tr.row[data-txid="{deny}"]')
             row.wait_for()
@@ -138,8 +136,6 @@ def test_console_in_chromium(stack: Stack, console: tuple[Process, RelayProcess]
             row.scroll_into_view_if_needed()
             loading_shot = tmp_path / "console-loading.png"
             page.screenshot(path=str(loading_shot))
-        finally:
-            os.kill(explainer.pid, signal.SIGCONT)
 
         page.wait_for_selector(f'tr.row[data-txid="{deny}"] .expl[data-state="done"]')
         features = row.locator(".feature")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -175,11 +173,8 @@ def test_a_frozen_broker_interrupts_the_feed_too(stack: Stack) -> None:
         ws, has_verdict(before["transaction_id"]), NOTICE_S, "a verdict while the feed is live", frames
     )
     broker = broker_of(stack)
-    os.kill(broker.pid, signal.SIGSTOP)
-    try:
+    with broker.frozen():
         receive_until(ws, has_feed("interrupted"), NOTICE_S, "feed interrupted by a frozen broker", frames)
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
     interrupted = next(f for f in frames if f["type"] == "feed")
     assert "has not answered" in interrupted["message"], interrupted
     receive_until(ws, has_feed("resumed"), NOTICE_S, "feed resumed after SIGCONT", frames)

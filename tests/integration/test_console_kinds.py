@@ -12,10 +12,7 @@ explainer (counterfactuals routed for deny and review) and relay:
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +52,13 @@ RECORD_STATES = """() => {
 
 
 @pytest.fixture(scope="module")
-def kinds_stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
-    stack = Stack(root=tmp_path_factory.mktemp("kinds-stack"), models_dir=models_dir)
-    stack.start_broker()
-    try:
-        stack.start_worker("scorer")
-        yield stack
-    finally:
-        stack.stop_all()
+def explainer(scored: Stack) -> Process:
+    return scored.start_worker("explainer", **KINDS_ON)
 
 
 @pytest.fixture(scope="module")
-def explainer(kinds_stack: Stack) -> Process:
-    return kinds_stack.start_worker("explainer", **KINDS_ON)
-
-
-@pytest.fixture(scope="module")
-def relay(kinds_stack: Stack, explainer: Process) -> RelayProcess:
-    return start_relay(kinds_stack, **KINDS_ON)
+def relay(scored: Stack, explainer: Process) -> RelayProcess:
+    return start_relay(scored, **KINDS_ON)
 
 
 def sequences(messages: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -85,10 +71,10 @@ def sequences(messages: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict
 
 
 def test_protocol_3_carries_every_kind_and_protocol_2_is_unchanged(
-    kinds_stack: Stack, relay: RelayProcess
+    scored: Stack, relay: RelayProcess
 ) -> None:
     transactions = list(generate_transactions(300, seed=61))
-    expected = predicted_verdicts(kinds_stack.models_dir, transactions)
+    expected = predicted_verdicts(scored.models_dir, transactions)
     flagged = {v["transaction_id"] for v in expected if v["decision"] != "approve"}
     assert len(flagged) >= 5, f"only {len(flagged)} flagged verdicts: too few for the claims below"
     everyone = {tx["transaction_id"] for tx in transactions}
@@ -98,7 +84,7 @@ def test_protocol_3_carries_every_kind_and_protocol_2_is_unchanged(
         assert new.messages[0]["protocol"] == 3 and old.messages[0]["protocol"] == 3
         await new.subscribe(protocol=3)
         await old.subscribe()
-        kinds_stack.produce_transactions(transactions)
+        scored.produce_transactions(transactions)
 
         def done(messages: list[dict[str, Any]]) -> bool:
             last = {key: seq[-1]["status"] for key, seq in sequences(messages).items()}
@@ -134,7 +120,7 @@ def test_protocol_3_carries_every_kind_and_protocol_2_is_unchanged(
 
     # ... exactly as on the topic (the relay passes each update on, computing nothing; it leaves
     # out the explainer's bookkeeping, `source` and `request`, which holds the card's replay).
-    on_topic = kinds_stack.reader("explanation.updates")
+    on_topic = scored.reader("explanation.updates")
     on_topic.read_to_end()
     finals = {
         (u["transaction_id"], u.get("kind", "contributions")): {
@@ -158,10 +144,10 @@ def test_protocol_3_carries_every_kind_and_protocol_2_is_unchanged(
 
 
 def test_console_shows_each_kind_replacing_its_own_loading_state(
-    kinds_stack: Stack, explainer: Process, relay: RelayProcess, tmp_path: Path
+    scored: Stack, explainer: Process, relay: RelayProcess, tmp_path: Path
 ) -> None:
     transactions = list(generate_transactions(300, seed=62))
-    expected = predicted_verdicts(kinds_stack.models_dir, transactions)
+    expected = predicted_verdicts(scored.models_dir, transactions)
     deny = next(v["transaction_id"] for v in expected if v["decision"] == "deny")
     approve = next(v["transaction_id"] for v in expected if v["decision"] == "approve")
 
@@ -169,9 +155,8 @@ def test_console_shows_each_kind_replacing_its_own_loading_state(
         page, errors = open_console(browser, relay)
         page.evaluate(RECORD_STATES)
         # The explainer held still: the verdict shows at once, both kinds loading.
-        os.kill(explainer.pid, signal.SIGSTOP)
-        try:
-            kinds_stack.produce_transactions(transactions)
+        with explainer.frozen():
+            scored.produce_transactions(transactions)
             row = page.locator(f'tr.row[data-txid="{deny}"]')
             row.wait_for()
             assert row.get_attribute("data-decision") == "deny"
@@ -184,8 +169,6 @@ def test_console_shows_each_kind_replacing_its_own_loading_state(
             row.scroll_into_view_if_needed()
             loading_shot = tmp_path / "console-kinds-loading.png"
             page.screenshot(path=str(loading_shot))
-        finally:
-            os.kill(explainer.pid, signal.SIGCONT)
 
         page.wait_for_selector(f'tr.row[data-txid="{deny}"] .cf[data-state="done"]')
         page.wait_for_selector(f'tr.row[data-txid="{deny}"] .expl[data-state="done"]')

@@ -9,8 +9,6 @@ and a reconnect answered by ``gap`` and a snapshot."""
 from __future__ import annotations
 
 import mimetypes
-import os
-import signal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -72,14 +70,11 @@ def test_pause_holds_the_rows_still_and_resume_catches_up(
     shown_first, while_paused = transactions[:40], transactions[40:]
     with chromium(tmp_path) as browser:
         page, errors = open_console(browser, relay)
-        os.kill(explainer.pid, signal.SIGSTOP)  # the first rows wait for their explanations
-        try:
+        with explainer.frozen():  # the first rows wait for their explanations
             stack.produce_transactions(shown_first)
             page.wait_for_function(ROW_COUNT, arg=len(shown_first))
             page.evaluate(WATCH)
             page.click("#pause")
-        finally:
-            os.kill(explainer.pid, signal.SIGCONT)
         still = page.evaluate(ROW_IDS)
         assert sorted(still) == sorted(tx["transaction_id"] for tx in shown_first)
         assert page.locator('#rows .expl[data-state="loading"]').count() > 0

@@ -16,8 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import kafka.codec
@@ -32,18 +31,6 @@ from tests.integration.harness import REPO, Stack, wait_until
 
 FOREIGN = REPO / "tests" / "foreign"
 KAFKAJS_CLIENT = FOREIGN / "kafkajs_client.js"
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
-    """One broker and one scorer shared by the client tests (each uses its own ids and groups)."""
-    stack = Stack(root=tmp_path_factory.mktemp("foreign"), models_dir=models_dir)
-    stack.start_broker()
-    try:
-        stack.start_worker("scorer")
-        yield stack
-    finally:
-        stack.stop_all()
 
 
 def transactions(count: int, seed: int) -> list[dict[str, Any]]:

@@ -29,6 +29,8 @@ from tests.unit.test_relay_state import update, verdict
         '{"type":"subscribe","filter":{"transaction_ids":["tx-1"]},"last_event_id":"0a0b0c0d-12"}',
         '{"type":"unsubscribe","id":"9"}',
         '{"type":"explain_now","transaction_id":"tx-1","method":"tree"}',
+        '{"type":"explain_now","transaction_id":"tx-1","kind":"counterfactual"}',
+        '{"type":"subscribe","protocol":3}',
         '{"type":"ping","id":"p"}',
     ],
 )
@@ -48,6 +50,13 @@ def test_valid_frames_parse(frame: str) -> None:
         ('{"type":"subscribe","filter":{"decisions":["maybe"]}}', "invalid_message"),
         ('{"type":"subscribe","recent":100000}', "invalid_message"),
         ('{"type":"subscribe","last_event_id":"yesterday"}', "invalid_message"),
+        ('{"type":"subscribe","protocol":4}', "invalid_message"),
+        ('{"type":"explain_now","transaction_id":"tx-1","kind":"shap"}', "invalid_message"),
+        # a method is a SHAP method: contributions only
+        (
+            '{"type":"explain_now","transaction_id":"tx-1","kind":"counterfactual","method":"tree"}',
+            "invalid_message",
+        ),
     ],
 )
 def test_bad_frames_get_a_code(frame: str | bytes, code: str) -> None:
