@@ -1,9 +1,10 @@
 """``fraudlens relay``: the websocket server. One port: the console at ``/``, the websocket at
 ``/ws``, ``/healthz`` and ``/api/stats`` (token) for operators and tests.
 
-Flow: ``StreamReader`` (thread) → ``Relay.ingest`` (event loop) → ``RelayState`` makes events,
-each serialised once → ``Relay.fanout`` offers the frame to every matching client's ``Outbox``
-(never waits) → one writer task per client sends it.
+Flow: ``StreamReader`` (thread; its ``pump`` hands one batch per loop turn) → ``Relay.ingest``
+(event loop) → ``RelayState`` makes events, each serialised once → ``Relay.fanout`` offers the
+frame to every matching client's ``Outbox`` (never waits) → one writer task per client sends it.
+``/healthz`` says ``ready`` once the reader has read what was on its topics when it started.
 """
 
 from __future__ import annotations
@@ -432,7 +433,18 @@ async def serve_relay(settings: RelaySettings) -> int:
     partitions = await asyncio.to_thread(reader.assign_all)
     relay.requester = ExplainRequester(settings)
     reader.start()
-    relay.ready = True
+    pump = asyncio.create_task(reader.pump())
+    started = time.monotonic()
+
+    async def ready_when_caught_up() -> None:
+        await reader.caught_up.wait()
+        relay.ready = True
+        log.info(
+            "relay: caught up with its topics (%d records in %.1f s): ready",
+            relay.counters["records"], time.monotonic() - started,
+        )  # fmt: skip
+
+    caught_up = asyncio.create_task(ready_when_caught_up())
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -456,7 +468,8 @@ async def serve_relay(settings: RelaySettings) -> int:
             )  # fmt: skip
             await stop.wait()
     finally:
-        housekeeping.cancel()
+        for task in (housekeeping, pump, caught_up):
+            task.cancel()
         reader.stop()
         await asyncio.to_thread(reader.join, 5)
         relay.requester.close()

@@ -36,7 +36,14 @@ UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, Ka
 class StreamReader(threading.Thread):
     """Reads every partition of ``verdicts`` and ``explanation.updates`` from the earliest
     retained offset. No consumer group: every relay instance sees every record. Tells
-    ``on_feed`` when it can no longer read them, and when it can again (``app.relay.feed``)."""
+    ``on_feed`` when it can no longer read them, and when it can again (``app.relay.feed``).
+
+    Batches cross to the loop through ``pump``, one batch per turn of the loop: the clients'
+    writers take what one batch queued for them before the next is fanned out, so a relay that
+    falls seconds behind (a starved CPU, a backlog at start) does not fill a reading client's
+    bounded queue in one go and drop it as lagging. ``caught_up`` is set once every record that
+    was on the topics when the reader was assigned has been delivered (``/healthz``'s ``ready``).
+    """
 
     def __init__(
         self,
@@ -50,6 +57,11 @@ class StreamReader(threading.Thread):
         self.stopping = threading.Event()
         self.slots = threading.Semaphore(MAX_BATCHES_IN_FLIGHT)
         self.assigned = threading.Event()
+        # (records, whether the catch-up ends with them): ``pump`` says ready once they are delivered
+        self.batches: asyncio.Queue[tuple[list[Record], bool]] = asyncio.Queue()
+        self.catching_up: dict[tuple[str, int], int] = {}  # partition -> end offset at assignment
+        self.caught_up = asyncio.Event()
+        self._idle_checked = 0.0
         self.feed = FeedWatch()
         self.consumer = Consumer(client_config(settings, **{
             "group.id": f"{settings.app_id}-relay-{uuid.uuid4().hex[:12]}",  # never joined: assign()
@@ -80,22 +92,55 @@ class StreamReader(threading.Thread):
         for topic in INPUT_TOPICS:
             metadata = self.consumer.list_topics(topic, timeout=15).topics[topic]
             wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
+        for tp in wanted:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=15, cached=False)
+            if high > low:
+                self.catching_up[(tp.topic, tp.partition)] = high
         self.consumer.assign(wanted)
         self.assigned.set()
+        if not self.catching_up:
+            self.loop.call_soon_threadsafe(self.batches.put_nowait, ([], True))
         return len(wanted)
+
+    def _note_reached(self, batch: list[Any]) -> bool:
+        """Partitions read up to their end offset at assignment leave ``catching_up``; True
+        when none is left."""
+        for message in batch:
+            key = (message.topic(), message.partition())
+            end = self.catching_up.get(key)
+            if end is not None and message.error() is None and message.offset() + 1 >= end:
+                del self.catching_up[key]
+        return not self.catching_up
+
+    def _note_idle(self) -> None:
+        """Nothing to read while still catching up: records up to an end offset may have been
+        deleted (retention) since it was read. A partition whose earliest offset passed its end
+        has nothing left to catch up on. Asked at most once a second."""
+        if time.monotonic() - self._idle_checked < 1.0:
+            return
+        self._idle_checked = time.monotonic()
+        for (topic, partition), end in list(self.catching_up.items()):
+            low, _high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            if low >= end:
+                del self.catching_up[(topic, partition)]
+        if not self.catching_up:
+            self.loop.call_soon_threadsafe(self.batches.put_nowait, ([], True))
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
                 first = self.consumer.poll(0.2)  # returns at once when a record is there
                 if first is None:
+                    if self.catching_up:
+                        self._note_idle()
                     continue
                 batch = [first, *self.consumer.consume(MAX_BATCH - 1, timeout=0)]
+                reached = bool(self.catching_up) and self._note_reached(batch)
                 records = [self._record(m) for m in batch]
-                self._hand_over([r for r in records if r is not None])
+                self._hand_over([r for r in records if r is not None], reached)
         except Exception:  # a dead reader must not leave a relay serving stale data silently
             log.exception("relay consumer thread failed")
-            self.loop.call_soon_threadsafe(self.deliver, [])
+            self.loop.call_soon_threadsafe(self.batches.put_nowait, ([], False))
             raise
         finally:
             self.consumer.close()
@@ -108,20 +153,28 @@ class StreamReader(threading.Thread):
             return None
         return message.topic(), message.value(), message.timestamp()[1]
 
-    def _hand_over(self, records: list[Record]) -> None:
-        if not records:
-            return
-        while not self.slots.acquire(timeout=0.5):
-            if self.stopping.is_set():
-                return
+    def _hand_over(self, records: list[Record], reached: bool = False) -> None:
+        """To the loop, in order; waits while ``MAX_BATCHES_IN_FLIGHT`` are not delivered yet."""
+        if records:
+            while not self.slots.acquire(timeout=0.5):
+                if self.stopping.is_set():
+                    return
+        if records or reached:
+            self.loop.call_soon_threadsafe(self.batches.put_nowait, (records, reached))
 
-        def deliver() -> None:
+    async def pump(self) -> None:
+        """On the loop, until cancelled: each batch to ``deliver``, then a turn of the loop for
+        the clients' writers (``asyncio.sleep(0)`` runs the tasks the fan-out woke first)."""
+        while True:
+            records, reached = await self.batches.get()
             try:
                 self.deliver(records)
             finally:
-                self.slots.release()
-
-        self.loop.call_soon_threadsafe(deliver)
+                if records:
+                    self.slots.release()
+            if reached:
+                self.caught_up.set()
+            await asyncio.sleep(0)
 
     def stop(self) -> None:
         self.stopping.set()

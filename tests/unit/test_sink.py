@@ -10,20 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from app.kafka.sink import DeliveryFailed, Sink
 from app.settings import Settings
-
-
-class _Message:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._topic, self._partition, self._offset = topic, partition, offset
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
+from tests.unit.kafka_fakes import FakeMessage as _Message
 
 
 class FakeProducer:

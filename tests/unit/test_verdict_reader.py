@@ -3,41 +3,25 @@ record keyed by the transaction from the offset of its time; a clear reason when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from app.explainer.verdict_reader import VerdictReader
 from app.settings import Settings
+from tests.unit.kafka_fakes import FakeMessage
 
 SCORED = "2026-11-28T12:00:00.000000Z"
-
-
-@dataclass
-class Record:
-    key_: bytes
-    value_: bytes
-    offset_: int
-
-    def error(self) -> None:
-        return None
-
-    def key(self) -> bytes:
-        return self.key_
-
-    def value(self) -> bytes:
-        return self.value_
-
-    def offset(self) -> int:
-        return self.offset_
 
 
 class FakeConsumer:
     """One partition holding ``records`` at offsets low…; ``by_time`` is what a time maps to."""
 
     def __init__(self, records: list[tuple[str, dict[str, Any]]], low: int, by_time: int) -> None:
-        self.records = [Record(k.encode(), orjson.dumps(v), low + i) for i, (k, v) in enumerate(records)]
+        self.records = [
+            FakeMessage(key_=k.encode(), value_=orjson.dumps(v), offset_=low + i)
+            for i, (k, v) in enumerate(records)
+        ]
         self.low, self.by_time, self.position = low, by_time, None
         self.assigned = 0
 
@@ -51,7 +35,7 @@ class FakeConsumer:
         self.position = partitions[0].offset
         self.assigned += 1
 
-    def consume(self, n: int, timeout: float) -> list[Record]:
+    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
         assert self.position is not None
         out = [r for r in self.records if r.offset_ >= self.position][:n]
         self.position += len(out)
