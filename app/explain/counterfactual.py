@@ -22,7 +22,11 @@ booster compares each feature with its split thresholds only. So the score is co
 cell between consecutive boundaries (the thresholds mapped back to amounts: ``t``,
 ``expm1(t)``, ``t * median``) and of each class of cents (the ``amount_cents`` thresholds) and
 of roundness. One candidate per cell below the original amount covers every amount a customer
-could pay, to the cent; "at most X" is said only when every cell below X gets the decision.
+could pay, to the cent. Only the thresholds the transaction can still reach count: with every
+other feature fixed, each tree follows one branch at its other nodes (``Forest.reachable``), so
+the rest are never compared, whatever the amount (a third of the cells of all thresholds, and a
+third of the CPU). A range ("at most X", "between Y and X") is the whole unbroken run of amounts
+below X, to the cent, that get the decision: it stops at the first amount whose cell does not.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from app.explain.splits import SplitIndex
+from app.explain.splits import Forest, SplitIndex
 from app.model.features import FEATURE_NAMES, card_median, features_for
 from app.model.predictor import APPROVE, DENY, REVIEW, ModelScorer, decision
 
@@ -97,6 +101,60 @@ class _Move:
     words: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """The candidate amounts of one move: the largest amount (cents) of each cell of constant
+    score, its interval (index into ``lo``/``hi``: (lo, hi], ascending, tiling (0, original))
+    and its cents class (index into ``classes``: cents ``low..high``; -1: the round tens)."""
+
+    amounts: np.ndarray
+    interval: np.ndarray
+    klass: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    classes: np.ndarray
+
+    def amount_range(self, best: int, reaches: np.ndarray) -> tuple[int, int | None]:
+        """(the amount of candidate ``best``, the lowest amount of the unbroken run of amounts
+        below it that all reach, or None when it is alone): downwards from ``best``, cent by
+        cent, until an amount whose cell does not reach (``reaches``, per candidate)."""
+        top = int(self.amounts[best])
+        bottom, i = top, int(self.interval[best])
+        while True:
+            lo = int(self.lo[i])
+            failing = np.flatnonzero((self.interval == i) & ~reaches)
+            # the largest amount below ``bottom`` in each failing cell of this interval
+            highest = max((self._largest_below(bottom, int(self.klass[j])) for j in failing), default=lo)
+            if highest > lo:
+                bottom = highest + 1
+                break
+            bottom = lo + 1  # all of (lo, bottom] reaches: on to the interval below, if any
+            if i == 0 or int(self.hi[i - 1]) != lo:
+                break
+            i -= 1
+        return top, (bottom if bottom < top else None)
+
+    def _largest_below(self, bottom: int, klass: int) -> int:
+        """The largest amount below ``bottom`` of cents class ``klass`` (unround), or round tens."""
+        if klass < 0:
+            return (bottom - 1) - (bottom - 1) % 1000
+        low, high = (int(v) for v in self.classes[klass])
+        amount = _largest_with_cents_in(bottom - 1, low, high)
+        return _largest_with_cents_in(amount - 1, low, high) if amount % 1000 == 0 else amount
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+_NO_CELLS = _Cells(_NONE, _NONE, _NONE, _NONE, _NONE, np.zeros((0, 2), dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One move's candidate amounts and the probability the model gives each."""
+
+    cells: _Cells
+    scores: np.ndarray
+
+
 class CounterfactualSearch:
     """Proposals under one model version: ``scorer`` scores and decides exactly as the verdict
     was scored, ``splits`` are its split thresholds (``SplitIndex.from_booster(scorer.booster)``)."""
@@ -106,6 +164,12 @@ class CounterfactualSearch:
         self._review, self._deny = scorer.thresholds["review"], scorer.thresholds["deny"]
         by_name = {f.name: f for f in splits.features}
         self._thresholds = {name: by_name[name].thresholds for name in _AMOUNT_FEATURES if name in by_name}
+        self._forest = Forest.from_booster(scorer.booster)
+        # The features the amount moves; without a card median ``amount_to_median`` stays 1.0.
+        self._free = np.zeros(len(FEATURE_NAMES), dtype=bool)
+        self._free[[_COLUMN[name] for name in _AMOUNT_FEATURES]] = True
+        self._free_without_median = self._free.copy()
+        self._free_without_median[_COLUMN["amount_to_median"]] = False
 
     def decide(self, probability: float) -> str:
         return decision(probability, self._review, self._deny)
@@ -120,20 +184,20 @@ class CounterfactualSearch:
         if verdict == APPROVE:
             return Counterfactual(verdict, original, (), len(moves), note="approved already")
         median = card_median(state["am"]) if state and state["am"] else 0.0
-        cells = self._amount_cells(round(float(tx["amount"]) * 100), median)
-        amounts = np.asarray([amount for amount, _ in cells], dtype=np.int64)
-        intervals = dict(cells)  # amount -> the (lo, hi] interval of its cell
-        by_move: list[dict[int, float]] = []
+        cents = round(float(tx["amount"]) * 100)
+        by_move: list[_Scored] = []
         scored = len(moves)
         for move, base, probability in zip(moves, bases, alone, strict=True):
             # At most two fields: a lower amount goes with one other change at most; and none
             # where the change alone approves (a lower amount would not be the smaller change).
             approves = bool(move.changes) and self.decide(probability) == APPROVE
-            tried = amounts if len(move.changes) < 2 and not approves else amounts[:0]
-            scores = self._probabilities(amount_rows(base, tried, median)).tolist()
-            scored += len(tried)
-            by_move.append(dict(zip(tried.tolist(), scores, strict=True)))
-        proposals = self._verified(tx, state, self._proposals(tx, verdict, moves, alone, by_move, intervals))
+            cells = (
+                _NO_CELLS if len(move.changes) >= 2 or approves else self._amount_cells(cents, median, base)
+            )
+            scores = self._probabilities(amount_rows(base, cells.amounts, median))
+            scored += len(cells.amounts)
+            by_move.append(_Scored(cells, scores))
+        proposals = self._verified(tx, state, self._proposals(tx, verdict, moves, alone, by_move))
         note = None if any(p.decision == APPROVE for p in proposals) else NO_PROPOSAL
         return Counterfactual(verdict, original, tuple(proposals[:MAX_PROPOSALS]), scored, note)
 
@@ -172,32 +236,44 @@ class CounterfactualSearch:
         pairs = [_Move({**a.changes, **b.changes}, a.words + b.words) for a, b in combinations(singles, 2)]
         return [_Move(), *singles, *pairs]
 
-    def _amount_cells(self, cents: int, median: float) -> list[tuple[int, tuple[int, int]]]:
-        """(amount, its interval) for every cell of constant score below ``cents``: the largest
-        amount (cents) of the cell. A cell is an interval (lo, hi] between consecutive boundaries
-        (each threshold mapped to the largest amount that still compares ``<=`` it, and the cent
-        below that), crossed with the cents classes of ``amount_cents`` and with roundness
-        (``is_round_amount``). ``median``: the card's (``amount_to_median``), 0 when none."""
-        mapped = [_cents_at_most(t) for t in self._thresholds.get("amount", ())]
-        mapped += [_cents_at_most(math.expm1(t)) for t in self._thresholds.get("log_amount", ()) if t < 700]
+    def _reachable_thresholds(self, base: np.ndarray, median: float) -> Mapping[str, Any]:
+        """The amount features' thresholds on the nodes ``base`` (a feature row) can still reach
+        when only its amount changes (``Forest.reachable``); every threshold when not known."""
+        nodes = self._forest.reachable(base, self._free if median > 0 else self._free_without_median)
+        if nodes is None:
+            return self._thresholds
+        features, thresholds = self._forest.feature[nodes], self._forest.threshold[nodes]
+        return {name: np.unique(thresholds[features == _COLUMN[name]]) for name in _AMOUNT_FEATURES}
+
+    def _amount_cells(self, cents: int, median: float, base: np.ndarray) -> _Cells:
+        """Every cell of constant score below ``cents``, each by its largest amount (cents). A
+        cell is an interval (lo, hi] between consecutive boundaries (each threshold mapped to the
+        largest amount that still compares ``<=`` it, and the cent below that), crossed with the
+        cents classes of ``amount_cents`` and with roundness (``is_round_amount``). Only the
+        thresholds ``base`` can still reach count: the others are never compared, whatever the
+        amount. ``median``: the card's (``amount_to_median``), 0 when none."""
+        reachable = self._reachable_thresholds(base, median)
+        mapped = [_cents_at_most(t) for t in reachable.get("amount", ())]
+        mapped += [_cents_at_most(math.expm1(t)) for t in reachable.get("log_amount", ()) if t < 700]
         if median > 0:
-            mapped += [_cents_at_most(t * median) for t in self._thresholds.get("amount_to_median", ())]
+            mapped += [_cents_at_most(t * median) for t in reachable.get("amount_to_median", ())]
         edges = sorted({b + d for b in mapped for d in (-1, 0) if 1 <= b + d < cents})
-        cent_thresholds = self._thresholds.get("amount_cents", ())
-        cent_edges = sorted({min(99, math.floor(t)) for t in cent_thresholds if t >= 0})
-        classes = list(zip([-1, *cent_edges], [*cent_edges, 99], strict=True))  # cents in (a, b]
-        out: dict[int, tuple[int, int]] = {}
-        for lo, hi in zip([0, *edges], [*edges, cents - 1], strict=True):
-            if hi <= lo:
-                continue
-            candidates = [hi - hi % 1000]  # the round-ten cell
-            for a, b in classes:  # the unround cell of each cents class
-                c = _largest_with_cents_in(hi, a + 1, b)
-                while c > lo and c % 1000 == 0:
-                    c = _largest_with_cents_in(c - 1, a + 1, b)
-                candidates.append(c)
-            out.update((c, (lo, hi)) for c in candidates if c > lo)
-        return sorted(out.items(), reverse=True)
+        cent_edges = sorted({min(99, math.floor(t)) for t in reachable.get("amount_cents", ()) if t >= 0})
+        bounds = zip([0, *(e + 1 for e in cent_edges)], [*cent_edges, 99], strict=True)
+        classes = np.asarray([(a, b) for a, b in bounds if a <= b], dtype=np.int64).reshape(-1, 2)
+        lo, hi = np.asarray([0, *edges], dtype=np.int64), np.asarray([*edges, cents - 1], dtype=np.int64)
+        keep = hi > lo
+        lo, hi = lo[keep], hi[keep]
+        # the round-ten cell of each interval, then the unround cell of each cents class
+        rounds = hi - hi % 1000
+        low, high = classes[:, 0][None, :], classes[:, 1][None, :]
+        unround = _largest_with_cents_in_all(hi[:, None], low, high)
+        unround = np.where(unround % 1000 == 0, _largest_with_cents_in_all(unround - 1, low, high), unround)
+        amounts = np.concatenate([rounds[:, None], unround], axis=1)
+        interval = np.broadcast_to(np.arange(len(hi))[:, None], amounts.shape)
+        klass = np.broadcast_to(np.arange(-1, len(classes))[None, :], amounts.shape)
+        inside = amounts > lo[:, None]
+        return _Cells(amounts[inside], interval[inside], klass[inside], lo, hi, classes)
 
     # -- choosing -----------------------------------------------------------------------------
 
@@ -207,17 +283,17 @@ class CounterfactualSearch:
         verdict: str,
         moves: list[_Move],
         alone: Sequence[float],
-        by_move: list[dict[int, float]],
-        intervals: Mapping[int, tuple[int, int]],
+        by_move: list[_Scored],
     ) -> list[Proposal]:
-        """Approve proposals, then (for a deny) "review instead" ones for the field sets that
-        cannot approve; within each, fewer fields first, then the smaller amount change. A
+        """Approve proposals, then (for a deny) "review instead of deny" ones for the field sets
+        that cannot approve; within each, fewer fields first, then the smaller amount change. A
         proposal whose fields include a smaller one's (same values) that already reached is left
         out, and so is a lower amount where the other fields alone reach."""
         found: list[tuple[tuple[int, int, float], Proposal]] = []
         reached: list[dict[str, Any]] = []
         original_cents = round(float(tx["amount"]) * 100)
         for target in [APPROVE] if verdict == REVIEW else [APPROVE, REVIEW]:
+            below = self._review if target == APPROVE else self._deny  # reaches: probability < below
             for m, move in enumerate(moves):
                 changes: dict[str, Any]
                 amount: int | None = None
@@ -225,12 +301,13 @@ class CounterfactualSearch:
                 if move.changes and self._reaches(alone[m], target):
                     changes, probability = dict(move.changes), alone[m]
                 else:
-                    scores = by_move[m]
-                    hits = [a for a, score in scores.items() if self._reaches(score, target)]
-                    if not hits:
+                    cells, scores = by_move[m].cells, by_move[m].scores
+                    reaches = scores < below
+                    if not reaches.any():
                         continue
-                    amount, amount_from = self._amount_range(max(hits), scores, intervals, target)
-                    changes, probability = {**move.changes, "amount": amount / 100}, scores[amount]
+                    best = int(np.flatnonzero(reaches)[np.argmax(cells.amounts[reaches])])
+                    amount, amount_from = cells.amount_range(best, reaches)
+                    changes, probability = {**move.changes, "amount": amount / 100}, float(scores[best])
                 if _covered(changes, reached):
                     continue
                 reached.append(changes)
@@ -242,27 +319,6 @@ class CounterfactualSearch:
                               Proposal(changes, outcome, float(probability), text, start)))  # fmt: skip
         found.sort(key=lambda item: item[0])
         return [proposal for _, proposal in found]
-
-    def _amount_range(
-        self, best: int, scores: Mapping[int, float], intervals: Mapping[int, tuple[int, int]], target: str
-    ) -> tuple[int, int | None]:
-        """(the amount to propose, the lowest amount of the range it heads, or None).
-
-        When every cell of ``best``'s interval reaches ``target``, every amount of the interval
-        does: the proposal is the interval's top, and the range runs down through the intervals
-        below that are whole too. Otherwise only ``best`` itself is claimed."""
-        whole: dict[tuple[int, int], bool] = {}
-        for amount, score in scores.items():
-            cell = intervals[amount]
-            whole[cell] = whole.get(cell, True) and self._reaches(score, target)
-        cell = intervals[best]
-        if not whole[cell]:
-            return best, None
-        ordered = sorted(whole)  # intervals, lowest first; they tile (0, original)
-        i = ordered.index(cell)
-        while i > 0 and whole[ordered[i - 1]] and ordered[i - 1][1] == ordered[i][0]:
-            i -= 1
-        return cell[1], ordered[i][0] + 1
 
     def _reaches(self, probability: float, target: str) -> bool:
         return _RANK[self.decide(probability)] <= _RANK[target]
@@ -312,6 +368,13 @@ def _largest_with_cents_in(hi: int, low: int, high: int) -> int:
     if low <= cents <= high:
         return hi
     return whole * 100 + high if cents > high else (whole - 1) * 100 + high
+
+
+def _largest_with_cents_in_all(hi: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``_largest_with_cents_in`` over arrays (broadcast)."""
+    whole, cents = np.divmod(hi, 100)
+    below = np.where(cents > high, whole * 100 + high, (whole - 1) * 100 + high)
+    return np.where((low <= cents) & (cents <= high), hi, below)
 
 
 def amount_rows(base: Sequence[float], amounts_cents: np.ndarray, median: float) -> np.ndarray:

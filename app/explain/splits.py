@@ -215,3 +215,113 @@ def representative_table(feature: FeatureSplits) -> np.ndarray:
             "float32, which shap's interventional TreeSHAP uses"
         )
     return table
+
+
+class Forest:
+    """Every node of the booster in flat arrays, to find which thresholds of some features a
+    row can still reach when all its other features are fixed (``reachable``).
+
+    The counterfactual search moves only the amount: with every other feature of a transaction
+    fixed, each tree follows one branch at the nodes on fixed features, so only the thresholds
+    of the amount's features on the nodes it can still reach change the score. Nodes are
+    followed as LightGBM's predictor does (the module's docstring); a booster with categorical
+    nodes is not followed (``reachable`` says None: every threshold counts, never wrong)."""
+
+    def __init__(
+        self,
+        feature: np.ndarray,
+        threshold: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        default_left: np.ndarray,
+        missing: np.ndarray,
+        roots: np.ndarray,
+        exact: bool,
+    ) -> None:
+        self.feature, self.threshold, self.left, self.right = feature, threshold, left, right
+        self.default_left, self.missing, self.roots, self.exact = default_left, missing, roots, exact
+
+    @classmethod
+    def from_booster(cls, booster: lgb.Booster) -> Forest:
+        return cls.from_dump(booster.dump_model())
+
+    @classmethod
+    def from_dump(cls, dump: Mapping[str, Any]) -> Forest:
+        """Nodes in arrays (a leaf's feature is -1); missing types coded 0 None, 1 Zero, 2 NaN."""
+        codes = {"None": 0, "Zero": 1, "NaN": 2}
+        feature: list[int] = []
+        threshold: list[float] = []
+        left: list[int] = []
+        right: list[int] = []
+        default_left: list[bool] = []
+        missing: list[int] = []
+        exact = True
+
+        def add() -> int:
+            index = len(feature)
+            feature.append(-1)
+            threshold.append(0.0)
+            left.append(-1)
+            right.append(-1)
+            default_left.append(False)
+            missing.append(0)
+            return index
+
+        roots = []
+        for tree in dump["tree_info"]:
+            stack = [(tree["tree_structure"], add())]
+            roots.append(stack[0][1])
+            while stack:
+                node, index = stack.pop()
+                if "split_index" not in node:
+                    continue
+                if node["decision_type"] != "<=":
+                    exact = False  # categorical: not followed (``reachable`` says None)
+                    continue
+                feature[index] = int(node["split_feature"])
+                threshold[index] = float(node["threshold"])
+                default_left[index] = bool(node["default_left"])
+                missing[index] = codes[str(node["missing_type"])]
+                for side, child in ((left, node["left_child"]), (right, node["right_child"])):
+                    side[index] = add()
+                    stack.append((child, side[index]))
+        return cls(
+            np.asarray(feature, dtype=np.int64),
+            np.asarray(threshold, dtype=np.float64),
+            np.asarray(left, dtype=np.int64),
+            np.asarray(right, dtype=np.int64),
+            np.asarray(default_left, dtype=bool),
+            np.asarray(missing, dtype=np.int8),
+            np.asarray(roots, dtype=np.int64),
+            exact,
+        )
+
+    def reachable(self, row: np.ndarray, free: np.ndarray) -> np.ndarray | None:
+        """Indices of the nodes on ``free`` features (a bool per feature) that ``row`` can reach
+        when only the free features may take any value; None for a booster not followed."""
+        if not self.exact:
+            return None
+        values = _as_predictor_sees(np.asarray(row, dtype=np.float64))
+        found: list[np.ndarray] = []
+        frontier = self.roots
+        while frontier.size:
+            frontier = frontier[self.feature[frontier] >= 0]  # leaves end their path
+            features = self.feature[frontier]
+            opened = free[features]
+            found.append(frontier[opened])
+            fixed = frontier[~opened]
+            x = values[self.feature[fixed]]
+            missing = self.missing[fixed]
+            nan = np.isnan(x)
+            compared = np.where(nan & (missing != 2), 0.0, x)
+            default = ((missing == 1) & (compared == 0.0)) | ((missing == 2) & nan)
+            with np.errstate(invalid="ignore"):
+                goes_left = np.where(default, self.default_left[fixed], compared <= self.threshold[fixed])
+            frontier = np.concatenate(
+                [
+                    self.left[frontier[opened]],
+                    self.right[frontier[opened]],
+                    np.where(goes_left, self.left[fixed], self.right[fixed]),
+                ]
+            )
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)

@@ -27,7 +27,7 @@ from app.explain.counterfactual import (
     _largest_with_cents_in,
     amount_rows,
 )
-from app.explain.splits import SplitIndex
+from app.explain.splits import Forest, SplitIndex
 from app.model.features import apply_transaction, build_matrix, features_for
 from app.model.generator import generate_transactions
 from app.model.predictor import ModelScorer
@@ -137,6 +137,72 @@ def test_an_amount_range_holds_for_other_amounts_in_it(search: CounterfactualSea
     assert checked > 0
 
 
+def test_a_range_is_the_whole_run_of_amounts_below_the_proposal(search: CounterfactualSearch, oracle: Oracle,
+                                                                flagged: list[Any]) -> None:  # fmt: skip
+    """A range stops only where it must: the cent below its lowest amount gets a worse decision
+    (or the range starts at 0.01); a proposal without a range is that amount alone, and the cent
+    below it does not get the decision."""
+    ends = 0
+    for history, tx, state in flagged:
+        for proposal in search.search(tx, state).proposals:
+            if "amount" not in proposal.changes:
+                continue
+            top = round(proposal.changes["amount"] * 100)
+            bottom = top if proposal.amount_from is None else round(proposal.amount_from * 100)
+            if bottom > 1:
+                below = oracle.decision(history, {**tx, **proposal.changes, "amount": (bottom - 1) / 100})
+                assert ORDER[below] > ORDER[proposal.decision], (tx, proposal, below)
+                ends += 1
+    assert ends > 0
+
+
+def test_only_the_thresholds_a_transaction_can_reach_make_its_cells(models_dir: Path, oracle: Oracle,
+                                                                    flagged: list[Any]) -> None:  # fmt: skip
+    """``Forest.reachable``, against LightGBM's own routing: for random amounts of flagged
+    transactions, every amount-feature node on the path the booster takes (``pred_leaf``) is one
+    the search counted as reachable with the transaction's other features fixed."""
+    paths = _leaf_paths(oracle.booster.dump_model())
+    search = CounterfactualSearch(ModelScorer(models_dir), SplitIndex.from_booster(oracle.booster))
+    names = list(oracle.booster.feature_name())
+    moved = {
+        names.index(n)
+        for n in ("amount", "log_amount", "amount_to_median", "amount_cents", "is_round_amount")
+    }
+    rng = random.Random(8)
+    checked = 0
+    for _, tx, state in flagged[:25]:
+        base = np.asarray(features_for(tx, state))
+        median = float(np.median(state["am"])) if state and state["am"] else 0.0
+        reachable = search._reachable_thresholds(base, median)
+        amounts = [rng.randint(1, round(tx["amount"] * 100)) for _ in range(40)]
+        rows = np.asarray([features_for({**tx, "amount": cents / 100}, state) for cents in amounts])
+        leaves = oracle.booster.predict(rows, pred_leaf=True)
+        for row in leaves:
+            for tree, leaf in enumerate(row):
+                for feature, threshold in paths[tree][int(leaf)]:
+                    if feature in moved and not (names[feature] == "amount_to_median" and median == 0):
+                        assert threshold in set(reachable[names[feature]].tolist()), (tree, names[feature])
+                        checked += 1
+    assert checked > 1000, checked
+
+
+def _leaf_paths(dump: dict[str, Any]) -> list[dict[int, list[tuple[int, float]]]]:
+    """Per tree: leaf index -> the (feature, threshold) of every split node above it."""
+    out = []
+    for tree in dump["tree_info"]:
+        paths: dict[int, list[tuple[int, float]]] = {}
+        stack = [(tree["tree_structure"], [])]
+        while stack:
+            node, above = stack.pop()
+            if "leaf_index" in node or "split_index" not in node:
+                paths[int(node.get("leaf_index", 0))] = above
+                continue
+            here = [*above, (int(node["split_feature"]), float(node["threshold"]))]
+            stack += [(node["left_child"], here), (node["right_child"], here)]
+        out.append(paths)
+    return out
+
+
 def test_proposals_come_smallest_change_first(search: CounterfactualSearch, flagged: list[Any]) -> None:
     seen_multi = False
     for _, tx, state in flagged:
@@ -207,3 +273,17 @@ def test_largest_amount_with_cents_in_a_class(hi: int, low: int, high: int, expe
 
 def test_amount_boundaries_and_round_amounts() -> None:
     assert _cents_at_most(412.005) == 41200 and _cents_at_most(412.0) == 41200 and _cents_at_most(0.1) == 10
+
+
+def test_a_booster_with_categorical_nodes_is_not_followed() -> None:
+    """Categorical nodes are not followed: ``reachable`` says so (None) and the search then
+    counts every threshold, which is never wrong, only slower."""
+    leaf = {"leaf_index": 0, "leaf_value": 1.0}
+    node = {"split_index": 0, "split_feature": 0, "threshold": "1||2", "decision_type": "==",
+            "default_left": False, "missing_type": "None",
+            "left_child": leaf, "right_child": leaf}  # fmt: skip
+    forest = Forest.from_dump({"tree_info": [{"tree_structure": node}]})
+    assert forest.reachable(np.zeros(2), np.asarray([False, True])) is None
+    numeric = {**node, "threshold": 0.5, "decision_type": "<=", "split_feature": 1}
+    followed = Forest.from_dump({"tree_info": [{"tree_structure": numeric}]})
+    assert followed.reachable(np.zeros(2), np.asarray([False, True])).tolist() == [0]
