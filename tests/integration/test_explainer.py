@@ -80,15 +80,51 @@ def send(
     return offsets
 
 
+def contributions(reader: TopicReader) -> list[dict[str, Any]]:
+    """The updates of the ``contributions`` kind (an update without ``kind`` is one: the schema),
+    which these tests are about; the counterfactuals routed beside them are counted apart."""
+    return [u for u in reader.values() if u.get("kind", "contributions") == "contributions"]
+
+
 def updates_by_id(reader: TopicReader) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for update in reader.values():
+    for update in contributions(reader):
         out.setdefault(update["transaction_id"], []).append(update)
     return out
 
 
 def complete_ids(reader: TopicReader) -> set[str]:
-    return {u["transaction_id"] for u in reader.values() if u["status"] == "complete"}
+    return {u["transaction_id"] for u in contributions(reader) if u["status"] == "complete"}
+
+
+def counterfactuals_routed(verdicts: Iterable[Mapping[str, Any]]) -> int:
+    """How many of ``verdicts`` the stack's explainers route a counterfactual for: the decisions
+    their settings name (``FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS``, inherited from this
+    process, or the default). Each such one publishes three more updates."""
+    from app.settings import Settings
+
+    decisions = set(Settings().explain_counterfactual_decisions)
+    return sum(v["decision"] in decisions for v in verdicts)
+
+
+def wait_every_kind(reader: TopicReader, verdicts: Iterable[Mapping[str, Any]], timeout: float) -> int:
+    """Until the counterfactuals routed for ``verdicts`` are complete too (their contributions
+    first: ``wait_complete``); how many there are."""
+    from app.settings import Settings
+
+    decisions = set(Settings().explain_counterfactual_decisions)
+    wanted = {v["transaction_id"] for v in verdicts if v["decision"] in decisions}
+
+    def done(_: list[Any]) -> bool:
+        complete = {
+            u["transaction_id"]
+            for u in reader.values()
+            if u.get("kind") == "counterfactual" and u["status"] == "complete"
+        }
+        return wanted <= complete
+
+    reader.read_until(done, timeout, f"{len(wanted)} complete counterfactuals")
+    return len(wanted)
 
 
 def wait_complete(reader: TopicReader, wanted: set[str], timeout: float) -> None:
@@ -203,10 +239,13 @@ def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack,
     stack.produce_transactions(transactions[:100])
     verdicts.read_until(lambda m: len(m) >= 600, 60, "100 re-sent verdicts")
     wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
+    flagged = wait_every_kind(updates, {v["transaction_id"]: v for v in verdicts.values()}.values(), 120)
     requests = sum(len(stack.reader(f"explain.{p}").read_to_end()) for p in ("high", "normal", "low"))
-    assert requests == 0, "requests were published, not handed to the workers (their queues had room)"
+    # One request per verdict is handed over (the verdict is acked when it is final); a second
+    # kind's goes out as a record: the counterfactuals routed (none by default).
+    assert requests == flagged, "requests were published, not handed to the workers (their queues had room)"
     updates.read_to_end()
-    assert len(updates.messages) == 1500, "a re-sent verdict was queued or explained again"
+    assert len(updates.messages) == 3 * (500 + flagged), "a re-sent verdict was queued or explained again"
 
 
 def aging_held(
@@ -274,7 +313,7 @@ def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> N
     finals = {txid: seq[-1] for txid, seq in updates_by_id(updates).items()}
     started = {
         u["transaction_id"]: moment(u["timings"]["started_at"])
-        for u in updates.values()
+        for u in contributions(updates)
         if u["status"] == "calculating"
     }
     queued = {txid: moment(final["timings"]["queued_at"]) for txid, final in finals.items()}
@@ -375,7 +414,7 @@ def test_cache_sampling_and_on_demand(stack: Stack, models_dir: Path) -> None:
     wait_complete(updates, {original["transaction_id"]}, 120)
     send(stack, "verdicts", [twin])
     wait_complete(updates, {twin["transaction_id"]}, 60)
-    finals = {u["transaction_id"]: u for u in updates.values() if u["status"] == "complete"}
+    finals = {u["transaction_id"]: u for u in contributions(updates) if u["status"] == "complete"}
     first, second = finals[original["transaction_id"]], finals[twin["transaction_id"]]
     assert first["cache_hit"] is False and second["cache_hit"] is True
     assert second["contributions"] == first["contributions"]
@@ -443,24 +482,36 @@ def test_records_per_transaction(stack: Stack) -> None:
 
     stack.start_worker("scorer")
     stack.start_worker("explainer")
-    updates = stack.reader("explanation.updates")
-    warm = list(generate_transactions(20, seed=61))
-    stack.produce_transactions(warm)
-    wait_complete(updates, {tx["transaction_id"] for tx in warm}, 180)
+    updates, verdicts = stack.reader("explanation.updates"), stack.reader("verdicts")
+
+    def explained(transactions: list[dict[str, Any]]) -> int:
+        """Produces them, waits for every kind of their explanations; how many counterfactuals
+        were routed."""
+        stack.produce_transactions(transactions)
+        ids = {tx["transaction_id"] for tx in transactions}
+        wait_complete(updates, ids, 240)
+        verdicts.read_until(
+            lambda m: ids <= {orjson.loads(v.value())["transaction_id"] for v in m}, 60, "verdicts"
+        )
+        return wait_every_kind(updates, [v for v in verdicts.values() if v["transaction_id"] in ids], 120)
+
+    explained(list(generate_transactions(20, seed=61)))
     before = settled_offsets(stack.bootstrap)
     transactions = list(generate_transactions(200, seed=62))
-    stack.produce_transactions(transactions)
-    wait_complete(updates, {tx["transaction_id"] for tx in transactions}, 240)
+    flagged = explained(transactions)
     after = settled_offsets(stack.bootstrap)
 
     added = {t: n - before.get(t, 0) for t, n in after.items() if n != before.get(t, 0)}
     count = len(transactions)
-    assert added["explanation.updates"] == 3 * count, added
+    # A counterfactual routed (none by default) costs four records of its own: its three
+    # statuses, and its request (one request per verdict is handed over, a second kind's is
+    # published); the budget above is the contributions path's.
+    assert added["explanation.updates"] == 3 * (count + flagged), added
     # Handed straight to the workers (their queues never fill here): no request records.
-    assert [t for t in added if t.startswith("explain.")] == [], added
+    assert sum(n for t, n in added.items() if t.startswith("explain.")) == flagged, added
     assert [t for t in added if t.startswith(EXPLAINER_GROUP)] == [], added
     total = sum(n for t, n in added.items() if t != "transactions")
-    assert total <= 6 * count, f"{total / count:.2f} records per transaction: {added}"
+    assert total <= 6 * count + 4 * flagged, f"{total / count:.2f} records per transaction: {added}"
 
 
 def test_a_new_explainer_rebuilds_the_table_from_the_updates(stack: Stack, models_dir: Path) -> None:
@@ -475,6 +526,7 @@ def test_a_new_explainer_rebuilds_the_table_from_the_updates(stack: Stack, model
     updates = stack.reader("explanation.updates")
     send(stack, "verdicts", verdicts)
     wait_complete(updates, wanted, 180)
+    flagged = wait_every_kind(updates, verdicts, 120)
     wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the first explainer to commit every verdict")
     first.stop()
 
@@ -486,7 +538,7 @@ def test_a_new_explainer_rebuilds_the_table_from_the_updates(stack: Stack, model
     assert after["verdicts"] - before["verdicts"] == len(verdicts)
     for topic in ("explain.high", "explain.normal", "explain.low"):
         assert after[topic] == before[topic], f"a re-sent verdict was queued again on {topic}"
-    assert after["explanation.updates"] == before["explanation.updates"] == 3 * len(verdicts), (
+    assert after["explanation.updates"] == before["explanation.updates"] == 3 * (len(verdicts) + flagged), (
         "a re-sent verdict was announced or explained again"
     )
 
@@ -503,13 +555,22 @@ def test_a_full_queue_publishes_the_requests_it_cannot_hold(stack: Stack, models
     updates = stack.reader("explanation.updates")
     send(stack, "verdicts", verdicts)
     wait_complete(updates, wanted, 300)
+    flagged = wait_every_kind(updates, verdicts, 120)
     published = sum(end_offsets(stack.bootstrap).get(f"explain.{p}", 0) for p in ("high", "normal", "low"))
-    assert 0 < published < len(verdicts), f"{published} requests published: no overflow, or no hand-over"
+    assert 0 < published < len(verdicts) + flagged, (
+        f"{published} requests published: no overflow, or no hand-over"
+    )
     wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "every verdict acked")
     updates.read_to_end()
     by_id = updates_by_id(updates)
     assert set(by_id) == wanted
     assert all([u["status"] for u in seq] == ["pending", "calculating", "complete"] for seq in by_id.values())
+    searched: dict[str, list[str]] = {}  # the counterfactuals routed beside them (none by default)
+    for update in updates.values():
+        if update.get("kind") == "counterfactual":
+            searched.setdefault(update["transaction_id"], []).append(update["status"])
+    assert len(searched) == flagged
+    assert all(seq == ["pending", "calculating", "complete"] for seq in searched.values()), searched
 
 
 def test_the_committed_verdict_offset_never_passes_unfinished_work(stack: Stack, models_dir: Path) -> None:

@@ -9,9 +9,9 @@ import sys
 from typing import Any
 
 import numpy as np
-import orjson
 
 from app.model.generator import generate_transactions
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL
 from bench.records import end_offsets
 from tests.integration.harness import REPO, Stack, wait_until
 
@@ -45,23 +45,37 @@ def test_lag_sees_the_backlog_then_zero_and_matches_the_updates(stack: Stack) ->
     wait_until(backlog_seen, 120, "lag to report a backlog", interval=0)
     assert seen[-1]["explainers"] == 1
     updates = stack.reader("explanation.updates")
-    updates.read_until(
-        lambda m: sum(1 for x in m if orjson.loads(x.value())["status"] == "complete") >= COUNT,
-        300,
-        "every explanation complete",
-    )
+
+    def complete(kind: str) -> list[dict[str, Any]]:
+        """The complete updates of ``kind`` (an update without one is a contributions update)."""
+        return [
+            u for u in updates.values() if u["status"] == "complete" and u.get("kind", CONTRIBUTIONS) == kind
+        ]
+
+    updates.read_until(lambda _: len(complete(CONTRIBUTIONS)) >= COUNT, 300, "every explanation complete")
     wait_until(lambda: lag(stack)["backlog"] == 0, 60, "lag to report an empty queue")
     final = lag(stack)
     assert final["queue_depth"] == {"high": 0, "normal": 0, "low": 0}
-    published = end_offsets(stack.bootstrap)
-    assert not any(published.get(f"explain.{p}", 0) for p in ("high", "normal", "low")), published
+    updates.read_to_end()
+    searched = complete(COUNTERFACTUAL)  # counterfactuals routed beside them: none by default
+    # Every contributions request handed over; a verdict's second kind goes out as a record.
+    published = {p: end_offsets(stack.bootstrap).get(f"explain.{p}", 0) for p in ("high", "normal", "low")}
+    assert published == {"high": len(searched), "normal": 0, "low": 0}, published
     assert final["out_per_s"] > 0 and final["hint"]["processes_needed"] == 1
+    # gap_ms is the contributions' (as before kinds); other kinds' under "kinds", each its own
+    assert set(final["kinds"]) == {CONTRIBUTIONS, *([COUNTERFACTUAL] if searched else [])}, final["kinds"]
+    for kind in final["kinds"]:
+        _gaps_match(complete(kind), final["kinds"][kind]["gap_ms"])
+    _gaps_match(complete(CONTRIBUTIONS), final["gap_ms"])
+
+
+def _gaps_match(updates: list[dict[str, Any]], reported_by_priority: dict[str, Any]) -> None:
+    """The reported gap percentiles per priority equal those of the updates (numpy's)."""
     gaps: dict[str, list[float]] = {"high": [], "normal": [], "low": []}
-    for update in updates.values():
-        if update["status"] == "complete":
-            gaps[update["priority"]].append(update["timings"]["verdict_to_complete_ms"])
+    for update in updates:
+        gaps[update["priority"]].append(update["timings"]["verdict_to_complete_ms"])
     for priority, values in gaps.items():
-        reported = final["gap_ms"][priority]
+        reported = reported_by_priority[priority]
         assert reported["n"] == len(values), priority
         for q in (50, 95, 99):
             expected = float(np.percentile(values, q)) if values else None

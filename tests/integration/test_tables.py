@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from app.model.generator import generate_transactions
+from app.settings import Settings
 from tests.integration.harness import REPO, Stack
 
 COUNT = 200
@@ -35,16 +36,29 @@ def test_tables_while_running_and_after_stop(stack: Stack) -> None:
         for name in ("a", "b")
     ]
     stack.produce_transactions(generate_transactions(COUNT, seed=91))
+    verdict_reader = stack.reader("verdicts")
+    verdict_reader.read_until(lambda m: len({x.key() for x in m}) >= COUNT, 120, "every verdict")
+    verdicts = {m.key().decode(): orjson.loads(m.value()) for m in verdict_reader.messages}
+    # every verdict's contributions, and a counterfactual for each decision the explainers'
+    # settings route one for (none by default; an update without a kind is a contributions one)
+    searched = {
+        t for t, v in verdicts.items() if v["decision"] in Settings().explain_counterfactual_decisions
+    }
     updates = stack.reader("explanation.updates")
+
+    def complete(kind: str) -> dict[str, dict[str, Any]]:
+        return {
+            u["transaction_id"]: u
+            for u in updates.values()
+            if u["status"] == "complete" and u.get("kind", "contributions") == kind
+        }
+
     updates.read_until(
-        lambda m: sum(1 for x in m if orjson.loads(x.value())["status"] == "complete") >= COUNT,
+        lambda _: len(complete("contributions")) >= COUNT and searched <= set(complete("counterfactual")),
         240,
         "every explanation complete",
     )
-    finals = {u["transaction_id"]: u for u in updates.values() if u["status"] == "complete"}
-    verdict_reader = stack.reader("verdicts")
-    verdict_reader.read_until(lambda m: len({x.key() for x in m}) >= COUNT, 60, "every verdict")
-    verdicts = {m.key().decode(): orjson.loads(m.value()) for m in verdict_reader.messages}
+    finals = complete("contributions")
     picked = sorted(finals)[:: COUNT // 8]  # spread over partitions, so over both explainers
 
     running = {txid: as_json(tables(stack, "get", "explanations", txid)) for txid in picked}
@@ -56,7 +70,12 @@ def test_tables_while_running_and_after_stop(stack: Stack) -> None:
     page = as_json(tables(stack, "scan", "explanations", "--status", "complete", "--limit", "5", "--json"))
     assert len(page) == 5 and all(item["value"]["status"] == "complete" for item in page)
     stats = as_json(tables(stack, "stats", "explanations", "--json"))[0]
-    assert stats["keys"] == COUNT and stats["status"] == {"complete": COUNT}
+    assert stats["keys"] == COUNT + len(searched) and stats["status"] == {"complete": COUNT + len(searched)}
+    by_kind = {
+        "contributions": {"complete": COUNT},
+        **({"counterfactual": {"complete": len(searched)}} if searched else {}),
+    }
+    assert stats["kinds"] == by_kind, stats["kinds"]
     assert sum(1 for n in stats["keys_per_partition"].values() if n) > 1
 
     for explainer in explainers:
