@@ -339,10 +339,7 @@ def _offset_guard(consumer_class: Any) -> None:
     the drain records after each delivery, which a rebalance's seek can precede, and two checks
     disagreed. After Recovery's final ``app.flow_control.resume()``, which empties every
     channel queue, the guard expects the seek's positions again (``resume_flow``): the records
-    handed out since the seek were dropped there unread. There, and for the partitions held
-    while their earliest offset was looked up, the guard also seeks back at once (``refetch``):
-    waiting for a later record to show the gap left a partition that gets none idle for good
-    (an explainer that did nothing after the start-up rebalance). Seeks back run in aiokafka's own
+    handed out since the seek were dropped there unread. Seeks back run in aiokafka's own
     thread (``seek_wait``). Issue 19's CI run failed on this (a commit stuck at offset 241 of
     1,118); three causes were found by logging each record's way from the guard through Faust's
     conductor and stream to the agent (DESIGN-NOTES, Faust adjustments). Changelog topics are
@@ -412,19 +409,6 @@ def _offset_guard(consumer_class: Any) -> None:
         else:
             await seek_wait({tp: offset})
 
-    async def refetch(self: Any, partitions: Mapping[Any, int]) -> None:
-        """Seek each of ``partitions`` still assigned and guarded to the offset its stream is owed
-        now: what was fetched from there and not handed on is fetched again (records below it
-        are skipped as stale duplicates), without waiting for a later record to show the gap."""
-        guard, assigned = guard_of(self), self.assignment()
-        for tp in partitions:
-            if tp not in guard.expected or tp not in assigned:
-                continue  # revoked, or held again by a newer seek
-            try:
-                await seek_in_consumer_thread(self, tp, guard.expected[tp])
-            except Exception:  # a rebalance may have taken it meanwhile; the gap path remains
-                log.warning("could not fetch %s again", tp, exc_info=True)
-
     async def perform_seek(self: Any) -> None:
         await original_perform_seek(self)
         # perform_seek left the committed offset of every assigned partition in _read_offset.
@@ -440,13 +424,7 @@ def _offset_guard(consumer_class: Any) -> None:
         if unknown:
             earliest = await self.earliest_offsets(*unknown)
             positions.update(earliest)
-            resumed = {tp: earliest.get(tp, 0) for tp in unknown if tp in guard.held}
-            guard.reset(resumed)
-            # The flow runs during that await: what the fetcher got of them meanwhile was skipped
-            # (held). Fetch it again now: waiting for a later record to show the gap stalls a
-            # partition that gets none (seen: an explainer idle for good after the start-up
-            # rebalance, every verdict already on the topic).
-            await refetch(self, resumed)
+            guard.reset({tp: earliest.get(tp, 0) for tp in unknown if tp in guard.held})
         if positions:
             log.info(
                 "streams resume at %s",
@@ -466,11 +444,7 @@ def _offset_guard(consumer_class: Any) -> None:
         sought = self.__dict__.pop("_offset_guard_sought", None)
         if sought:
             guard = guard_of(self)
-            owned = {tp: offset for tp, offset in sought.items() if guard.owns(tp)}
-            guard.reset(owned)
-            # ... and fetch them again now: a partition that gets no later record would never
-            # show the gap (the stall above). Kept, so the task is not collected mid-way.
-            self.__dict__["_offset_guard_refetch"] = asyncio.ensure_future(refetch(self, owned))
+            guard.reset({tp: offset for tp, offset in sought.items() if guard.owns(tp)})
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
         await original_seek(self, partition, offset)

@@ -358,73 +358,9 @@ def test_records_handed_out_before_the_final_resume_are_fetched_again() -> None:
         consumer.fetches = [[12, 13], [10, 11, 12]]
         after = [message.offset async for _, message in consumer.getmany(1.0)]
         after += [message.offset async for _, message in consumer.getmany(1.0)]
-        await consumer.__dict__["_offset_guard_refetch"]  # seeks to what is owed by then: 13
         return dropped, after, consumer.seeks
 
-    assert asyncio.run(run()) == ([10, 11], [10, 11, 12], [10, 13])
-
-
-class _FetchesFromItsSeeks(_DrainConsumer):
-    """A fetcher that, once sought to an offset, fetches from it up to ``END`` (and nothing
-    otherwise): records dropped unread come again only if something seeks back to them."""
-
-    END = 3
-
-    async def seek(self, partition: Any, offset: int) -> None:
-        await super().seek(partition, offset)
-        self.fetches = [list(range(offset, self.END))]
-
-
-def test_at_the_final_resume_what_was_dropped_is_fetched_again_without_a_later_record() -> None:
-    """The records handed out between the seek and the final resume are dropped unread (above);
-    when no later record comes to show the gap -- every verdict already on the topic, none after
-    -- the partition stayed idle for good (``test_two_explainers_share_the_work``, 1 run in 6 of
-    its scenario: one explainer did nothing after the start-up rebalance). Without the refetch:
-    nothing after the resume."""
-
-    class Consumer(_FetchesFromItsSeeks):
-        END = 12
-
-    _offset_guard(Consumer)
-
-    async def run() -> tuple[list[int], list[int], list[int]]:
-        consumer = Consumer([], {PARTITION: 10}, None)
-        consumer._offset_guard = OffsetGuard()  # type: ignore[attr-defined]
-        await consumer.perform_seek()
-        consumer.fetches = [[10, 11]]
-        dropped = [message.offset async for _, message in consumer.getmany(1.0)]
-        consumer.resume_flow()  # right after flow_control.resume() emptied the queues
-        await consumer.__dict__["_offset_guard_refetch"]
-        after = [message.offset async for _, message in consumer.getmany(1.0)]
-        return dropped, after, consumer.seeks
-
-    assert asyncio.run(run()) == ([10, 11], [10, 11], [10])
-
-
-def test_what_a_partition_without_a_commit_skipped_while_held_is_fetched_again() -> None:
-    """A partition with no commit is held (its records skipped) while the seek asks the broker
-    for its earliest offset, and the flow runs meanwhile: what the fetcher got then is fetched
-    again once the position is known, not when a later record shows the gap (there may be
-    none). Without the refetch: ``[]`` after the seek, offsets 0..2 never handed out."""
-
-    class Consumer(_FetchesFromItsSeeks):
-        skipped: list[int] | None = None
-
-        async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
-            if self.skipped is None:  # the flow runs during the lookup
-                self.fetches = [[0, 1, 2]]
-                self.skipped = [message.offset async for _, message in self.getmany(1.0)]
-            return {tp: 0 for tp in tps}
-
-    _offset_guard(Consumer)
-
-    async def run() -> tuple[list[int] | None, list[int]]:
-        consumer = Consumer([], {PARTITION: None}, None)
-        consumer._offset_guard = OffsetGuard()  # type: ignore[attr-defined]
-        await consumer.perform_seek()
-        return consumer.skipped, [message.offset async for _, message in consumer.getmany(1.0)]
-
-    assert asyncio.run(run()) == ([], [0, 1, 2])
+    assert asyncio.run(run()) == ([10, 11], [10, 11, 12], [10])
 
 
 def test_the_final_resume_expects_the_seeks_positions_not_what_was_handed_out_meanwhile() -> None:
