@@ -6,7 +6,8 @@ alternating: same proposals? how much CPU each? and every cent of today's ranges
 The other commit's ``app/explain/counterfactual.py`` is loaded from git (``git show``) beside
 the working tree's and both search the same reviewed or denied generator verdicts. Reports the
 verdicts whose proposals differ (fields, decision, score), whether today's amount ranges are
-wider or narrower, CPU per search (``time.process_time``, median and p95 each), and checks every
+wider or narrower, CPU per search (``time.process_time``, median and p95 each) and candidate
+rows scored per search (median each), and checks every
 cent of each of today's ranges (up to 30,000 cents) and the cent below it with the model."""
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def run(commit: str, models: Path, count: int, seeds: list[int]) -> dict[str, An
     )
     flagged = [case for seed in seeds for case in flagged_verdicts(scorer, 6000, seed)[0]][:count]
     cpu: dict[str, list[float]] = {"then": [], "now": []}
+    scored: dict[str, list[int]] = {"then": [], "now": []}  # candidate rows scored per search
     differ = wider = narrower = cents = bad = 0
     for i, (tx, state, _decision) in enumerate(flagged):
         results = {}
@@ -63,6 +65,7 @@ def run(commit: str, models: Path, count: int, seeds: list[int]) -> dict[str, An
             start = time.process_time()
             results[name] = (then if name == "then" else now).search(tx, state)
             cpu[name].append(time.process_time() - start)
+            scored[name].append(results[name].candidates)
         a, b = results["then"], results["now"]
         if [(p.changes, p.decision, p.score) for p in a.proposals] != [
             (p.changes, p.decision, p.score) for p in b.proposals
@@ -100,6 +103,7 @@ def run(commit: str, models: Path, count: int, seeds: list[int]) -> dict[str, An
         "range_cents_checked": cents, "ranges_wrong_or_not_maximal": bad,
         "cpu_then": summary(cpu["then"]), "cpu_now": summary(cpu["now"]),
         "cpu_ratio_medians": statistics.median(cpu["now"]) / statistics.median(cpu["then"]),
+        "candidate_rows_median": {name: statistics.median(counts) for name, counts in scored.items()},
     }  # fmt: skip
 
 

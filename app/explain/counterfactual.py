@@ -24,9 +24,10 @@ cell between consecutive boundaries (the thresholds mapped back to amounts: ``t`
 of roundness. One candidate per cell below the original amount covers every amount a customer
 could pay, to the cent. Only the thresholds the transaction can still reach count: with every
 other feature fixed, each tree follows one branch at its other nodes (``Forest.reachable``), so
-the rest are never compared, whatever the amount (a third of the cells of all thresholds, and a
-third of the CPU). A range ("at most X", "between Y and X") is the whole unbroken run of amounts
-below X, to the cent, that get the decision: it stops at the first amount whose cell does not.
+the rest are never compared, whatever the amount (a third of the cells of all thresholds, and
+0.28× the CPU: ``python -m bench.counterfactual_ab``, DESIGN-NOTES). A range ("at most X",
+"between Y and X") is the whole unbroken run of amounts below X, to the cent, that get the
+decision: it stops at the first amount whose cell does not.
 """
 
 from __future__ import annotations
@@ -138,9 +139,8 @@ class _Cells:
         """The largest amount below ``bottom`` of cents class ``klass`` (unround), or round tens."""
         if klass < 0:
             return (bottom - 1) - (bottom - 1) % 1000
-        low, high = (int(v) for v in self.classes[klass])
-        amount = _largest_with_cents_in(bottom - 1, low, high)
-        return _largest_with_cents_in(amount - 1, low, high) if amount % 1000 == 0 else amount
+        low, high = self.classes[klass]
+        return int(_largest_unround_with_cents_in(np.int64(bottom - 1), low, high))
 
 
 _NONE = np.zeros(0, dtype=np.int64)
@@ -162,6 +162,8 @@ class CounterfactualSearch:
     def __init__(self, scorer: ModelScorer, splits: SplitIndex) -> None:
         self._scorer = scorer
         self._review, self._deny = scorer.thresholds["review"], scorer.thresholds["deny"]
+        # ``decision``'s rule as the probability below which a decision is at least ``target``
+        self._ceiling = {APPROVE: self._review, REVIEW: self._deny, DENY: math.inf}
         by_name = {f.name: f for f in splits.features}
         self._thresholds = {name: by_name[name].thresholds for name in _AMOUNT_FEATURES if name in by_name}
         self._forest = Forest.from_booster(scorer.booster)
@@ -267,8 +269,7 @@ class CounterfactualSearch:
         # the round-ten cell of each interval, then the unround cell of each cents class
         rounds = hi - hi % 1000
         low, high = classes[:, 0][None, :], classes[:, 1][None, :]
-        unround = _largest_with_cents_in_all(hi[:, None], low, high)
-        unround = np.where(unround % 1000 == 0, _largest_with_cents_in_all(unround - 1, low, high), unround)
+        unround = _largest_unround_with_cents_in(hi[:, None], low, high)
         amounts = np.concatenate([rounds[:, None], unround], axis=1)
         interval = np.broadcast_to(np.arange(len(hi))[:, None], amounts.shape)
         klass = np.broadcast_to(np.arange(-1, len(classes))[None, :], amounts.shape)
@@ -293,7 +294,7 @@ class CounterfactualSearch:
         reached: list[dict[str, Any]] = []
         original_cents = round(float(tx["amount"]) * 100)
         for target in [APPROVE] if verdict == REVIEW else [APPROVE, REVIEW]:
-            below = self._review if target == APPROVE else self._deny  # reaches: probability < below
+            below = self._ceiling[target]
             for m, move in enumerate(moves):
                 changes: dict[str, Any]
                 amount: int | None = None
@@ -321,7 +322,7 @@ class CounterfactualSearch:
         return [proposal for _, proposal in found]
 
     def _reaches(self, probability: float, target: str) -> bool:
-        return _RANK[self.decide(probability)] <= _RANK[target]
+        return probability < self._ceiling[target]
 
     @staticmethod
     def _text(words: list[str], amount: int | None, start: int | None, currency: str, outcome: str) -> str:
@@ -362,19 +363,19 @@ def _cents_at_most(value: float) -> int:
     return cents
 
 
-def _largest_with_cents_in(hi: int, low: int, high: int) -> int:
-    """The largest amount (cents) at most ``hi`` whose cents part is in ``low..high``."""
-    whole, cents = divmod(hi, 100)
-    if low <= cents <= high:
-        return hi
-    return whole * 100 + high if cents > high else (whole - 1) * 100 + high
-
-
-def _largest_with_cents_in_all(hi: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """``_largest_with_cents_in`` over arrays (broadcast)."""
+def _largest_with_cents_in(hi: Any, low: Any, high: Any) -> Any:
+    """The largest amount (cents) at most ``hi`` whose cents part is in ``low..high`` (numbers or
+    arrays, broadcast)."""
     whole, cents = np.divmod(hi, 100)
     below = np.where(cents > high, whole * 100 + high, (whole - 1) * 100 + high)
     return np.where((low <= cents) & (cents <= high), hi, below)
+
+
+def _largest_unround_with_cents_in(hi: Any, low: Any, high: Any) -> Any:
+    """The same, not a round ten (``is_round_amount``): the one below it when it is (at most one
+    step: the amount below a round ten with cents in the class is never one)."""
+    amount = _largest_with_cents_in(hi, low, high)
+    return np.where(amount % 1000 == 0, _largest_with_cents_in(amount - 1, low, high), amount)
 
 
 def amount_rows(base: Sequence[float], amounts_cents: np.ndarray, median: float) -> np.ndarray:

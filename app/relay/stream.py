@@ -99,7 +99,7 @@ class StreamReader(threading.Thread):
         self.consumer.assign(wanted)
         self.assigned.set()
         if not self.catching_up:
-            self.loop.call_soon_threadsafe(self.batches.put_nowait, ([], True))
+            self._hand_over([], reached=True)
         return len(wanted)
 
     def _note_reached(self, batch: list[Any]) -> bool:
@@ -112,35 +112,36 @@ class StreamReader(threading.Thread):
                 del self.catching_up[key]
         return not self.catching_up
 
-    def _note_idle(self) -> None:
+    def _note_idle(self) -> bool:
         """Nothing to read while still catching up: records up to an end offset may have been
         deleted (retention) since it was read. A partition whose earliest offset passed its end
-        has nothing left to catch up on. Asked at most once a second."""
-        if time.monotonic() - self._idle_checked < 1.0:
-            return
-        self._idle_checked = time.monotonic()
-        for (topic, partition), end in list(self.catching_up.items()):
-            low, _high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
-            if low >= end:
-                del self.catching_up[(topic, partition)]
-        if not self.catching_up:
-            self.loop.call_soon_threadsafe(self.batches.put_nowait, ([], True))
+        has nothing left to catch up on (asked at most once a second); True when none is left."""
+        if time.monotonic() - self._idle_checked >= 1.0:
+            self._idle_checked = time.monotonic()
+            for (topic, partition), end in list(self.catching_up.items()):
+                low, _high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                if low >= end:
+                    del self.catching_up[(topic, partition)]
+        return not self.catching_up
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
                 first = self.consumer.poll(0.2)  # returns at once when a record is there
                 if first is None:
-                    if self.catching_up:
-                        self._note_idle()
+                    if self.catching_up and self._note_idle():
+                        self._hand_over([], reached=True)
                     continue
                 batch = [first, *self.consumer.consume(MAX_BATCH - 1, timeout=0)]
                 reached = bool(self.catching_up) and self._note_reached(batch)
                 records = [self._record(m) for m in batch]
                 self._hand_over([r for r in records if r is not None], reached)
-        except Exception:  # a dead reader must not leave a relay serving stale data silently
+        except Exception as exc:  # a dead reader must not leave a relay serving stale data silently
             log.exception("relay consumer thread failed")
-            self.loop.call_soon_threadsafe(self.batches.put_nowait, ([], False))
+            if self.on_feed is not None:  # every client is told its live feed stopped, and why
+                now = time.time()
+                change = FeedChange("interrupted", now, now, f"the relay's reader failed: {exc!r:.200}")
+                self.loop.call_soon_threadsafe(self.on_feed, change)
             raise
         finally:
             self.consumer.close()
@@ -167,10 +168,10 @@ class StreamReader(threading.Thread):
         the clients' writers (``asyncio.sleep(0)`` runs the tasks the fan-out woke first)."""
         while True:
             records, reached = await self.batches.get()
-            try:
-                self.deliver(records)
-            finally:
-                if records:
+            if records:
+                try:
+                    self.deliver(records)
+                finally:
                     self.slots.release()
             if reached:
                 self.caught_up.set()

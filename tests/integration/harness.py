@@ -407,10 +407,15 @@ class RelayProcess:
 
 
 def start_relay(
-    stack: Stack, name: str = "relay", port: int | None = None, timeout: float = 60, **env: str
+    stack: Stack,
+    name: str = "relay",
+    port: int | None = None,
+    timeout: float = 60,
+    wait: bool = True,
+    **env: str,
 ) -> RelayProcess:
     """Start a relay of ``stack`` on ``port`` (default: a free one; pass the old one to keep the
-    URL across restarts) and wait until it reads its topics."""
+    URL across restarts) and, with ``wait``, wait until it says ready (it has read its topics)."""
     port = port or free_port()
     process = stack.spawn(
         name, ["relay"], FRAUDLENS_RELAY_PORT=str(port), FRAUDLENS_TOKEN_SECRET=RELAY_TOKEN_SECRET, **env
@@ -424,8 +429,23 @@ def start_relay(
         except OSError:
             return False
 
-    wait_until(ready, timeout, "the relay to serve")
+    if wait:
+        wait_until(ready, timeout, "the relay to serve")
     return relay
+
+
+def of_kind(updates: Iterable[dict[str, Any]], kind: str = "contributions") -> list[dict[str, Any]]:
+    """The ``explanation.updates`` messages of ``kind`` (one without ``kind`` is a contributions
+    update: the schema)."""
+    return [u for u in updates if u.get("kind", "contributions") == kind]
+
+
+def counterfactual_decisions() -> frozenset[str]:
+    """The decisions a stack's explainers route a counterfactual for by themselves: their
+    settings, from this process's environment (they inherit it) or the default."""
+    from app.settings import Settings
+
+    return frozenset(Settings().explain_counterfactual_decisions)
 
 
 # -- supervision and broker faults (issue 23) -------------------------------------------------------

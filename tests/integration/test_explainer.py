@@ -27,7 +27,7 @@ from app.model.generator import generate_transactions
 from app.model.predictor import ModelScorer
 from app.model.registry import MODEL_FILE, Registry
 from app.records.contracts import validate_message
-from tests.integration.harness import Stack, TopicReader, wait_until
+from tests.integration.harness import Stack, TopicReader, counterfactual_decisions, of_kind, wait_until
 from tests.tables import MemoryTable
 
 EXPLAINER_GROUP = "fraudlens-explainer"
@@ -80,50 +80,29 @@ def send(
     return offsets
 
 
-def contributions(reader: TopicReader) -> list[dict[str, Any]]:
-    """The updates of the ``contributions`` kind (an update without ``kind`` is one: the schema),
-    which these tests are about; the counterfactuals routed beside them are counted apart."""
-    return [u for u in reader.values() if u.get("kind", "contributions") == "contributions"]
-
-
 def updates_by_id(reader: TopicReader) -> dict[str, list[dict[str, Any]]]:
+    """The contributions updates (what these tests are about) per transaction; the
+    counterfactuals routed beside them (none by default) are counted apart."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for update in contributions(reader):
+    for update in of_kind(reader.values()):
         out.setdefault(update["transaction_id"], []).append(update)
     return out
 
 
-def complete_ids(reader: TopicReader) -> set[str]:
-    return {u["transaction_id"] for u in contributions(reader) if u["status"] == "complete"}
-
-
-def counterfactuals_routed(verdicts: Iterable[Mapping[str, Any]]) -> int:
-    """How many of ``verdicts`` the stack's explainers route a counterfactual for: the decisions
-    their settings name (``FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS``, inherited from this
-    process, or the default). Each such one publishes three more updates."""
-    from app.settings import Settings
-
-    decisions = set(Settings().explain_counterfactual_decisions)
-    return sum(v["decision"] in decisions for v in verdicts)
+def complete_ids(reader: TopicReader, kind: str = "contributions") -> set[str]:
+    return {u["transaction_id"] for u in of_kind(reader.values(), kind) if u["status"] == "complete"}
 
 
 def wait_every_kind(reader: TopicReader, verdicts: Iterable[Mapping[str, Any]], timeout: float) -> int:
     """Until the counterfactuals routed for ``verdicts`` are complete too (their contributions
     first: ``wait_complete``); how many there are."""
-    from app.settings import Settings
-
-    decisions = set(Settings().explain_counterfactual_decisions)
+    decisions = counterfactual_decisions()
     wanted = {v["transaction_id"] for v in verdicts if v["decision"] in decisions}
-
-    def done(_: list[Any]) -> bool:
-        complete = {
-            u["transaction_id"]
-            for u in reader.values()
-            if u.get("kind") == "counterfactual" and u["status"] == "complete"
-        }
-        return wanted <= complete
-
-    reader.read_until(done, timeout, f"{len(wanted)} complete counterfactuals")
+    reader.read_until(
+        lambda _: wanted <= complete_ids(reader, "counterfactual"),
+        timeout,
+        f"{len(wanted)} complete counterfactuals",
+    )
     return len(wanted)
 
 
@@ -313,7 +292,7 @@ def test_priority_under_overload_with_aging(stack: Stack, models_dir: Path) -> N
     finals = {txid: seq[-1] for txid, seq in updates_by_id(updates).items()}
     started = {
         u["transaction_id"]: moment(u["timings"]["started_at"])
-        for u in contributions(updates)
+        for u in of_kind(updates.values())
         if u["status"] == "calculating"
     }
     queued = {txid: moment(final["timings"]["queued_at"]) for txid, final in finals.items()}
@@ -414,7 +393,7 @@ def test_cache_sampling_and_on_demand(stack: Stack, models_dir: Path) -> None:
     wait_complete(updates, {original["transaction_id"]}, 120)
     send(stack, "verdicts", [twin])
     wait_complete(updates, {twin["transaction_id"]}, 60)
-    finals = {u["transaction_id"]: u for u in contributions(updates) if u["status"] == "complete"}
+    finals = {u["transaction_id"]: u for u in of_kind(updates.values()) if u["status"] == "complete"}
     first, second = finals[original["transaction_id"]], finals[twin["transaction_id"]]
     assert first["cache_hit"] is False and second["cache_hit"] is True
     assert second["contributions"] == first["contributions"]
@@ -566,9 +545,8 @@ def test_a_full_queue_publishes_the_requests_it_cannot_hold(stack: Stack, models
     assert set(by_id) == wanted
     assert all([u["status"] for u in seq] == ["pending", "calculating", "complete"] for seq in by_id.values())
     searched: dict[str, list[str]] = {}  # the counterfactuals routed beside them (none by default)
-    for update in updates.values():
-        if update.get("kind") == "counterfactual":
-            searched.setdefault(update["transaction_id"], []).append(update["status"])
+    for update in of_kind(updates.values(), "counterfactual"):
+        searched.setdefault(update["transaction_id"], []).append(update["status"])
     assert len(searched) == flagged
     assert all(seq == ["pending", "calculating", "complete"] for seq in searched.values()), searched
 

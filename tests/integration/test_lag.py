@@ -13,7 +13,7 @@ import numpy as np
 from app.model.generator import generate_transactions
 from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL
 from bench.records import end_offsets
-from tests.integration.harness import REPO, Stack, wait_until
+from tests.integration.harness import REPO, Stack, of_kind, wait_until
 
 COUNT = 2000
 
@@ -47,10 +47,7 @@ def test_lag_sees_the_backlog_then_zero_and_matches_the_updates(stack: Stack) ->
     updates = stack.reader("explanation.updates")
 
     def complete(kind: str) -> list[dict[str, Any]]:
-        """The complete updates of ``kind`` (an update without one is a contributions update)."""
-        return [
-            u for u in updates.values() if u["status"] == "complete" and u.get("kind", CONTRIBUTIONS) == kind
-        ]
+        return [u for u in of_kind(updates.values(), kind) if u["status"] == "complete"]
 
     updates.read_until(lambda _: len(complete(CONTRIBUTIONS)) >= COUNT, 300, "every explanation complete")
     wait_until(lambda: lag(stack)["backlog"] == 0, 60, "lag to report an empty queue")

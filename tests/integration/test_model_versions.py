@@ -24,7 +24,7 @@ import shap
 
 from app.model.registry import MODEL_FILE, Registry
 from app.model.training import train
-from tests.integration.harness import REPO, Stack, SteadyProducer
+from tests.integration.harness import REPO, Stack, SteadyProducer, of_kind
 from tests.integration.test_explainer import send, updates_by_id, wait_complete, wait_every_kind
 
 PER_VERSION = 150  # verdicts wanted from each model
@@ -124,9 +124,7 @@ def test_explanations_follow_the_model_of_their_verdict_across_a_promotion(
         first_of = {v["transaction_id"]: v for v in reversed([*verdicts.values(), *twins])}
         # the counterfactuals routed beside them (none by default) follow their verdict's version too
         wait_every_kind(updates, first_of.values(), 120)
-        searched = [
-            u for u in updates.values() if u.get("kind") == "counterfactual" and u["status"] == "complete"
-        ]
+        searched = [u for u in of_kind(updates.values(), "counterfactual") if u["status"] == "complete"]
         assert all(u["model_version"] == first_of[u["transaction_id"]]["model_version"] for u in searched)
         by_version: dict[str, list[dict[str, Any]]] = {first: [], second: []}
         for verdict in first_of.values():

@@ -19,10 +19,7 @@ from websockets.asyncio.client import connect
 
 from app.kafka import topics
 from tests.integration.harness import (
-    RELAY_TOKEN_SECRET,
-    RelayProcess,
     Stack,
-    free_port,
     start_relay,
     wait_until,
 )
@@ -68,7 +65,7 @@ def _on_the_topic(stack: Stack) -> int:
 def test_ready_only_once_the_history_is_read(stack: Stack) -> None:
     on_topic = _on_the_topic(stack)
     assert on_topic >= HISTORY, on_topic
-    relay = stack_relay_unwaited(stack)
+    relay = start_relay(stack, "relay-catching-up", wait=False)
     seen: list[dict[str, Any]] = []
 
     def first_ready() -> dict[str, Any] | None:
@@ -116,12 +113,3 @@ def test_a_reading_client_rides_out_a_burst_the_relay_reads_at_once(stack: Stack
     received, stats = asyncio.run(asyncio.wait_for(run(), 300))
     assert received == HISTORY
     assert stats["dropped_lagging"] == 0, stats
-
-
-def stack_relay_unwaited(stack: Stack, **env: str) -> RelayProcess:
-    """A relay whose start is not waited for: the test watches it catch up."""
-    port = free_port()
-    process = stack.spawn(
-        "relay", ["relay"], FRAUDLENS_RELAY_PORT=str(port), FRAUDLENS_TOKEN_SECRET=RELAY_TOKEN_SECRET, **env
-    )
-    return RelayProcess(process, port)

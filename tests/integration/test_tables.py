@@ -11,8 +11,7 @@ from typing import Any
 import orjson
 
 from app.model.generator import generate_transactions
-from app.settings import Settings
-from tests.integration.harness import REPO, Stack
+from tests.integration.harness import REPO, Stack, counterfactual_decisions, of_kind
 
 COUNT = 200
 
@@ -41,17 +40,11 @@ def test_tables_while_running_and_after_stop(stack: Stack) -> None:
     verdicts = {m.key().decode(): orjson.loads(m.value()) for m in verdict_reader.messages}
     # every verdict's contributions, and a counterfactual for each decision the explainers'
     # settings route one for (none by default; an update without a kind is a contributions one)
-    searched = {
-        t for t, v in verdicts.items() if v["decision"] in Settings().explain_counterfactual_decisions
-    }
+    searched = {t for t, v in verdicts.items() if v["decision"] in counterfactual_decisions()}
     updates = stack.reader("explanation.updates")
 
     def complete(kind: str) -> dict[str, dict[str, Any]]:
-        return {
-            u["transaction_id"]: u
-            for u in updates.values()
-            if u["status"] == "complete" and u.get("kind", "contributions") == kind
-        }
+        return {u["transaction_id"]: u for u in of_kind(updates.values(), kind) if u["status"] == "complete"}
 
     updates.read_until(
         lambda _: len(complete("contributions")) >= COUNT and searched <= set(complete("counterfactual")),

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from app.relay.feed import FeedChange
 from app.relay.outbox import Outbox
 from app.relay.stream import MAX_BATCH, MAX_BATCHES_IN_FLIGHT, Record, StreamReader
 from app.settings import RelaySettings
@@ -60,7 +62,7 @@ def test_a_burst_of_batches_reaches_a_reading_client_without_overflowing_its_que
         write.cancel()
 
     try:
-        loop.run_until_complete(run())
+        loop.run_until_complete(asyncio.wait_for(run(), 10))
     finally:
         reader.consumer.close()
     assert not outbox.lagging, f"dropped as lagging; writer took {taken}"
@@ -108,3 +110,52 @@ def test_ready_only_once_the_batch_that_ends_the_catch_up_is_delivered(
     finally:
         reader.consumer.close()
     assert ready_after == [5], ready_after
+
+
+class _Watermarks:
+    """A consumer whose partitions start at ``low`` (retention removed what was before)."""
+
+    def __init__(self, low: dict[tuple[str, int], int]) -> None:
+        self.low = low
+
+    def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+        return self.low[(tp.topic, tp.partition)], 10_000
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_partition_whose_records_retention_removed_has_nothing_left_to_catch_up_on() -> None:
+    """Its end at assignment can no longer be read: once its earliest offset has passed it, the
+    partition is caught up (otherwise the relay would never say ready)."""
+    reader = reader_on(asyncio.new_event_loop(), lambda records: None)
+    reader.consumer.close()
+    reader.consumer = _Watermarks({("verdicts", 0): 40, ("verdicts", 1): 3})  # type: ignore[assignment]
+    reader.catching_up = {("verdicts", 0): 40, ("verdicts", 1): 7}
+    assert not reader._note_idle()
+    assert set(reader.catching_up) == {("verdicts", 1)}
+    reader.consumer.low[("verdicts", 1)] = 9  # type: ignore[attr-defined]
+    assert not reader._note_idle()  # asked at most once a second
+    reader._idle_checked -= 1.0
+    assert reader._note_idle() and not reader.catching_up
+    reader.loop.close()
+
+
+class _Failing(_Watermarks):
+    def poll(self, timeout: float) -> Any:
+        raise RuntimeError("the consumer broke")
+
+
+def test_a_reader_that_dies_tells_every_client_its_feed_stopped() -> None:
+    """A dead reader must not leave the relay serving stale data silently: the relay's feed
+    status goes ``interrupted`` with the reason (what every client is sent)."""
+    loop = asyncio.new_event_loop()
+    changes: list[FeedChange] = []
+    reader = StreamReader(RelaySettings(broker="kafka://127.0.0.1:1"), loop, lambda r: None, changes.append)
+    reader.consumer.close()
+    reader.consumer = _Failing({})  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        reader.run()
+    loop.run_until_complete(asyncio.sleep(0))  # what the thread scheduled on the loop
+    loop.close()
+    assert [(c.state, "the consumer broke" in c.reason) for c in changes] == [("interrupted", True)]
