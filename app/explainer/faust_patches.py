@@ -361,6 +361,9 @@ def _offset_guard(consumer_class: Any) -> None:
     original_init = consumer_class.__init__
     original_resume_flow = consumer_class.resume_flow
 
+    def generation_of(consumer: Any) -> int:
+        return int(getattr(consumer.app, "consumer_generation_id", 0))
+
     def guard_of(consumer: Any) -> OffsetGuard:
         guard = consumer.__dict__.get("_offset_guard")
         if guard is None:
@@ -409,8 +412,52 @@ def _offset_guard(consumer_class: Any) -> None:
         else:
             await seek_wait({tp: offset})
 
+    def refetch(self: Any, partitions: Iterable[Any], generation: int) -> None:
+        """Seek each of ``partitions`` to the offset its stream is owed, in a task (never awaited
+        where Faust's seek runs): what the fetcher got from there and did not hand on is fetched
+        again at once, not when a later record shows the gap, which a partition that gets no
+        later record never does (seen: an explainer idle for good after the start-up rebalance,
+        every verdict already on the topic). Records below that offset are skipped as stale
+        duplicates, as ever."""
+        tps = list(partitions)
+        if not tps:
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(refetch_now(self, tps, generation))
+        except RuntimeError:  # no loop runs: nothing is fetched either
+            return
+        tasks = self.__dict__.setdefault("_offset_guard_refetches", set())
+        tasks.add(task)  # kept until done, so the task is not collected mid-way
+        task.add_done_callback(tasks.discard)
+
+    async def refetch_now(self: Any, tps: list[Any], generation: int) -> None:
+        guard = guard_of(self)
+        for tp in tps:
+            if generation_of(self) != generation:
+                return  # a new rebalance: its own seek sets every position
+            if tp not in guard.expected or tp not in self.assignment():
+                continue  # revoked, or held again by a newer seek
+            try:
+                await seek_in_consumer_thread(self, tp, guard.expected[tp])
+            except Exception:  # revoked meanwhile; the gap path remains
+                log.warning("could not fetch %s again", tp, exc_info=True)
+
     async def perform_seek(self: Any) -> None:
+        # Faust calls perform_seek from Recovery (flow running) and also from getmany whenever
+        # it runs with the flow stopped (faust/transport/consumer.py, "getmany called while flow
+        # not active"), not awaited by Recovery: such a seek may finish after Recovery's own, and
+        # even after its final resume. Only the latest seek of the current generation sets the
+        # guard; an earlier one that finishes late is dropped (before: it reset the guard to its
+        # positions while the flow ran, and the next rebalance's resume applied them again).
+        ticket = self.__dict__["_offset_guard_ticket"] = self.__dict__.get("_offset_guard_ticket", 0) + 1
+        generation = generation_of(self)
+
+        def superseded() -> bool:
+            return self.__dict__.get("_offset_guard_ticket") != ticket or generation_of(self) != generation
+
         await original_perform_seek(self)
+        if superseded():
+            return
         # perform_seek left the committed offset of every assigned partition in _read_offset.
         # No await until the guard knows them: Recovery resumed the flow before this seek, so the
         # fetcher is running, and a record checked against the previous generation's positions
@@ -422,9 +469,21 @@ def _offset_guard(consumer_class: Any) -> None:
         guard.reset({tp: offset for tp, offset in positions.items() if offset is not None})
         guard.hold(unknown)  # no commit yet: read from the earliest retained offset (auto_offset_reset)
         if unknown:
-            earliest = await self.earliest_offsets(*unknown)
+            try:
+                earliest = await self.earliest_offsets(*unknown)
+            except BaseException:
+                # Recovery's timeout cancels its seek: a partition left held would skip every
+                # record until the next rebalance. Released, it takes the next record as its start.
+                if not superseded():
+                    guard.reset({tp: None for tp in unknown if tp in guard.held})
+                raise
+            if superseded():
+                return  # the newer seek holds and resets them itself
             positions.update(earliest)
-            guard.reset({tp: earliest.get(tp, 0) for tp in unknown if tp in guard.held})
+            resumed = {tp: earliest.get(tp, 0) for tp in unknown if tp in guard.held}
+            guard.reset(resumed)
+            # The flow ran during that await and the guard skipped what it fetched of them.
+            refetch(self, resumed, generation)
         if positions:
             log.info(
                 "streams resume at %s",
@@ -432,19 +491,24 @@ def _offset_guard(consumer_class: Any) -> None:
             )
         # The seek's own positions, not what the guard expects by now: records are handed out
         # during the await above too, into the queues that the final resume empties.
-        self.__dict__["_offset_guard_sought"] = {tp: o for tp, o in positions.items() if o is not None}
+        self.__dict__["_offset_guard_sought"] = (
+            generation,
+            {tp: o for tp, o in positions.items() if o is not None},
+        )
 
     def resume_flow(self: Any) -> None:
         original_resume_flow(self)
         # Recovery resumes the flow before its seek and again after it, right after
         # ``app.flow_control.resume()``, which empties every stream's channel queue: the records
         # handed out since the seek are dropped there, unread, and the partition's commit waits
-        # for them (faust-streaming#596, open). Expect the seek's positions again, so that the
-        # next record fetched is a gap and they are fetched again.
-        sought = self.__dict__.pop("_offset_guard_sought", None)
-        if sought:
+        # for them (faust-streaming#596, open). Expect the seek's positions again and fetch from
+        # them again (a seek of an earlier generation is stale: its partitions were sought anew).
+        generation, sought = self.__dict__.pop("_offset_guard_sought", (None, None))
+        if sought and generation == generation_of(self):
             guard = guard_of(self)
-            guard.reset({tp: offset for tp, offset in sought.items() if guard.owns(tp)})
+            owned = {tp: offset for tp, offset in sought.items() if guard.owns(tp)}
+            guard.reset(owned)
+            refetch(self, owned, generation)
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
         await original_seek(self, partition, offset)
