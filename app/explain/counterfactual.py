@@ -50,6 +50,9 @@ CHANNEL_WORDS = {"pos": "in person", "ecom": "online", "atm": "at an ATM"}
 # Channels a purchase can be moved to (an ATM withdrawal is not the same purchase).
 MOVABLE_CHANNELS = ("pos", "ecom")
 MAX_PROPOSALS = 3
+# the decisions a proposal may reach, per verdict: approve, and for a deny "review instead"
+_TARGETS = {REVIEW: (APPROVE,), DENY: (APPROVE, REVIEW)}
+_FIRST_CHUNK = 256  # cells scored at first from the top; doubled at each step down
 NO_PROPOSAL = "no change of these fields alone would approve it"
 
 _AMOUNT_FEATURES = ("amount", "log_amount", "amount_to_median", "amount_cents", "is_round_amount")
@@ -189,6 +192,7 @@ class CounterfactualSearch:
         cents = round(float(tx["amount"]) * 100)
         by_move: list[_Scored] = []
         scored = len(moves)
+        ceilings = [self._ceiling[target] for target in _TARGETS[verdict]]
         for move, base, probability in zip(moves, bases, alone, strict=True):
             # At most two fields: a lower amount goes with one other change at most; and none
             # where the change alone approves (a lower amount would not be the smaller change).
@@ -196,8 +200,8 @@ class CounterfactualSearch:
             cells = (
                 _NO_CELLS if len(move.changes) >= 2 or approves else self._amount_cells(cents, median, base)
             )
-            scores = self._probabilities(amount_rows(base, cells.amounts, median))
-            scored += len(cells.amounts)
+            scores = self._score_from_the_top(base, cells, median, ceilings)
+            scored += int(np.count_nonzero(~np.isnan(scores)))
             by_move.append(_Scored(cells, scores))
         proposals = self._verified(tx, state, self._proposals(tx, verdict, moves, alone, by_move))
         note = None if any(p.decision == APPROVE for p in proposals) else NO_PROPOSAL
@@ -205,6 +209,26 @@ class CounterfactualSearch:
 
     def _probabilities(self, rows: np.ndarray) -> np.ndarray:
         return self._scorer.predict(rows)[1]
+
+    def _score_from_the_top(
+        self, base: np.ndarray, cells: _Cells, median: float, ceilings: Sequence[float]
+    ) -> np.ndarray:
+        """The probability of each cell (NaN: not scored), scored whole intervals at a time from
+        the highest amount down, until what ``_proposals`` reads is known for every ceiling: the
+        highest cell below it and the unbroken run under that cell, which ends at the first
+        interval below with a cell that does not reach (``_Cells.amount_range``). The smallest
+        change is near the original amount, so a third of the cells are scored (and of the
+        CPU, which is LightGBM's predict: ``python -m bench.counterfactual_ab``, DESIGN-NOTES)."""
+        scores = np.full(len(cells.amounts), np.nan)
+        end, chunk = len(cells.amounts), _FIRST_CHUNK
+        while end > 0:
+            # cells are in ascending interval order: start at the first cell of an interval
+            start = int(np.searchsorted(cells.interval, cells.interval[max(0, end - chunk)]))
+            scores[start:end] = self._probabilities(amount_rows(base, cells.amounts[start:end], median))
+            end, chunk = start, chunk * 2
+            if all(_settled(cells, scores, end, ceiling) for ceiling in ceilings):
+                break
+        return scores
 
     def _verified(
         self, tx: Mapping[str, Any], state: Mapping[str, Any] | None, proposals: list[Proposal]
@@ -293,7 +317,7 @@ class CounterfactualSearch:
         found: list[tuple[tuple[int, int, float], Proposal]] = []
         reached: list[dict[str, Any]] = []
         original_cents = round(float(tx["amount"]) * 100)
-        for target in [APPROVE] if verdict == REVIEW else [APPROVE, REVIEW]:
+        for target in _TARGETS[verdict]:
             below = self._ceiling[target]
             for m, move in enumerate(moves):
                 changes: dict[str, Any]
@@ -339,6 +363,17 @@ class CounterfactualSearch:
         return f"{lead} if " + " and ".join(parts)
 
 
+def _settled(cells: _Cells, scores: np.ndarray, end: int, ceiling: float) -> bool:
+    """Whether the cells scored (``end`` on, whole intervals) hold the highest cell below
+    ``ceiling`` and an interval under it with a cell that is not: nothing below matters."""
+    reaches = scores[end:] < ceiling
+    if not reaches.any():
+        return False
+    amounts, interval = cells.amounts[end:], cells.interval[end:]
+    best = int(interval[np.flatnonzero(reaches)[np.argmax(amounts[reaches])]])
+    return bool(np.any((interval < best) & ~reaches))
+
+
 def _covered(changes: Mapping[str, Any], reached: list[dict[str, Any]]) -> bool:
     """Redundant: an earlier proposal changed a subset of these fields to the same values, or
     the amount by no more (a higher or equal amount)."""
@@ -378,7 +413,7 @@ def _largest_unround_with_cents_in(hi: Any, low: Any, high: Any) -> Any:
     return np.where(amount % 1000 == 0, _largest_with_cents_in(amount - 1, low, high), amount)
 
 
-def amount_rows(base: Sequence[float], amounts_cents: np.ndarray, median: float) -> np.ndarray:
+def amount_rows(base: Sequence[float] | np.ndarray, amounts_cents: np.ndarray, median: float) -> np.ndarray:
     """``base`` (a feature row) repeated with each amount in turn: the five amount-derived
     features as ``features_for`` computes them (``_static_features`` and ``amount_to_median``),
     everything else as in ``base``. The search's fast path; every proposal is then scored again

@@ -339,11 +339,17 @@ def _offset_guard(consumer_class: Any) -> None:
     the drain records after each delivery, which a rebalance's seek can precede, and two checks
     disagreed. After Recovery's final ``app.flow_control.resume()``, which empties every
     channel queue, the guard expects the seek's positions again (``resume_flow``): the records
-    handed out since the seek were dropped there unread. Seeks back run in aiokafka's own
-    thread (``seek_wait``). Issue 19's CI run failed on this (a commit stuck at offset 241 of
-    1,118); three causes were found by logging each record's way from the guard through Faust's
-    conductor and stream to the agent (DESIGN-NOTES, Faust adjustments). Changelog topics are
-    left alone: compaction makes gaps there normal, and table recovery reads them its own way.
+    handed out since the seek were dropped there unread. There, and for the partitions held
+    while their earliest offset was looked up, the guard also seeks back at once (``refetch``,
+    a task): waiting for a later record to show the gap left a partition that gets none idle for
+    good (CI: an explainer did nothing after the start-up rebalance). Only the latest seek of the
+    current consumer generation sets the guard (a ticket per ``perform_seek``): Faust also seeks
+    from ``getmany`` while the flow is stopped, unawaited, and such a seek can finish after
+    Recovery's. Seeks back run in aiokafka's own thread (``seek_wait``). Issue 19's CI run
+    failed on this (a commit stuck at offset 241 of 1,118); three causes were found by logging
+    each record's way from the guard through Faust's conductor and stream to the agent, a fourth
+    by a CI run where no record came after (DESIGN-NOTES, Faust adjustments). Changelog topics
+    are left alone: compaction makes gaps there normal, and table recovery reads them its own way.
 
     The "retention removed it" branch is not only for the embedded broker, which trims consumed
     records and caps retention at 60 s: Apache Kafka's ``retention.ms``/``retention.bytes`` and

@@ -1,5 +1,5 @@
-"""Reproduces the open defect of docs/limits.md: an explainer idle for good after the start-up
-rebalance. The scenario of ``test_explainer.py::test_two_explainers_share_the_work`` (two
+"""Reproduced the defect docs/limits.md tells of (repaired in ac17cd8): an explainer idle for good
+after the start-up rebalance. The scenario of ``test_explainer.py::test_two_explainers_share_the_work`` (two
 explainers started together, 1,500 verdicts written at once, none after), run again and again;
 on a run that does not finish within ``--timeout``, ``py-spy dump`` of both explainers and their
 logs are kept under ``--out``. Not a test (it is not collected): a tool for the fix.
