@@ -137,9 +137,9 @@ class PolicySettings(SharedSettings):
         1.0, ge=0, le=1, description="Share of low-priority verdicts explained (the rest: on demand only)."
     )
     explain_counterfactual_decisions: tuple[Literal["approve", "review", "deny"], ...] = Field(
-        (),
+        ("deny", "review"),
         description="Verdict decisions that get a counterfactual ('what would change it') by themselves; "
-        "empty: only on demand. Issue 20 makes it deny,review once the relay and console show the kind.",
+        "empty: only on demand (docs/explainer.md has its cost).",
     )
     explain_counterfactual_priority: Literal["high", "normal", "low"] = Field(
         "high", description="Queue of the counterfactuals routed by explain_counterfactual_decisions."

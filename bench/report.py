@@ -255,9 +255,20 @@ def _records(b: Mapping[str, Any]) -> list[str]:
     return [
         f"{_num(s['transactions'])} transactions through broker, scorer and one explainer, every "
         f"explanation complete: **{_num(s['records_per_tx'])} broker records per transaction** "
-        "(end offsets after − before; DESIGN-NOTES says what each is for).",
+        "(end offsets after − before; DESIGN-NOTES says what each is for), contributions alone.",
         "",
         *_table(["topic", "records per transaction"], rows),
+        *(
+            [
+                "",
+                f"As the explainer runs by default, with a counterfactual for each deny and review "
+                f"({_num(s['counterfactuals'])} of them): **{_num(s['default_records_per_tx'])} per "
+                f"transaction**, {_num(s['records_per_counterfactual'])} records per counterfactual "
+                "(its three statuses).",
+            ]
+            if s.get("counterfactuals")
+            else []
+        ),
     ]
 
 

@@ -69,6 +69,17 @@ class InOrderAcks:
         if last is not None and message.offset < last:  # rare: a seek back
             partition.open = OrderedDict(sorted(partition.open.items()))
 
+    def also(self, event: EventT) -> None:
+        """One more ``done`` is owed for ``event`` before it counts as done: a second request of
+        it (another kind) handed to the workers too."""
+        message = event.message
+        if not self._current(message):
+            return
+        partition = self._partitions.get(message.tp)
+        entry = partition.open.get(message.offset) if partition is not None else None
+        if entry is not None:
+            entry.deliveries += 1
+
     async def done(self, event: EventT) -> None:
         """Its effects are durable: ack it, and every later one of its partition already done,
         once no earlier one is open."""

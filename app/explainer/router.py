@@ -407,13 +407,11 @@ async def _publish(
             for event, sends in batch.routed:
                 for topic, key, value, partition in sends:
                     priority = _PRIORITY_OF.get(topic)
-                    # At most one request per event is handed over: the event is acked when that
-                    # one is final, so another (a second kind) goes out as a record.
-                    if (
-                        priority is not None
-                        and id(event) not in handed
-                        and hand_over(stream, event, priority, value)
-                    ):
+                    # Each kind's request may be handed over: the event is acked once every
+                    # one handed is final (``InOrderAcks.also`` for the second on).
+                    if priority is not None and hand_over(stream, event, priority, value):
+                        if id(event) in handed:
+                            acks.also(event)
                         handed.add(id(event))
                         router.counts["handed_over"] += 1
                         continue

@@ -82,7 +82,7 @@ def send(
 
 def updates_by_id(reader: TopicReader) -> dict[str, list[dict[str, Any]]]:
     """The contributions updates (what these tests are about) per transaction; the
-    counterfactuals routed beside them (none by default) are counted apart."""
+    counterfactuals routed beside them (deny and review by default) are counted apart."""
     out: dict[str, list[dict[str, Any]]] = {}
     for update in of_kind(reader.values()):
         out.setdefault(update["transaction_id"], []).append(update)
@@ -220,9 +220,10 @@ def test_every_verdict_gets_one_exact_explanation_and_resends_none(stack: Stack,
     wait_until(lambda: group_caught_up(stack, "verdicts"), 60, "the router to consume every verdict")
     flagged = wait_every_kind(updates, {v["transaction_id"]: v for v in verdicts.values()}.values(), 120)
     requests = sum(len(stack.reader(f"explain.{p}").read_to_end()) for p in ("high", "normal", "low"))
-    # One request per verdict is handed over (the verdict is acked when it is final); a second
-    # kind's goes out as a record: the counterfactuals routed (none by default).
-    assert requests == flagged, "requests were published, not handed to the workers (their queues had room)"
+    # Every request is handed over, a flagged verdict's two kinds too (the verdict is acked when
+    # both are final): none is published while the workers' queues have room.
+    assert flagged > 0, "no counterfactual routed (deny and review get one by default)"
+    assert requests == 0, "requests were published, not handed to the workers (their queues had room)"
     updates.read_to_end()
     assert len(updates.messages) == 3 * (500 + flagged), "a re-sent verdict was queued or explained again"
 
@@ -479,18 +480,18 @@ def test_records_per_transaction(stack: Stack) -> None:
     transactions = list(generate_transactions(200, seed=62))
     flagged = explained(transactions)
     after = settled_offsets(stack.bootstrap)
+    assert flagged > 0, "no counterfactual routed (deny and review get one by default)"
 
     added = {t: n - before.get(t, 0) for t, n in after.items() if n != before.get(t, 0)}
     count = len(transactions)
-    # A counterfactual routed (none by default) costs four records of its own: its three
-    # statuses, and its request (one request per verdict is handed over, a second kind's is
-    # published); the budget above is the contributions path's.
+    # A counterfactual (deny and review by default) costs three records of its own: its three
+    # statuses; its request is handed over too. The budget above is the contributions path's.
     assert added["explanation.updates"] == 3 * (count + flagged), added
     # Handed straight to the workers (their queues never fill here): no request records.
-    assert sum(n for t, n in added.items() if t.startswith("explain.")) == flagged, added
+    assert sum(n for t, n in added.items() if t.startswith("explain.")) == 0, added
     assert [t for t in added if t.startswith(EXPLAINER_GROUP)] == [], added
     total = sum(n for t, n in added.items() if t != "transactions")
-    assert total <= 6 * count + 4 * flagged, f"{total / count:.2f} records per transaction: {added}"
+    assert total <= 6 * count + 3 * flagged, f"{total / count:.2f} records per transaction: {added}"
 
 
 def test_a_new_explainer_rebuilds_the_table_from_the_updates(stack: Stack, models_dir: Path) -> None:
@@ -544,7 +545,7 @@ def test_a_full_queue_publishes_the_requests_it_cannot_hold(stack: Stack, models
     by_id = updates_by_id(updates)
     assert set(by_id) == wanted
     assert all([u["status"] for u in seq] == ["pending", "calculating", "complete"] for seq in by_id.values())
-    searched: dict[str, list[str]] = {}  # the counterfactuals routed beside them (none by default)
+    searched: dict[str, list[str]] = {}  # the counterfactuals routed beside them (deny and review by default)
     for update in of_kind(updates.values(), "counterfactual"):
         searched.setdefault(update["transaction_id"], []).append(update["status"])
     assert len(searched) == flagged

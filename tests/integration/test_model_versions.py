@@ -122,7 +122,7 @@ def test_explanations_follow_the_model_of_their_verdict_across_a_promotion(
             for txid, sequence in updates_by_id(updates).items()
         }
         first_of = {v["transaction_id"]: v for v in reversed([*verdicts.values(), *twins])}
-        # the counterfactuals routed beside them (none by default) follow their verdict's version too
+        # the counterfactuals routed beside them (deny, review by default) follow their verdict's version too
         wait_every_kind(updates, first_of.values(), 120)
         searched = [u for u in of_kind(updates.values(), "counterfactual") if u["status"] == "complete"]
         assert all(u["model_version"] == first_of[u["transaction_id"]]["model_version"] for u in searched)

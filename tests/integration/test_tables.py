@@ -39,7 +39,7 @@ def test_tables_while_running_and_after_stop(stack: Stack) -> None:
     verdict_reader.read_until(lambda m: len({x.key() for x in m}) >= COUNT, 120, "every verdict")
     verdicts = {m.key().decode(): orjson.loads(m.value()) for m in verdict_reader.messages}
     # every verdict's contributions, and a counterfactual for each decision the explainers'
-    # settings route one for (none by default; an update without a kind is a contributions one)
+    # settings route one for (deny and review by default; an update without a kind is a contributions one)
     searched = {t for t, v in verdicts.items() if v["decision"] in counterfactual_decisions()}
     updates = stack.reader("explanation.updates")
 

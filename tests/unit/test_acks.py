@@ -137,3 +137,28 @@ def test_requests_are_handed_over_only_while_few_of_their_priority_wait() -> Non
         return [*low, hand_over(stream, _event(9), "high", b"{}"), off(stream, _event(10), "high", b"{}")]  # type: ignore[arg-type]
 
     assert asyncio.run(offers()) == [True, True, True, False, False, True, False]
+
+
+def test_an_event_with_two_requests_handed_over_is_acked_when_both_are_final() -> None:
+    """A flagged verdict hands both its kinds' requests to the workers (no request record): it is
+    acked, and its partition's commit passes it, only once both explanations are final, so a
+    SIGKILL after one of them replays the verdict for the other. Without ``also``: acked after
+    the first, the counterfactual lost to a SIGKILL."""
+    acks = _Acks()
+    verdict, later = acks.track(_event(3), _event(4))
+    acks.acks.also(verdict)  # its second request handed over
+    acks.done(later, verdict)  # the contributions final
+    assert acks.acked == []
+    acks.done(verdict)  # the counterfactual final
+    assert acks.acked == [(0, 3), (0, 4)]
+
+
+def test_also_for_an_event_of_an_earlier_generation_owes_nothing() -> None:
+    """A batch routed before a rebalance handing its second request over after it: the offset,
+    read again by this generation, owes one ``done`` only. Without the generation check: never acked."""
+    acks = _Acks()
+    acks.generation = 2
+    current = acks.track(_event(0, generation=2))[0]
+    acks.acks.also(_event(0, generation=1))
+    acks.done(current)
+    assert acks.acked == [(0, 0)]
