@@ -38,7 +38,7 @@ from app.explain.work import compute, prepare
 from app.model.batch import BatchScorer, Incoming
 from app.model.generator import generate_transactions
 from app.model.predictor import ModelScorer
-from bench.common import pyplot, target
+from bench.common import CONTRIBUTIONS_ONLY, contributions, pyplot, target
 from tests.integration.harness import Stack, TopicReader
 
 OUT = Path(__file__).resolve().parent
@@ -143,6 +143,8 @@ def _statuses(updates: TopicReader) -> tuple[dict[str, str], dict[str, dict[str,
     complete: dict[str, dict[str, Any]] = {}
     for message in updates.messages:
         update = orjson.loads(message.value())
+        if not contributions(update):
+            continue
         routed[update["transaction_id"]] = update["priority"]
         if update["status"] == "complete":
             update["published_at_s"] = message.timestamp()[1] / 1000  # when the sink produced it
@@ -153,7 +155,10 @@ def _statuses(updates: TopicReader) -> tuple[dict[str, str], dict[str, dict[str,
 def _start_explainers(stack: Stack, count: int) -> None:
     for i in range(count):
         stack.start_worker(
-            "explainer", FRAUDLENS_INSTANCE_ID=f"bench-{i}", FRAUDLENS_EXPLAIN_STATS_EVERY_S="1"
+            "explainer",
+            FRAUDLENS_INSTANCE_ID=f"bench-{i}",
+            FRAUDLENS_EXPLAIN_STATS_EVERY_S="1",
+            **CONTRIBUTIONS_ONLY,  # issue 18's targets, set for one kind (bench.common)
         )
 
 

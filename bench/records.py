@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from app.model.generator import generate_transactions
-from bench.common import start_scorer, target
+from bench.common import CONTRIBUTIONS_ONLY, start_scorer, target
 from tests.integration.harness import Stack, TopicReader, wait_until
 
 RECORDS_TARGET = 6.0
@@ -89,9 +89,6 @@ def send_paced(stack: Stack, transactions: list[dict[str, Any]], rate: float) ->
         producer.produce("transactions", key=tx["card_id"].encode(), value=orjson.dumps(tx))
         producer.poll(0)
     assert producer.flush(30) == 0, "producer did not flush"
-
-
-CONTRIBUTIONS_ONLY = {"FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS": "[]"}
 
 
 def counterfactuals_of(updates: TopicReader, wanted: set[str]) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.model.generator import generate_transactions
-from bench.common import cdf_points, plot_cdfs, target
+from bench.common import CONTRIBUTIONS_ONLY, cdf_points, plot_cdfs, target
 from bench.explainer import _explained_by
 from bench.scorer import _paced, drain_rate, long_retention, preload_backlog
 from tests.integration.harness import Process, Stack, wait_until
@@ -31,7 +31,10 @@ def _start(stack: Stack, design: str) -> list[Process]:
     if design == "async":
         started.append(
             stack.start_worker(
-                "explainer", FRAUDLENS_EXPLAIN_METHOD="interventional", FRAUDLENS_EXPLAIN_STATS_EVERY_S="1"
+                "explainer",
+                FRAUDLENS_EXPLAIN_METHOD="interventional",
+                FRAUDLENS_EXPLAIN_STATS_EVERY_S="1",
+                **CONTRIBUTIONS_ONLY,  # the inline design explains contributions only
             )
         )
     return started
