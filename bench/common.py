@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from app.records.kinds import CONTRIBUTIONS, kind_of
 from tests.integration.harness import Stack, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ CONTRIBUTIONS_ONLY = {"FRAUDLENS_EXPLAIN_COUNTERFACTUAL_DECISIONS": "[]"}
 
 def contributions(update: dict[str, Any]) -> bool:
     """Whether an ``explanation.updates`` record is of the contributions kind (no kind: one)."""
-    return update.get("kind", "contributions") == "contributions"
+    return kind_of(update) == CONTRIBUTIONS
 
 
 def start_scorer(stack: Stack, **env: str) -> None:

@@ -30,6 +30,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from app.model.generator import generate_transactions
+from app.records.kinds import COUNTERFACTUAL, kind_of
 from bench.common import CONTRIBUTIONS_ONLY, start_scorer, target
 from tests.integration.harness import Stack, TopicReader, wait_until
 
@@ -96,7 +97,7 @@ def counterfactuals_of(updates: TopicReader, wanted: set[str]) -> tuple[int, int
     seen: dict[str, set[str]] = {}
     for message in updates.messages:
         update = orjson.loads(message.value())
-        if update.get("kind") == "counterfactual" and update.get("transaction_id") in wanted:
+        if kind_of(update) == COUNTERFACTUAL and update.get("transaction_id") in wanted:
             seen.setdefault(update["transaction_id"], set()).add(update.get("status"))
     return len(seen), sum("complete" in statuses for statuses in seen.values())
 
@@ -126,11 +127,12 @@ def count(models: Path, n: int, rate: float, env: dict[str, str] | None = None) 
                 600,
                 f"the complete explanation of each of {n} transactions",
             )
-            updates.read_until(
-                lambda _: len(set(counterfactuals_of(updates, wanted))) == 1,
-                300,
-                "every counterfactual routed to be complete",
-            )
+
+            def counterfactuals_complete(_: list[Any]) -> bool:
+                routed, complete = counterfactuals_of(updates, wanted)
+                return routed == complete
+
+            updates.read_until(counterfactuals_complete, 300, "every counterfactual routed to be complete")
             after = settled_offsets(stack.bootstrap)
             published = Counter(s for found in statuses_of(updates, wanted).values() for s in found)
             counterfactuals = counterfactuals_of(updates, wanted)[1]

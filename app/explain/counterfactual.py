@@ -330,7 +330,7 @@ class CounterfactualSearch:
                     reaches = scores < below
                     if not reaches.any():
                         continue
-                    best = int(np.flatnonzero(reaches)[np.argmax(cells.amounts[reaches])])
+                    best = _highest(cells.amounts, reaches)
                     amount, amount_from = cells.amount_range(best, reaches)
                     changes, probability = {**move.changes, "amount": amount / 100}, float(scores[best])
                 if _covered(changes, reached):
@@ -369,9 +369,14 @@ def _settled(cells: _Cells, scores: np.ndarray, end: int, ceiling: float) -> boo
     reaches = scores[end:] < ceiling
     if not reaches.any():
         return False
-    amounts, interval = cells.amounts[end:], cells.interval[end:]
-    best = int(interval[np.flatnonzero(reaches)[np.argmax(amounts[reaches])]])
+    interval = cells.interval[end:]
+    best = int(interval[_highest(cells.amounts[end:], reaches)])
     return bool(np.any((interval < best) & ~reaches))
+
+
+def _highest(amounts: np.ndarray, reaches: np.ndarray) -> int:
+    """The index of the highest amount among those that reach (at least one does)."""
+    return int(np.flatnonzero(reaches)[np.argmax(amounts[reaches])])
 
 
 def _covered(changes: Mapping[str, Any], reached: list[dict[str, Any]]) -> bool:

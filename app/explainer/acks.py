@@ -69,27 +69,30 @@ class InOrderAcks:
         if last is not None and message.offset < last:  # rare: a seek back
             partition.open = OrderedDict(sorted(partition.open.items()))
 
+    def _open(self, event: EventT) -> tuple[_Partition, _Open] | None:
+        """The partition and entry tracking ``event``; None if a rebalance came since (the
+        partition's owner reads it again) or it was never tracked (not ours)."""
+        message = event.message
+        if not self._current(message):
+            return None
+        partition = self._partitions.get(message.tp)
+        entry = partition.open.get(message.offset) if partition is not None else None
+        return None if partition is None or entry is None else (partition, entry)
+
     def also(self, event: EventT) -> None:
         """One more ``done`` is owed for ``event`` before it counts as done: a second request of
         it (another kind) handed to the workers too."""
-        message = event.message
-        if not self._current(message):
-            return
-        partition = self._partitions.get(message.tp)
-        entry = partition.open.get(message.offset) if partition is not None else None
-        if entry is not None:
-            entry.deliveries += 1
+        found = self._open(event)
+        if found is not None:
+            found[1].deliveries += 1
 
     async def done(self, event: EventT) -> None:
         """Its effects are durable: ack it, and every later one of its partition already done,
         once no earlier one is open."""
-        message = event.message
-        if not self._current(message):
-            return  # a rebalance since: never acked, the partition's owner reads it again
-        partition = self._partitions.get(message.tp)
-        entry = partition.open.get(message.offset) if partition is not None else None
-        if partition is None or entry is None:
-            return  # not tracked (delivered before this generation's first event): not ours
+        found = self._open(event)
+        if found is None:
+            return
+        partition, entry = found
         entry.deliveries -= 1
         ready: list[EventT] = []
         while partition.open and next(iter(partition.open.values())).deliveries <= 0:

@@ -511,7 +511,10 @@ def test_a_seek_cancelled_while_asking_for_the_earliest_offset_leaves_nothing_he
     would skip every record until the next rebalance. Released, it takes the next record."""
 
     class Consumer(_DrainConsumer):
+        asking = asyncio.Event()
+
         async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+            self.asking.set()
             await asyncio.get_running_loop().create_future()  # no answer
             raise AssertionError("unreachable")
 
@@ -520,8 +523,11 @@ def test_a_seek_cancelled_while_asking_for_the_earliest_offset_leaves_nothing_he
     async def run() -> list[int]:
         consumer = Consumer([], {PARTITION: None}, None)
         consumer._offset_guard = OffsetGuard()  # type: ignore[attr-defined]
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(consumer.perform_seek(), timeout=0.01)
+        seek = asyncio.ensure_future(consumer.perform_seek())
+        await consumer.asking.wait()  # the seek is asking the broker: Recovery's timeout fires
+        seek.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await seek
         consumer.fetches = [[4, 5]]
         return [message.offset async for _, message in consumer.getmany(1.0)]
 
