@@ -144,6 +144,14 @@ class PolicySettings(SharedSettings):
     explain_counterfactual_priority: Literal["high", "normal", "low"] = Field(
         "high", description="Queue of the counterfactuals routed by explain_counterfactual_decisions."
     )
+    explain_confidence: float = Field(
+        0.95, gt=0, lt=1, description="Confidence of the uncertainty's conformal prediction set."
+    )
+    explain_uncertain_high: bool = Field(
+        True,
+        description="Route the contributions of an uncertain verdict (its probability interval "
+        "straddles the review or deny threshold) at high priority.",
+    )
 
 
 class ScorerSettings(SharedSettings):

@@ -27,6 +27,7 @@ OUT = Path(__file__).resolve().parent
 # Cheapest first; memory (5 minutes at 1,000 tx/s) last.
 BENCHES = (
     "validator",
+    "uncertainty",
     "soak",
     "records",
     "explainer_cost",

@@ -169,6 +169,35 @@ def _kinds(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _uncertainty(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    coverage = [
+        [level, *(_share3(per[name]) for name in ("legitimate", "fraud"))]
+        for level, per in s["coverage"].items()
+    ]
+    reliability = [
+        [f"{r['bin'][0]:g}–{r['bin'][1]:g}", r["rows"], r["frauds"], f"{r['observed']:.4f}",
+         f"[{r['mean_p0']:.4f}, {r['mean_p1']:.4f}]", "yes" if r["inside"] else "**no**"]
+        for r in s["reliability"]
+    ]  # fmt: skip
+    return [
+        f"Model `{s['model_version']}`: calibrated on {s['calibration_rows']:,} rows "
+        f"({s['calibration_frauds']} frauds), tested on {s['test_rows']:,} rows it never saw "
+        f"({s['test_frauds']} frauds). {_share(s['uncertain_share'])} of test rows uncertain; "
+        f"the uncertainty costs the router {s['cpu_us_per_verdict']} µs CPU per verdict.",
+        "",
+        *_table(["confidence", "coverage, legitimate", "coverage, fraud"], coverage),
+        "",
+        *_table(
+            ["calibrated probability", "rows", "frauds", "observed", "mean interval", "inside"], reliability
+        ),
+    ]
+
+
+def _share3(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "—"
+
+
 def _share(value: Any) -> str:
     return f"{value:.0%}" if isinstance(value, int | float) else "—"
 
@@ -307,6 +336,10 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "relay": ("Relay fan-out", _relay),
     "memory": ("Memory per role", _memory),
     "validator": ("Validator", _validator),
+    "uncertainty": (
+        "How sure: conformal coverage and Venn-ABERS reliability on the test split",
+        _uncertainty,
+    ),
 }
 
 

@@ -13,7 +13,7 @@ import click
 
 from app.cli.broker import DEFAULT_FETCH_COALESCE_MS
 from app.cli.types import FiniteRange
-from app.records.kinds import KINDS
+from app.records.kinds import ASKABLE_KINDS, KINDS
 from app.settings import DEFAULT_BROKER_PORT
 
 
@@ -254,10 +254,11 @@ def lag(watch: bool, every: float, window: float, target: float, as_json: bool) 
 @click.option("--json", "as_json", is_flag=True, help="The explanation update as JSON.")
 @click.option(
     "--kind",
-    type=click.Choice(KINDS),
+    type=click.Choice(ASKABLE_KINDS),
     default=KINDS[0],
     show_default=True,
-    help="contributions: why (SHAP values); counterfactual: what would change the verdict.",
+    help="contributions: why (SHAP values); counterfactual: what would change the verdict; "
+    "uncertainty: how sure the model is (its probability interval and prediction set).",
 )
 def explain(transaction_id: str, timeout: float, as_json: bool, kind: str) -> None:
     """Request the explanation of TRANSACTION_ID on demand (high priority) and print it when done."""

@@ -17,7 +17,7 @@ import click
 import orjson
 
 from app.kafka import topics
-from app.records.kinds import CONTRIBUTIONS, row_key
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, UNCERTAINTY, row_key
 from app.records.validation import explain_request_record
 
 FINISHED = ("complete", "failed")
@@ -51,7 +51,9 @@ def _request(producer: Any, settings: Any, txid: str, kind: str) -> int:
 
 def _latest_final(settings: Any, txid: str, timeout_s: float, kind: str) -> dict[str, Any] | None:
     """Request, then watch the transaction's partition of the updates for the kind's final state
-    (its row's key: the transaction id, ``id#kind`` for another kind than contributions).
+    (its row's key: the transaction id, ``id#kind`` for another kind than contributions). The
+    uncertainty rides with the contributions: their request is sent (a sampled-out verdict gets
+    routed) and the first of their updates that carries it is the answer.
 
     One request is enough: a request that reaches the explainer before the transaction's verdict
     is remembered and served when the verdict comes (``app/explainer/router.py``).
@@ -72,8 +74,10 @@ def _latest_final(settings: Any, txid: str, timeout_s: float, kind: str) -> dict
     )
     producer = _producer(settings)
     try:
-        partition = _request(producer, settings, txid, kind)
-        key = row_key(txid, kind)
+        riding = kind == UNCERTAINTY
+        asked = CONTRIBUTIONS if riding else kind
+        partition = _request(producer, settings, txid, asked)
+        key = row_key(txid, asked)
         sent = time.monotonic()
         consumer.assign([TopicPartition(topics.EXPLANATION_UPDATES, partition, -2)])  # from the start
         deadline = sent + timeout_s
@@ -86,7 +90,11 @@ def _latest_final(settings: Any, txid: str, timeout_s: float, kind: str) -> dict
                     update = orjson.loads(message.value() or b"")
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(update, dict) and update.get("status") in FINISHED:
+                if not isinstance(update, dict):
+                    continue
+                if update.get("status") in FINISHED or (
+                    riding and isinstance(update.get("uncertainty"), dict)
+                ):
                     latest = update
             if latest is not None:
                 return latest
@@ -113,7 +121,14 @@ def run_explain(txid: str, timeout_s: float, as_json: bool, kind: str = CONTRIBU
     if as_json:
         click.echo(json.dumps(update, indent=2))
     else:
-        click.echo(render(update) if kind == CONTRIBUTIONS else render_counterfactual(update))
+        renderers = {
+            CONTRIBUTIONS: render,
+            COUNTERFACTUAL: render_counterfactual,
+            UNCERTAINTY: render_uncertainty,
+        }
+        click.echo(renderers[kind](update))
+    if kind == UNCERTAINTY:
+        return 0 if "probability" in (update.get("uncertainty") or {}) else 1
     return 0 if update["status"] == "complete" else 1
 
 
@@ -155,3 +170,41 @@ def render_counterfactual(update: dict[str, Any]) -> str:
         lines.append(f"  {result['note']}")
     lines.append(f"  ({result['candidates']} changed transactions scored)")
     return "\n".join(lines)
+
+
+def render_uncertainty(update: dict[str, Any]) -> str:
+    """How sure the model is: the probability interval, the prediction set in words, the flag."""
+    head = f"{update['transaction_id']} (uncertainty, model {update.get('model_version')})"
+    found = update.get("uncertainty")
+    if not isinstance(found, dict):
+        return f"{head}\n  none: the contributions ended {update['status']} without one"
+    if "probability" not in found:
+        return f"{head}\n  unavailable: {found.get('unavailable')}"
+    low, high = found["interval"]
+    lines = [
+        head,
+        f"  fraud probability {found['probability']:.4f}, interval [{low:.4f}, {high:.4f}] (Venn-ABERS)",
+        f"  {prediction_set_words(found['prediction_set'], found['confidence'])}",
+    ]
+    boundaries = found["boundaries"]
+    if found["uncertain"]:
+        named = " and ".join(f"{name} ({boundaries[name]:.4f})" for name in found["straddles"])
+        lines.append(f"  uncertain: the interval straddles the {named} threshold")
+    else:
+        lines.append(
+            f"  certain: the interval holds neither threshold (review {boundaries['review']:.4f}, "
+            f"deny {boundaries['deny']:.4f})"
+        )
+    return "\n".join(lines)
+
+
+def prediction_set_words(labels: list[str], confidence: float) -> str:
+    """The conformal prediction set as a sentence (the console says the same, app/console/kinds.js)."""
+    level = f"{confidence:.0%}"
+    if labels == ["legitimate", "fraud"]:
+        return f"the model cannot rule out fraud at {level} (nor legitimate)"
+    if labels == ["fraud"]:
+        return f"the model cannot rule out fraud at {level}, and rules out legitimate"
+    if labels == ["legitimate"]:
+        return f"the model rules out fraud at {level}"
+    return f"the model rules out both at {level}: unlike the cases it was calibrated on"

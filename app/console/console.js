@@ -296,7 +296,7 @@ function addRow(tx) {
     el("td", "card", maskCard(v.card_id)),
     el("td", "num", `${v.amount.toFixed(2)} ${v.currency}`),
     el("td", "decision", v.decision),
-    el("td", "num", v.score.toFixed(3)),
+    el("td", "num score", v.score.toFixed(3)),
     el("td", "priority", ""),
     el("td", "expl"),
     el("td", "cf"),
@@ -344,6 +344,7 @@ function render(tx) {
     cell.append(el("span", "loading", label));
   }
   renderCounterfactualCell(tx);
+  renderUncertainMark(tx);
   applyFilter(tx.el);
 }
 
@@ -424,6 +425,7 @@ function showDetail(tx) {
   const chart = $("waterfall");
   chart.replaceChildren();
   showProposals(tx);
+  showUncertainty(tx);
   const u = tx.update;
   if (!u || tx.status !== "complete") {
     $("detail-summary").textContent = `card ${maskCard(v.card_id)}, ${v.amount.toFixed(2)} ${v.currency}; explanation: ${tx.status}`;

@@ -1,5 +1,7 @@
-// fraudlens support console: the kinds of explanation beyond contributions (relay protocol 3).
-// Today one: the counterfactual, "what would change it", in its row cell and beside the waterfall.
+// fraudlens support console: the kinds of explanation beyond contributions (relay protocol 3):
+// the counterfactual, "what would change it", in its row cell and beside the waterfall; and the
+// uncertainty, "how sure", which rides with the contributions' updates (update.uncertainty, from
+// the first, pending, one on) and is shown on the score bar of the detail panel.
 // Each kind has its own state per transaction: tx.kinds[kind] = {status, update}. Loaded before
 // console.js, which calls these; all text via textContent.
 "use strict";
@@ -104,4 +106,77 @@ function showProposals(tx) {
   } else {
     $("proposal-note").textContent = kindLoadingLabel(COUNTERFACTUAL, state.status);
   }
+}
+
+// -- uncertainty (issue 21) ----------------------------------------------------------------
+
+const SCORE_BAR_FLOOR = 1e-4; // the bar is logarithmic from 0.0001 to 1 (most scores are tiny)
+
+function uncertaintyOf(tx) {
+  return (tx.update && tx.update.uncertainty) || null;
+}
+
+function barPosition(probability) {
+  const p = Math.min(Math.max(probability, SCORE_BAR_FLOOR), 1);
+  return (100 * (Math.log10(p) - Math.log10(SCORE_BAR_FLOOR))) / -Math.log10(SCORE_BAR_FLOOR);
+}
+
+// The prediction set in words (fraudlens explain --kind uncertainty says the same).
+function predictionSetWords(labels, confidence) {
+  const level = `${Math.round(confidence * 100)}%`;
+  const has = (label) => labels.includes(label);
+  if (has("fraud") && has("legitimate")) return `the model cannot rule out fraud at ${level} (nor legitimate)`;
+  if (has("fraud")) return `the model cannot rule out fraud at ${level}, and rules out legitimate`;
+  if (has("legitimate")) return `the model rules out fraud at ${level}`;
+  return `the model rules out both at ${level}: unlike the cases it was calibrated on`;
+}
+
+// The row's score cell: a mark when the decision is uncertain.
+function renderUncertainMark(tx) {
+  const cell = tx.el.querySelector(".score");
+  const found = uncertaintyOf(tx);
+  const uncertain = Boolean(found && found.uncertain);
+  tx.el.dataset.uncertain = found && "uncertain" in found ? String(uncertain) : "";
+  cell.textContent = tx.verdict.score.toFixed(3) + (uncertain ? " ±" : "");
+  cell.title = uncertain ? `uncertain: the probability interval straddles the ${found.straddles.join(" and ")} threshold` : "";
+}
+
+// The detail panel's "How sure": its own loading state until an update carries the uncertainty.
+function showUncertainty(tx) {
+  const box = $("uncertainty");
+  const found = uncertaintyOf(tx);
+  const text = $("uncertainty-text");
+  const words = $("uncertainty-set");
+  const bar = $("score-bar");
+  words.textContent = "";
+  if (!found) {
+    const none = tx.status === "sampled_out" || tx.status === "failed";
+    box.dataset.state = none ? "none" : "loading";
+    bar.hidden = true;
+    text.textContent = none ? "how sure: not measured (not explained; Explain now measures it too)" : "measuring how sure the model is…";
+    return;
+  }
+  if (!("probability" in found)) {
+    box.dataset.state = "unavailable";
+    bar.hidden = true;
+    text.textContent = `how sure: unavailable — ${found.unavailable}`;
+    return;
+  }
+  box.dataset.state = found.uncertain ? "uncertain" : "done";
+  bar.hidden = false;
+  const [low, high] = found.interval;
+  const band = bar.querySelector(".sb-interval");
+  band.style.left = `${barPosition(low)}%`;
+  band.style.width = `${Math.max(barPosition(high) - barPosition(low), 0.5)}%`;
+  bar.querySelector(".sb-point").style.left = `${barPosition(found.probability)}%`;
+  for (const name of ["review", "deny"]) {
+    const mark = bar.querySelector(`.sb-mark.${name}`);
+    mark.style.left = `${barPosition(found.boundaries[name])}%`;
+    mark.title = `${name} threshold (calibrated ${found.boundaries[name].toFixed(4)})`;
+  }
+  const verdictLine = found.uncertain
+    ? `uncertain: the interval straddles the ${found.straddles.join(" and ")} threshold`
+    : "the interval holds neither threshold";
+  text.textContent = `fraud probability ${found.probability.toFixed(4)}, interval [${low.toFixed(4)}, ${high.toFixed(4)}] — ${verdictLine}`;
+  words.textContent = predictionSetWords(found.prediction_set, found.confidence);
 }

@@ -62,8 +62,10 @@ def explain_request(
     on_demand: bool = False,
     method: str | None = None,
     kind: str = CONTRIBUTIONS,
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The work item for one verdict and kind; everything a worker needs travels with it.
+    A contributions request may carry the verdict's ``uncertainty`` (the router's, issue 21).
 
     A ``contributions`` request has no ``kind`` field (the same bytes as before kinds existed);
     a ``counterfactual`` one carries the verdict's ``replay`` with the transaction's fields."""
@@ -90,6 +92,10 @@ def explain_request(
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         request["method"] = method
+    if uncertainty is not None:
+        if kind != CONTRIBUTIONS:
+            raise ValueError(f"the uncertainty rides with the contributions, not with a {kind}")
+        request["uncertainty"] = dict(uncertainty)
     if kind == COUNTERFACTUAL:
         replay = verdict.get("replay")
         if replay is None:
@@ -138,8 +144,10 @@ def explanation_update(
     failure: tuple[FailureCode, str] | None = None,
     kind: str = CONTRIBUTIONS,
     counterfactual: Mapping[str, Any] | None = None,
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One status change; ``complete`` needs the result (``explanation`` for contributions,
+    """One status change (contributions': with the verdict's ``uncertainty`` when routed with one);
+    ``complete`` needs the result (``explanation`` for contributions,
     ``counterfactual`` for that kind), ``cache_hit`` and ``timing``; ``failed`` needs
     ``failure`` (and may carry the failed explanation's values). A contributions update has no
     ``kind`` field (the same as before kinds existed)."""
@@ -173,6 +181,10 @@ def explanation_update(
         update["kind"] = kind
     if counterfactual is not None:
         update["counterfactual"] = dict(counterfactual)
+    if uncertainty is not None:
+        if kind != CONTRIBUTIONS:
+            raise ValueError(f"a {kind} update carries no uncertainty")
+        update["uncertainty"] = dict(uncertainty)
     if attempts is not None:
         update["attempts"] = attempts
     if explanation is not None:

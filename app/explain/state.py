@@ -33,7 +33,7 @@ from app.explain.messages import (
     explanation_update,
     timings,
 )
-from app.records.kinds import COUNTERFACTUAL, SPLIT_SEARCH, kind_of
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, SPLIT_SEARCH, kind_of
 
 SAMPLED_OUT = "sampled_out"
 REQUESTED = "requested"
@@ -230,6 +230,8 @@ def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
         failure=failure,
         kind=kind_of(row),
         counterfactual=result,
+        # The contributions' (an on-demand counterfactual's request copies its fields).
+        uncertainty=(row.get("request") or {}).get("uncertainty") if kind_of(row) == CONTRIBUTIONS else None,
     )
 
 

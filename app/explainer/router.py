@@ -54,6 +54,7 @@ from app.explain.state import (
     route_action,
     to_record,
 )
+from app.explain.uncertainty import Uncertainties
 from app.explainer.faust_patches import micro_batches
 from app.explainer.skips import Skips, contract_problem
 from app.explainer.table_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
@@ -98,6 +99,7 @@ class Router:
         self.writer, self.rules, self.settings = writer, rules, settings
         self.explanations, self.waiting = tables.explanations, tables.waiting
         self.method = settings.explain_method
+        self.uncertainties = Uncertainties(settings.models_dir, settings.explain_confidence)
         self.skips = skips or Skips(settings.explain_stats_every_s)
         # This batch's on-demand counterfactuals' verdicts, read back before it is routed
         # (``verdicts_to_read``): transaction id → the verdict, or why it could not be read.
@@ -218,17 +220,25 @@ class Router:
         if done is not None:
             return done
         source = source_of(event)
+        uncertainty = self.uncertainties.of(verdict)
         if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
             self.counts["on_demand"] += 1
-            request = explain_request(verdict, "high", now, on_demand=True, method=row["method"])
+            request = explain_request(
+                verdict, "high", now, on_demand=True, method=row["method"], uncertainty=uncertainty
+            )
             return self._publish(stream, event, key, new_row(request, "pending", source))
         priority = self.rules.priority(verdict)
-        request = explain_request(verdict, priority, now, method=self.method)
+        request = explain_request(verdict, priority, now, method=self.method, uncertainty=uncertainty)
         if not self.rules.sampled(priority, request["transaction_id"]):
+            # Sampling stays the rules' alone (the relay tells "explained unasked" from the same
+            # rules, without the calibration): an uncertain low verdict left out is asked for.
             self.counts["sampled_out"] += 1
             waiting = orjson.dumps(new_row(request, SAMPLED_OUT, source))
             self.writer.write(stream, event, self.waiting, key, waiting)
             return []
+        if uncertainty.get("uncertain") and self.settings.explain_uncertain_high and priority != "high":
+            self.counts["uncertain_high"] += 1
+            priority = request["priority"] = "high"
         self.counts[priority] += 1
         return self._publish(stream, event, key, new_row(request, "pending", source))
 

@@ -1,8 +1,10 @@
-"""File-system model registry: ``<root>/<version>/{model.txt,meta.json}``.
+"""File-system model registry: ``<root>/<version>/{model.txt,meta.json[,calibration.npz]}``.
 
 A version is a content hash (first 12 hex digits of sha256 over the model
-text plus the canonical JSON of feature names and thresholds), so training the
-same thing twice yields the same version.  ``<root>/CURRENT`` names the active
+text plus the canonical JSON of feature names and thresholds, and the
+calibration's bytes when there is one: issue 21), so training the same thing
+twice yields the same version, and a calibrated model is another version than
+the same booster without one.  ``<root>/CURRENT`` names the active
 version.  Every write goes to a temporary path first and is then renamed, so a
 reader never sees a half-written version or pointer.
 """
@@ -18,9 +20,12 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
+
+if TYPE_CHECKING:
+    from app.model.calibration import Calibration
 
 MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
@@ -48,10 +53,18 @@ def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def content_version(model_text: bytes, feature_names: Sequence[str], thresholds: Mapping[str, float]) -> str:
-    """Content hash naming a model version."""
+def content_version(
+    model_text: bytes,
+    feature_names: Sequence[str],
+    thresholds: Mapping[str, float],
+    calibration: bytes | None = None,
+) -> str:
+    """Content hash naming a model version (without a calibration: the hash of every version
+    registered before calibrations existed)."""
     digest = hashlib.sha256(model_text)
     digest.update(canonical_json({"feature_names": list(feature_names), "thresholds": dict(thresholds)}))
+    if calibration is not None:
+        digest.update(calibration)
     return digest.hexdigest()[:12]
 
 
@@ -93,6 +106,15 @@ class Registry:
         meta: dict[str, Any] = json.loads((self.path(version) / META_FILE).read_text("utf-8"))
         return meta
 
+    def load_calibration(self, version: str) -> Calibration | None:
+        """The version's calibration (issue 21), or None: trained before calibrations existed."""
+        from app.model.calibration import CALIBRATION_FILE, Calibration
+
+        folder = self.path(version)
+        if not (folder / CALIBRATION_FILE).is_file():
+            return None
+        return Calibration.load(folder)
+
     def current(self) -> str | None:
         """The active version, or None when nothing was made current."""
         try:
@@ -119,6 +141,8 @@ class Registry:
         metrics: Mapping[str, Any],
         training: Mapping[str, Any],
         make_current: bool = True,
+        calibration: Calibration | None = None,
+        calibration_meta: Mapping[str, Any] | None = None,
     ) -> str:
         """Store a trained booster; returns its content-hash version.
 
@@ -131,14 +155,21 @@ class Registry:
         try:
             booster.save_model(str(staging / MODEL_FILE))
             model_text = (staging / MODEL_FILE).read_bytes()
-            version = content_version(model_text, feature_names, thresholds)
-            meta = {
+            calibration_bytes = calibration.to_bytes() if calibration is not None else None
+            if calibration_bytes is not None:
+                from app.model.calibration import CALIBRATION_FILE
+
+                (staging / CALIBRATION_FILE).write_bytes(calibration_bytes)
+            version = content_version(model_text, feature_names, thresholds, calibration_bytes)
+            meta: dict[str, Any] = {
                 "version": version,
                 "feature_names": list(feature_names),
                 "thresholds": {k: float(v) for k, v in thresholds.items()},
                 "metrics": {k: _finite_or_none(v) for k, v in metrics.items()},
                 "training": dict(training),
             }
+            if calibration_meta is not None:
+                meta["calibration"] = _finite_tree(calibration_meta)
             (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", "utf-8")
             self._publish(staging, version)
         finally:
@@ -164,6 +195,15 @@ def _finite_or_none(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _finite_tree(value: Any) -> Any:
+    """``_finite_or_none`` through nested dicts and lists (a class with no test rows: None)."""
+    if isinstance(value, Mapping):
+        return {str(k): _finite_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_tree(v) for v in value]
+    return _finite_or_none(value)
 
 
 def _check_thresholds(thresholds: Mapping[str, float]) -> None:

@@ -4,7 +4,9 @@ Data is either generated (``rows`` labelled transactions from ``seed``) or read
 from a CSV of contract fields plus a label column.  Features come from
 ``build_matrix``, i.e. the very functions the live scorer calls.  The split is
 by time: the first 80 % trains (its last fifth is the early-stopping and
-threshold-selection slice), the last 20 % is held out for the reported metrics.
+threshold-selection slice); of the last 20 %, held out, the first 8 % of all rows calibrate
+the uncertainty (``app.model.calibration``, issue 21) and the last 12 % are the test of the
+reported metrics — the model and its thresholds never see either.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from app.model.calibration import METHOD as CALIBRATION_METHOD
+from app.model.calibration import Calibration, held_out_report
 from app.model.features import FEATURE_NAMES, build_matrix, parse_ts_ms
 from app.model.generator import generate
 from app.model.registry import Registry
@@ -36,6 +40,7 @@ DENY_PRECISION = 0.9
 DENY_TOP_SHARE = 0.005
 REVIEW_TOP_SHARE = 0.03
 MIN_DENY_SUPPORT = 10
+CALIBRATION_SHARE = 0.08  # of all rows, right after the training rows
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 _FALSE = frozenset({"0", "false", "f", "no", "n"})
 
@@ -151,10 +156,11 @@ def load_labelled(
     return [txs[i] for i in order], labels[order], str(data)
 
 
-def split_points(n: int) -> tuple[int, int]:
-    """(end of the fitting rows, end of the training rows) for ``n`` rows."""
+def split_points(n: int) -> tuple[int, int, int]:
+    """(end of the fitting rows, end of the training rows, end of the calibration rows) for
+    ``n`` rows; the test rows follow the calibration rows."""
     train_end = int(n * 0.8)
-    return int(train_end * 0.8), train_end
+    return int(train_end * 0.8), train_end, train_end + int(n * CALIBRATION_SHARE)
 
 
 # ------------------------------------------------------------------ training
@@ -208,23 +214,40 @@ def train(
     """Build data and features, fit, evaluate on held-out time, register."""
     txs, labels, source = load_labelled(rows, seed, data, label, progress)
     matrix, _ = build_matrix(txs, progress=progress)
-    fit_end, train_end = split_points(len(txs))
-    if fit_end == 0 or train_end == len(txs) or labels[:fit_end].sum() == 0:
+    fit_end, train_end, calibration_end = split_points(len(txs))
+    if fit_end == 0 or calibration_end >= len(txs) or labels[:fit_end].sum() == 0:
         raise ValueError(f"not enough data to train: {len(txs)} rows, {int(labels.sum())} positive")
+    if labels[train_end:calibration_end].sum() == 0:
+        raise ValueError(
+            f"not enough data to calibrate: no fraud in the calibration rows {train_end}..{calibration_end}"
+        )
     booster = fit_booster(matrix, labels, fit_end, train_end, seed, progress)
     best = booster.best_iteration or booster.current_iteration()
     val_scores = booster.predict(matrix[fit_end:train_end], num_iteration=best)
     thresholds = choose_thresholds(np.asarray(val_scores), labels[fit_end:train_end])
-    test_scores = np.asarray(booster.predict(matrix[train_end:], num_iteration=best))
+    calibration_scores = np.asarray(booster.predict(matrix[train_end:calibration_end], num_iteration=best))
+    calibration = Calibration.fit(calibration_scores, labels[train_end:calibration_end])
+    test_scores = np.asarray(booster.predict(matrix[calibration_end:], num_iteration=best))
     metrics: dict[str, float] = {
-        **evaluate(labels[train_end:], test_scores),
+        **evaluate(labels[calibration_end:], test_scores),
         "rows_train": train_end,
-        "rows_test": len(txs) - train_end,
+        "rows_calibration": calibration_end - train_end,
+        "rows_test": len(txs) - calibration_end,
+    }
+    held_out = held_out_report(calibration, test_scores, labels[calibration_end:], thresholds)
+    calibration_meta = {
+        "method": CALIBRATION_METHOD,
+        "rows": calibration_end - train_end,
+        "frauds": int(labels[train_end:calibration_end].sum()),
+        "boundaries": calibration.boundaries(thresholds),
+        "held_out": held_out,
     }
     summary = _summary(len(txs), seed, source, best, fit_end, train_end)
     registry = Registry(registry_dir)
-    version = registry.register(booster, FEATURE_NAMES, thresholds, metrics, summary, make_current)
-    _report(metrics, thresholds, version, test_scores)
+    version = registry.register(
+        booster, FEATURE_NAMES, thresholds, metrics, summary, make_current, calibration, calibration_meta
+    )
+    _report(metrics, thresholds, version, test_scores, held_out)
     return RegisteredModel(
         version, registry.path(version), thresholds, metrics, best, registry.current() == version
     )
@@ -245,7 +268,11 @@ def _summary(rows: int, seed: int, source: str, best: int, fit_end: int, train_e
 
 
 def _report(
-    metrics: Mapping[str, float], thresholds: Mapping[str, float], version: str, scores: np.ndarray
+    metrics: Mapping[str, float],
+    thresholds: Mapping[str, float],
+    version: str,
+    scores: np.ndarray,
+    held_out: Mapping[str, Any],
 ) -> None:
     deny_share = float(np.mean(scores >= thresholds["deny"]))
     review_share = float(np.mean(scores >= thresholds["review"])) - deny_share
@@ -257,4 +284,14 @@ def _report(
         f"thresholds: review >= {thresholds['review']:.4f} ({review_share:.2%} of held-out), "
         f"deny >= {thresholds['deny']:.4f} ({deny_share:.2%})"
     )
+    coverage = held_out["coverage"]["0.95"]
+    print(
+        f"calibration ({int(metrics['rows_calibration'])} rows): conformal coverage at 95% on the test: "
+        + ", ".join(f"{name} {_share(value)}" for name, value in coverage.items())
+        + f"; uncertain {_share(held_out['uncertain_share'])} of the test"
+    )
     print(f"registered model version {version}")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"

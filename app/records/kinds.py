@@ -9,6 +9,10 @@ from typing import Any
 
 CONTRIBUTIONS, COUNTERFACTUAL = "contributions", "counterfactual"
 KINDS: tuple[str, ...] = (CONTRIBUTIONS, COUNTERFACTUAL)
+# Issue 21: the uncertainty rides with the contributions (their request, row and every update
+# carry it): a kind to ask for and show, with no row or record of its own.
+UNCERTAINTY = "uncertainty"
+ASKABLE_KINDS: tuple[str, ...] = (*KINDS, UNCERTAINTY)
 SPLIT_SEARCH = "split_search"  # the counterfactual kind's method (app/explain/counterfactual.py)
 
 

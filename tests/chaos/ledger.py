@@ -224,6 +224,9 @@ class ExpectedRouting:
     # The counterfactual kind (issue 20): the decisions that get one unasked, never sampled, and its queue.
     counterfactual_decisions: frozenset[str] = frozenset()
     counterfactual_priority: str = "high"
+    # Issue 21: an uncertain verdict explained unasked goes high (its flag is the update's own, proven
+    # against an independent oracle in tests/integration/test_uncertainty_kind.py).
+    uncertain_high: bool = True
 
     @classmethod
     def from_settings(cls, low_sample_rate: float, **overrides: Any) -> ExpectedRouting:
@@ -235,6 +238,7 @@ class ExpectedRouting:
             settings.explain_low_sample_rate,
             frozenset(settings.explain_counterfactual_decisions),
             settings.explain_counterfactual_priority,
+            settings.explain_uncertain_high,
         )
 
     def priority(self, decision: str, amount: float) -> str:
@@ -285,11 +289,17 @@ class Ledger:
                 verdict = orjson.loads(values[0])
                 priority = self.routing.priority(verdict["decision"], float(transaction["amount"]))
                 if self.routing.explained_unasked(priority, txid):
-                    out[txid] = priority
+                    out[txid] = "high" if self.routing.uncertain_high and self._uncertain(txid) else priority
                 counterfactual = self.routing.counterfactual(verdict)
                 if counterfactual is not None:
                     out[f"{txid}#counterfactual"] = counterfactual
         return out
+
+    def _uncertain(self, txid: str) -> bool:
+        """Whether the transaction's contributions updates say its verdict is uncertain."""
+        return any(
+            (u.get("uncertainty") or {}).get("uncertain") is True for u in self.tap.updates.get(txid, [])
+        )
 
     def unfinished_explanations(self) -> set[str]:
         return {t for t in self.auto_explained() if not self._final(t)}

@@ -6,12 +6,13 @@ explainer (counterfactuals routed for deny and review) and relay:
   protocol-2 client beside it gets what it always got (no other kind, no new field);
 - the console in headless Chromium: a deny row shows its verdict at once, then the contributions,
   then the counterfactual, each replacing its own loading state; the detail panel shows the
-  proposals beside the waterfall.
+  proposals beside the waterfall, and how sure the model is (issue 21) on the score bar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.integration.harness import Process, RelayProcess, Stack, start_relay
 from tests.integration.test_console import chromium, open_console, predicted_verdicts
 from tests.integration.test_counterfactual_kind import KINDS_ON
 from tests.integration.test_relay import Client
+from tests.integration.test_uncertainty_kind import Oracle
 
 ORDER = ["pending", "calculating", "complete"]
 
@@ -200,4 +202,74 @@ def test_console_shows_each_kind_replacing_its_own_loading_state(
         shot = tmp_path / "console-kinds-detail.png"
         page.screenshot(path=str(shot))
         print(f"\nconsole screenshots: {loading_shot} {shot}")
+        assert not errors, errors
+
+
+RECORD_UNCERTAINTY = """() => {
+  window.uncertaintyStates = [document.getElementById("uncertainty").dataset.state];
+  new MutationObserver(() => {
+    const state = document.getElementById("uncertainty").dataset.state;
+    if (window.uncertaintyStates.at(-1) !== state) window.uncertaintyStates.push(state);
+  }).observe(document.getElementById("uncertainty"), {attributes: true, attributeFilter: ["data-state"]});
+}"""
+
+
+def bar_percent(probability: float) -> float:
+    """The score bar's scale restated: logarithmic from 0.0001 (left) to 1 (right)."""
+    return 100 * (math.log10(min(max(probability, 1e-4), 1.0)) + 4) / 4
+
+
+def test_console_shows_how_sure_replacing_its_own_loading_state(
+    scored: Stack, explainer: Process, relay: RelayProcess, models_dir: Path, tmp_path: Path
+) -> None:
+    """The detail panel's "How sure" (issue 21): loading while the explainer is held still, then
+    the interval on the score bar, the prediction set in words and the flag, as the oracle of
+    ``test_uncertainty_kind`` computes them from the stored calibration slice."""
+    transactions = list(generate_transactions(200, seed=63))
+    expected = predicted_verdicts(scored.models_dir, transactions)
+    deny = next(v["transaction_id"] for v in expected if v["decision"] == "deny")
+    verdicts = scored.reader("verdicts")
+    with chromium(tmp_path, {"width": 1800, "height": 1000}) as browser:
+        page, errors = open_console(browser, relay)
+        with explainer.frozen():
+            scored.produce_transactions(transactions)
+            row = page.locator(f'tr.row[data-txid="{deny}"]')
+            row.wait_for()
+            row.locator("td.txid").click()
+            page.wait_for_selector('#detail:not([hidden]) #uncertainty[data-state="loading"]')
+            page.evaluate(RECORD_UNCERTAINTY)
+            assert page.locator("#uncertainty-text").inner_text() == "measuring how sure the model is…"
+            assert page.locator("#score-bar").is_hidden()
+        page.wait_for_selector('#uncertainty:not([data-state="loading"])')
+
+        verdicts.read_until(lambda _: any(v["transaction_id"] == deny for v in verdicts.values()), 60, "it")
+        verdict = next(v for v in verdicts.values() if v["transaction_id"] == deny)
+        oracle = Oracle(models_dir, verdict["model_version"])
+        p0, p1 = oracle.interval(float(verdict["score"]))
+        straddles = [n for n in ("review", "deny") if p0 <= oracle.boundaries[n] <= p1]
+        fraud_possible = oracle.p_value(float(verdict["score"]), 1) > 0.05
+        legit_possible = oracle.p_value(float(verdict["score"]), 0) > 0.05
+
+        final = "uncertain" if straddles else "done"
+        assert page.evaluate("window.uncertaintyStates") == ["loading", final]
+        assert row.get_attribute("data-uncertain") == str(bool(straddles)).lower()
+        text = page.locator("#uncertainty-text").inner_text()
+        assert f"interval [{p0:.4f}, {p1:.4f}]" in text, text
+        assert ("straddles the " + " and ".join(straddles)) in text if straddles else "neither" in text
+        words = page.locator("#uncertainty-set").inner_text()
+        assert ("cannot rule out fraud at 95%" in words) == fraud_possible, words
+        assert ("rules out legitimate" in words) == (fraud_possible and not legit_possible), words
+        band = page.locator("#score-bar .sb-interval")
+        left = float(band.evaluate("e => parseFloat(e.style.left)"))
+        width = float(band.evaluate("e => parseFloat(e.style.width)"))
+        assert left == pytest.approx(bar_percent(p0), abs=0.01)
+        assert width == pytest.approx(max(bar_percent(p1) - bar_percent(p0), 0.5), abs=0.01)
+        for name in ("review", "deny"):
+            mark = page.locator(f"#score-bar .sb-mark.{name}")
+            assert float(mark.evaluate("e => parseFloat(e.style.left)")) == pytest.approx(
+                bar_percent(oracle.boundaries[name]), abs=0.01
+            )
+        shot = tmp_path / "console-uncertainty.png"
+        page.screenshot(path=str(shot))
+        print(f"\nconsole screenshot: {shot}")
         assert not errors, errors

@@ -37,8 +37,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> RegisteredModel:
 def held_out() -> tuple[np.ndarray, np.ndarray]:
     txs, labels, _ = load_labelled(ROWS, SEED, None, None, progress=False)
     matrix, _ = build_matrix(txs)
-    _, train_end = split_points(len(txs))
-    return matrix[train_end:], labels[train_end:]
+    _, _, calibration_end = split_points(len(txs))
+    return matrix[calibration_end:], labels[calibration_end:]
 
 
 def test_registers_a_complete_version(trained: RegisteredModel) -> None:
@@ -48,7 +48,10 @@ def test_registers_a_complete_version(trained: RegisteredModel) -> None:
     meta = json.loads((trained.path / "meta.json").read_text())
     assert meta["version"] == trained.version and meta["feature_names"] == list(FEATURE_NAMES)
     assert set(meta["metrics"]) >= {"roc_auc", "pr_auc", "base_rate", "rows_train", "rows_test"}
-    assert meta["metrics"]["rows_train"] + meta["metrics"]["rows_test"] == ROWS
+    rows = meta["metrics"]
+    assert rows["rows_train"] + rows["rows_calibration"] + rows["rows_test"] == ROWS
+    assert (trained.path / "calibration.npz").is_file()
+    assert meta["calibration"]["rows"] == rows["rows_calibration"]
     training = meta["training"]
     assert training["rows"] == ROWS and training["seed"] == SEED
     assert training["params"]["num_threads"] <= 2 and training["params"]["deterministic"] is True
