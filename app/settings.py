@@ -147,6 +147,13 @@ class PolicySettings(SharedSettings):
     explain_confidence: float = Field(
         0.95, gt=0, lt=1, description="Confidence of the uncertainty's conformal prediction set."
     )
+    explain_similar_cases: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Similar past cases (nearest labelled reference transactions in SHAP space) "
+        "added to each complete contributions explanation; 0: none.",
+    )
     explain_uncertain_high: bool = Field(
         True,
         description="Route the contributions of an uncertain verdict (its probability interval "

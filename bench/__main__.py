@@ -28,6 +28,7 @@ OUT = Path(__file__).resolve().parent
 BENCHES = (
     "validator",
     "uncertainty",
+    "similar",
     "soak",
     "records",
     "explainer_cost",

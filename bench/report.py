@@ -194,6 +194,26 @@ def _uncertainty(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _similar(b: Mapping[str, Any]) -> list[str]:
+    s = b["summary"]
+    agreement, frauds = s["agreement"], s["frauds_with_fraud_majority"]
+    return [
+        f"Model `{s['model_version']}`: {s['reference_rows']:,} reference cases "
+        f"({s['reference_frauds']} frauds); {s['test_rows']:,} test rows ({s['test_frauds']} frauds) "
+        f"neither saw. The {s['k']} nearest cases' majority outcome against the test label; a lookup "
+        f"costs {s['cpu_ms_per_lookup']} ms CPU.",
+        "",
+        *_table(
+            ["space", "agreement, all rows", "frauds with a fraud majority"],
+            [
+                ["SHAP (served)", _share3(agreement["shap"]), _share3(frauds["shap"])],
+                ["raw features, standardised", _share3(agreement["raw"]), _share3(frauds["raw"])],
+                ["base rate (always legitimate)", _share3(agreement["base_rate"]), "0.000"],
+            ],
+        ),
+    ]
+
+
 def _share3(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "—"
 

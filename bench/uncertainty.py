@@ -35,6 +35,14 @@ CPU_TARGET_US = 100.0  # cheap enough to ride with the router (it routes ~1,000 
 
 def test_split(models: Path) -> tuple[str, np.ndarray, np.ndarray]:
     """The current version, and its test rows' scores and labels, rebuilt from its training data."""
+    version, matrix, labels, calibration_end = training_data(models)
+    _, scores = ModelScorer(models, version).predict(matrix[calibration_end:])
+    return version, np.asarray(scores), labels[calibration_end:]
+
+
+def training_data(models: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """The current version, its training data's feature matrix and labels (regenerated from the
+    training summary in ``meta.json``), and where its test rows begin."""
     registry = Registry(models)
     version = registry.current()
     if version is None:
@@ -46,8 +54,7 @@ def test_split(models: Path) -> tuple[str, np.ndarray, np.ndarray]:
     txs, labels, _ = load_labelled(int(training["rows"]), int(found.group(1)), None, None, False)
     matrix, _ = build_matrix(txs)
     _, _, calibration_end = split_points(len(txs))
-    _, scores = ModelScorer(models, version).predict(matrix[calibration_end:])
-    return version, np.asarray(scores), labels[calibration_end:]
+    return version, matrix, labels, calibration_end
 
 
 def cpu_per_verdict(models: Path, version: str, scores: np.ndarray, verdicts: int) -> dict[str, Any]:

@@ -258,7 +258,8 @@ def lag(watch: bool, every: float, window: float, target: float, as_json: bool) 
     default=KINDS[0],
     show_default=True,
     help="contributions: why (SHAP values); counterfactual: what would change the verdict; "
-    "uncertainty: how sure the model is (its probability interval and prediction set).",
+    "uncertainty: how sure the model is (its probability interval and prediction set); "
+    "similar_cases: the most similar past transactions with known outcomes.",
 )
 def explain(transaction_id: str, timeout: float, as_json: bool, kind: str) -> None:
     """Request the explanation of TRANSACTION_ID on demand (high priority) and print it when done."""

@@ -7,6 +7,7 @@ notice within ``FRAUDLENS_MODEL_CHECK_INTERVAL_S`` and score the next batch with
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -84,6 +85,36 @@ def show(version: str) -> None:
         raise click.ClickException(str(exc)) from None
     meta["current"] = version == registry.current()
     click.echo(json.dumps(meta, indent=2, sort_keys=True))
+
+
+@models.command()
+@click.argument("version")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A CSV of your own past transactions: the contract's fields, a label column and, "
+    "optionally, fraud_pattern.",
+)
+@click.option("--label", default="is_fraud", show_default=True, help="The CSV's label column.")
+@click.option(
+    "--rows", default=20_000, show_default=True, type=click.IntRange(min=1), help="Most recent rows kept."
+)
+def reference(version: str, data: Path, label: str, rows: int) -> None:
+    """Replace VERSION's similar cases with the labelled transactions of a CSV file.
+
+    Running explainers read the new set when they next load VERSION (a restart)."""
+    from app.model.registry import RegistryError
+    from app.model.training import build_reference
+
+    registry = _registry()
+    try:
+        summary = build_reference(registry.root, version, data, label, rows)
+    except (RegistryError, ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{version}: reference set of {summary['rows']:,} rows ({summary['frauds']} frauds) from {data}"
+    )
 
 
 @models.command()

@@ -17,7 +17,7 @@ import click
 import orjson
 
 from app.kafka import topics
-from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, UNCERTAINTY, row_key
+from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, SIMILAR_CASES, UNCERTAINTY, row_key
 from app.records.validation import explain_request_record
 
 FINISHED = ("complete", "failed")
@@ -75,7 +75,7 @@ def _latest_final(settings: Any, txid: str, timeout_s: float, kind: str) -> dict
     producer = _producer(settings)
     try:
         riding = kind == UNCERTAINTY
-        asked = CONTRIBUTIONS if riding else kind
+        asked = CONTRIBUTIONS if kind in (UNCERTAINTY, SIMILAR_CASES) else kind
         partition = _request(producer, settings, txid, asked)
         key = row_key(txid, asked)
         sent = time.monotonic()
@@ -125,10 +125,13 @@ def run_explain(txid: str, timeout_s: float, as_json: bool, kind: str = CONTRIBU
             CONTRIBUTIONS: render,
             COUNTERFACTUAL: render_counterfactual,
             UNCERTAINTY: render_uncertainty,
+            SIMILAR_CASES: render_similar_cases,
         }
         click.echo(renderers[kind](update))
     if kind == UNCERTAINTY:
         return 0 if "probability" in (update.get("uncertainty") or {}) else 1
+    if kind == SIMILAR_CASES:
+        return 0 if "cases" in (update.get("similar_cases") or {}) else 1
     return 0 if update["status"] == "complete" else 1
 
 
@@ -172,14 +175,23 @@ def render_counterfactual(update: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _riding(update: dict[str, Any], field: str, present: str) -> tuple[str, dict[str, Any] | str]:
+    """A kind that rides with the contributions: its first line, and the found value or what to
+    print instead (none in the update, or unavailable with why)."""
+    head = f"{update['transaction_id']} ({field.replace('_', ' ')}, model {update.get('model_version')})"
+    found = update.get(field)
+    if not isinstance(found, dict):
+        return head, f"{head}\n  none: the contributions ended {update['status']} without it"
+    if present not in found:
+        return head, f"{head}\n  unavailable: {found.get('unavailable')}"
+    return head, found
+
+
 def render_uncertainty(update: dict[str, Any]) -> str:
     """How sure the model is: the probability interval, the prediction set in words, the flag."""
-    head = f"{update['transaction_id']} (uncertainty, model {update.get('model_version')})"
-    found = update.get("uncertainty")
-    if not isinstance(found, dict):
-        return f"{head}\n  none: the contributions ended {update['status']} without one"
-    if "probability" not in found:
-        return f"{head}\n  unavailable: {found.get('unavailable')}"
+    head, found = _riding(update, "uncertainty", "probability")
+    if isinstance(found, str):
+        return found
     low, high = found["interval"]
     lines = [
         head,
@@ -208,3 +220,18 @@ def prediction_set_words(labels: list[str], confidence: float) -> str:
     if labels == ["legitimate"]:
         return f"the model rules out fraud at {level}"
     return f"the model rules out both at {level}: unlike the cases it was calibrated on"
+
+
+def render_similar_cases(update: dict[str, Any]) -> str:
+    """The most similar past transactions, nearest first: outcome, pattern, amount and where."""
+    head, found = _riding(update, "similar_cases", "cases")
+    if isinstance(found, str):
+        return found
+    lines = [head, f"  the {len(found['cases'])} nearest labelled past transactions in SHAP space:"]
+    for case in found["cases"]:
+        outcome = case["outcome"] + (f" ({case['pattern']})" if case["pattern"] else "")
+        lines.append(
+            f"  {outcome:<28} {case['amount']:>10.2f} {case['currency']}  {case['channel']:<4} "
+            f"{case['country']}  {case['card']}  {case['transaction_id']}  distance {case['distance']:.3f}"
+        )
+    return "\n".join(lines)

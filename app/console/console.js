@@ -426,6 +426,7 @@ function showDetail(tx) {
   chart.replaceChildren();
   showProposals(tx);
   showUncertainty(tx);
+  showSimilarCases(tx);
   const u = tx.update;
   if (!u || tx.status !== "complete") {
     $("detail-summary").textContent = `card ${maskCard(v.card_id)}, ${v.amount.toFixed(2)} ${v.currency}; explanation: ${tx.status}`;

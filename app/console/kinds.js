@@ -180,3 +180,47 @@ function showUncertainty(tx) {
   text.textContent = `fraud probability ${found.probability.toFixed(4)}, interval [${low.toFixed(4)}, ${high.toFixed(4)}] — ${verdictLine}`;
   words.textContent = predictionSetWords(found.prediction_set, found.confidence);
 }
+
+// -- similar past cases (issue 21) -----------------------------------------------------------
+
+// The detail panel's "Similar past cases": loading until the contributions are complete.
+function showSimilarCases(tx) {
+  const box = $("similar");
+  const table = $("similar-table");
+  const body = $("similar-rows");
+  const note = $("similar-note");
+  body.replaceChildren();
+  const found = tx.status === "complete" && tx.update ? tx.update.similar_cases : null;
+  if (!found) {
+    table.hidden = true;
+    const none = tx.status === "sampled_out" || tx.status === "failed" || tx.status === "complete";
+    box.dataset.state = none ? "none" : "loading";
+    note.textContent = tx.status === "complete" ? "no similar cases looked up"
+      : none ? "similar cases: none (not explained; Explain now looks them up too)"
+      : "looking for similar past cases…";
+    return;
+  }
+  if (!found.cases) {
+    box.dataset.state = "unavailable";
+    table.hidden = true;
+    note.textContent = `similar cases: unavailable — ${found.unavailable}`;
+    return;
+  }
+  box.dataset.state = "done";
+  table.hidden = false;
+  for (const c of found.cases) {
+    const row = el("tr", `case ${c.outcome}`);
+    row.append(
+      el("td", "outcome", c.pattern ? `${c.outcome} (${c.pattern})` : c.outcome),
+      el("td", "num", `${c.amount.toFixed(2)} ${c.currency}`),
+      el("td", "", c.channel),
+      el("td", "", c.country),
+      el("td", "", c.card),
+      el("td", "txid", c.transaction_id),
+    );
+    row.title = `distance ${c.distance.toFixed(3)} in SHAP space (log-odds)`;
+    body.append(row);
+  }
+  const frauds = found.cases.filter((c) => c.outcome === "fraud").length;
+  note.textContent = `the ${found.cases.length} nearest labelled past transactions, similar for the same reasons (SHAP space): ${frauds} fraud`;
+}

@@ -39,6 +39,7 @@ from app.explain.reasons import reason
 from app.explain.splits import SplitIndex, UnsupportedModel
 from app.model.features import FEATURE_NAMES
 from app.model.predictor import ModelScorer
+from app.model.reference import Neighbours
 from app.model.registry import MODEL_FILE, Registry, RegistryError
 
 Method = Literal["tree", "interventional"]
@@ -208,6 +209,8 @@ class Explainer:
         self._background = None if background is None else self._checked_rows(background)
         self._shap: Any = None
         self._counterfactual: CounterfactualSearch | None = None
+        self._registry = registry
+        self._neighbours: Neighbours | str | None = None  # a str: why there are none
         self._lock = threading.Lock()
 
     @property
@@ -225,6 +228,22 @@ class Explainer:
     @property
     def has_categorical_splits(self) -> bool:
         return self.splits.has_categorical
+
+    def similar_cases(self, shap_rows: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """The ``k`` labelled reference cases nearest each row's SHAP vector (issue 21,
+        ``app.model.reference``); raises ``NoReference`` when the version has no reference set."""
+        with self._lock:
+            if self._neighbours is None:
+                reference = self._registry.load_reference(self.version)
+                self._neighbours = (
+                    Neighbours(reference) if reference is not None
+                    else f"model version {self.version} has no reference set of similar cases "
+                    "(trained before fraudlens kept one: train it again, or `fraudlens models reference`)"
+                )  # fmt: skip
+            neighbours = self._neighbours
+        if isinstance(neighbours, str):
+            raise NoReference(neighbours)
+        return neighbours.lookup(shap_rows, k)
 
     def counterfactual(self, tx: Mapping[str, Any], card_state: Mapping[str, Any] | None) -> Counterfactual:
         """What would change the verdict of ``tx`` scored from ``card_state`` (the verdict's
@@ -336,6 +355,10 @@ class Explainer:
         if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
             raise ValueError(f"expected rows of {len(self.feature_names)} features, got shape {rows.shape}")
         return rows
+
+
+class NoReference(LookupError):
+    """The model version has no reference set of similar cases."""
 
 
 class ExplainerCache:

@@ -145,8 +145,10 @@ def explanation_update(
     kind: str = CONTRIBUTIONS,
     counterfactual: Mapping[str, Any] | None = None,
     uncertainty: Mapping[str, Any] | None = None,
+    similar_cases: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One status change (contributions': with the verdict's ``uncertainty`` when routed with one);
+    """One status change (contributions': with the verdict's ``uncertainty`` when routed with one,
+    and once complete its ``similar_cases`` when looked up);
     ``complete`` needs the result (``explanation`` for contributions,
     ``counterfactual`` for that kind), ``cache_hit`` and ``timing``; ``failed`` needs
     ``failure`` (and may carry the failed explanation's values). A contributions update has no
@@ -185,6 +187,12 @@ def explanation_update(
         if kind != CONTRIBUTIONS:
             raise ValueError(f"a {kind} update carries no uncertainty")
         update["uncertainty"] = dict(uncertainty)
+    if similar_cases is not None:
+        if kind != CONTRIBUTIONS or status != "complete":
+            raise ValueError(
+                f"only a complete contributions update carries similar cases, not a {status} {kind}"
+            )
+        update["similar_cases"] = dict(similar_cases)
     if attempts is not None:
         update["attempts"] = attempts
     if explanation is not None:

@@ -167,10 +167,19 @@ def calculating(row: Mapping[str, Any] | None, request: Mapping[str, Any], start
     return out
 
 
-def finished(row: Mapping[str, Any], explanation: Explanation, cache_hit: bool, completed_at: str) -> Row:
-    """complete, or failed when the explanation did not pass its additivity check."""
+def finished(
+    row: Mapping[str, Any],
+    explanation: Explanation,
+    cache_hit: bool,
+    completed_at: str,
+    similar_cases: Mapping[str, Any] | None = None,
+) -> Row:
+    """complete (with its similar cases, when looked up), or failed when the explanation did
+    not pass its additivity check."""
     out = dict(row)
     out["explanation"] = explanation.to_dict()
+    if similar_cases is not None:
+        out["similar_cases"] = dict(similar_cases)
     out["cache_hit"] = cache_hit
     out["timings"] = _completed_timings(row, completed_at)
     if explanation.ok:
@@ -232,6 +241,7 @@ def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
         counterfactual=result,
         # The contributions' (an on-demand counterfactual's request copies its fields).
         uncertainty=(row.get("request") or {}).get("uncertainty") if kind_of(row) == CONTRIBUTIONS else None,
+        similar_cases=row.get("similar_cases") if status == "complete" else None,
     )
 
 
@@ -287,4 +297,7 @@ def from_record(record: Any) -> Row | None:
         reason_code=record.get("reason_code"), reason=record.get("reason"), timings=record["timings"],
         counterfactual=result if isinstance(result, dict) else None,
     )  # fmt: skip
+    similar = record.get("similar_cases")
+    if row["status"] == "complete" and isinstance(similar, dict):
+        row["similar_cases"] = similar  # read back as written: a replay re-announces the same bytes
     return row

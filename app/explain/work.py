@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from app.explain.core import METHODS, Explainer, ExplainerCache, Explanation
+from app.explain.core import METHODS, Explainer, ExplainerCache, Explanation, NoReference
 from app.explain.messages import FailureCode, features_matrix
 from app.explain.splits import UnsupportedModel
 from app.model.predictor import IncompatibleModelError
@@ -43,6 +43,7 @@ class Outcome:
     cache_hit: bool
     failure: Failure | None  # set when there is no explanation (additivity failures are in it)
     counterfactual: Mapping[str, Any] | None = None  # the counterfactual kind's result
+    similar_cases: Mapping[str, Any] | None = None  # rides with contributions (issue 21)
 
 
 class ExplanationMemo:
@@ -158,8 +159,11 @@ def _sign(prepared: Sequence[Prepared]) -> None:
             item.cache_key = signature.cache_key(item.method)
 
 
-def compute(prepared: Sequence[Prepared], cached: Sequence[Explanation | None]) -> list[Outcome]:
-    """SHAP for the misses, cached values for the hits, grouped by (version, method)."""
+def compute(
+    prepared: Sequence[Prepared], cached: Sequence[Explanation | None], similar_k: int = 0
+) -> list[Outcome]:
+    """SHAP for the misses, cached values for the hits, grouped by (version, method); with
+    ``similar_k``, each complete explanation's nearest reference cases too (one lookup per group)."""
     outcomes: list[Outcome | None] = [None] * len(prepared)
     groups: dict[tuple[str, str], list[int]] = {}
     for index, item in enumerate(prepared):
@@ -171,6 +175,8 @@ def compute(prepared: Sequence[Prepared], cached: Sequence[Explanation | None]) 
         hits = [i for i in indices if cached[i] is not None]
         misses = [i for i in indices if cached[i] is None]
         _explain_group(prepared, cached, method, misses, hits, outcomes)
+        if similar_k > 0:
+            _similar_cases(prepared[indices[0]].explainer, indices, outcomes, similar_k)  # type: ignore[arg-type]
     return [
         o if o is not None else Outcome(None, False, (FailureCode.INTERNAL_ERROR, "not computed"))
         for o in outcomes
@@ -206,3 +212,28 @@ def _explain_group(
             continue
         for i in indices:
             outcomes[i] = Outcome(None, False, failure)
+
+
+def _similar_cases(explainer: Explainer, indices: list[int], outcomes: list[Outcome | None], k: int) -> None:
+    """The group's complete explanations get their ``k`` nearest reference cases in SHAP space
+    (``app.model.reference``): one nearest-neighbour query for the group; a version without a
+    reference set, or a broken one, gets ``unavailable`` with why, never a failed explanation."""
+    done = [
+        i
+        for i in indices
+        if (o := outcomes[i]) is not None and o.explanation is not None and o.explanation.ok
+    ]
+    if not done:
+        return
+    names = explainer.feature_names
+    vectors = np.array([[outcomes[i].explanation.contributions[n] for n in names] for i in done])  # type: ignore[union-attr]
+    try:
+        found: list[dict[str, Any]] = [
+            {"k": k, "space": "shap", "cases": cases} for cases in explainer.similar_cases(vectors, k)
+        ]
+    except NoReference as exc:
+        found = [{"unavailable": str(exc)[:400]}] * len(done)
+    except Exception as exc:  # a broken reference file must not fail the explanations
+        found = [{"unavailable": f"{type(exc).__name__}: {exc}"[:400]}] * len(done)
+    for i, result in zip(done, found, strict=True):
+        outcomes[i] = replace(outcomes[i], similar_cases=result)  # type: ignore[type-var]

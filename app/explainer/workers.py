@@ -361,6 +361,7 @@ class Explaining:
                 self.memo,
                 [jobs[i].request for i in shap],
                 self.settings.explain_method,
+                self.settings.explain_similar_cases,
             )
             for i, item, outcome in zip(shap, computed.prepared, computed.outcomes, strict=True):
                 jobs[i].cache_key, outcomes[i] = item.cache_key, outcome
@@ -378,7 +379,9 @@ class Explaining:
             job.row = found(job.row, outcome.counterfactual, completed_at)
             self.stats.counts["counterfactuals"] += 1
         elif outcome.explanation is not None:
-            job.row = finished(job.row, outcome.explanation, outcome.cache_hit, completed_at)
+            job.row = finished(
+                job.row, outcome.explanation, outcome.cache_hit, completed_at, outcome.similar_cases
+            )
             self.stats.counts["cache_hits" if outcome.cache_hit else "computed"] += 1
             if not outcome.cache_hit and outcome.explanation.ok and job.cache_key is not None:
                 self.memo.put(job.cache_key, outcome.explanation)
@@ -411,7 +414,11 @@ class _Computed(NamedTuple):
 
 
 def _explain_on_thread(
-    explainers: ExplainerCache, memo: ExplanationMemo, requests: Sequence[dict[str, Any]], method: str
+    explainers: ExplainerCache,
+    memo: ExplanationMemo,
+    requests: Sequence[dict[str, Any]],
+    method: str,
+    similar_k: int = 0,
 ) -> _Computed:
     """``prepare``, the memo lookups and ``compute`` in one executor hand-off (docs/cost.md,
     lever 4). The cache is the in-memory memo alone (a changelog-backed cache table cost one
@@ -424,5 +431,5 @@ def _explain_on_thread(
     prepared = prepare(explainers, requests, method)
     cached = [None if item.cache_key is None else memo.get(item.cache_key) for item in prepared]
     began = time.thread_time()
-    outcomes = compute(prepared, cached)
+    outcomes = compute(prepared, cached, similar_k)
     return _Computed(prepared, outcomes, sum(c is None for c in cached), time.thread_time() - began)

@@ -26,6 +26,7 @@ import lightgbm as lgb
 
 if TYPE_CHECKING:
     from app.model.calibration import Calibration
+    from app.model.reference import ReferenceSet
 
 MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
@@ -114,6 +115,30 @@ class Registry:
         if not (folder / CALIBRATION_FILE).is_file():
             return None
         return Calibration.load(folder)
+
+    def load_reference(self, version: str) -> ReferenceSet | None:
+        """The version's reference set of similar cases (issue 21), or None: it has none."""
+        from app.model.reference import REFERENCE_FILE, ReferenceSet
+
+        folder = self.path(version)
+        if not (folder / REFERENCE_FILE).is_file():
+            return None
+        return ReferenceSet.load(folder)
+
+    def save_reference(self, version: str, reference: ReferenceSet, summary: Mapping[str, Any]) -> None:
+        """Store (or replace) the version's reference set: not part of the content hash (the same
+        model may be given the user's own past transactions later: ``fraudlens models
+        reference``); its summary goes into ``meta.json``'s ``reference``. Each file is replaced
+        atomically; a reader sees the old or the new one."""
+        folder = self.path(version)
+        reference.save(folder)
+        meta = self.load_meta(version)
+        meta["reference"] = _finite_tree(summary)
+        fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / META_FILE)
 
     def current(self) -> str | None:
         """The active version, or None when nothing was made current."""

@@ -27,6 +27,7 @@ from app.model.calibration import METHOD as CALIBRATION_METHOD
 from app.model.calibration import Calibration, held_out_report
 from app.model.features import FEATURE_NAMES, build_matrix, parse_ts_ms
 from app.model.generator import generate
+from app.model.reference import DEFAULT_K, ReferenceSet, agreement
 from app.model.registry import Registry
 
 CONTRACT_FIELDS: tuple[str, ...] = (
@@ -34,6 +35,7 @@ CONTRACT_FIELDS: tuple[str, ...] = (
     "mcc", "country", "card_country", "channel", "device_id",
 )  # fmt: skip
 DEFAULT_LABEL = "is_fraud"
+PATTERN_COLUMN = "fraud_pattern"  # optional: the fraud pattern a similar case shows
 MAX_ROUNDS = 300
 EARLY_STOPPING_ROUNDS = 30
 DENY_PRECISION = 0.9
@@ -41,6 +43,7 @@ DENY_TOP_SHARE = 0.005
 REVIEW_TOP_SHARE = 0.03
 MIN_DENY_SUPPORT = 10
 CALIBRATION_SHARE = 0.08  # of all rows, right after the training rows
+REFERENCE_ROWS = 20_000  # the similar cases' reference set, at most
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 _FALSE = frozenset({"0", "false", "f", "no", "n"})
 
@@ -127,6 +130,14 @@ def choose_thresholds(scores: np.ndarray, labels: np.ndarray) -> dict[str, float
 # ---------------------------------------------------------------------- data
 def load_csv(path: Path, label: str) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Transactions (contract dicts) and 0/1 labels from a CSV file."""
+    txs, labels, _ = load_csv_with_patterns(path, label)
+    return txs, labels
+
+
+def load_csv_with_patterns(
+    path: Path, label: str
+) -> tuple[list[dict[str, Any]], np.ndarray, list[str | None]]:
+    """``load_csv`` and the optional ``fraud_pattern`` column (empty cell: none named)."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in (*CONTRACT_FIELDS, label) if c not in frame.columns]
     if missing:
@@ -139,21 +150,33 @@ def load_csv(path: Path, label: str) -> tuple[list[dict[str, Any]], np.ndarray]:
     for record in records:
         record["amount"] = float(record["amount"])
         record["device_id"] = record["device_id"] or None  # empty cell = null
-    return records, raw_labels.isin(_TRUE).to_numpy(dtype=np.int8)
+    named = frame[PATTERN_COLUMN] if PATTERN_COLUMN in frame.columns else [""] * len(frame)
+    patterns = [str(p).strip()[:60] or None for p in named]
+    return records, raw_labels.isin(_TRUE).to_numpy(dtype=np.int8), patterns
 
 
 def load_labelled(
     rows: int, seed: int, data: Path | None, label: str | None, progress: bool
 ) -> tuple[list[dict[str, Any]], np.ndarray, str]:
     """Time-ordered transactions, labels and a description of the source."""
+    txs, labels, source, _ = load_labelled_with_patterns(rows, seed, data, label, progress)
+    return txs, labels, source
+
+
+def load_labelled_with_patterns(
+    rows: int, seed: int, data: Path | None, label: str | None, progress: bool
+) -> tuple[list[dict[str, Any]], np.ndarray, str, list[str | None]]:
+    """``load_labelled`` and each row's fraud pattern where the data names one (the generator's,
+    or a CSV's ``fraud_pattern`` column): what a similar case shows beside its outcome."""
     if data is None:
         stream = tqdm(generate(rows, seed), total=rows, desc="generate", unit="tx", disable=not progress)
         items = list(stream)
         labels = np.fromiter((i.is_fraud for i in items), dtype=np.int8, count=len(items))
-        return [i.transaction for i in items], labels, f"generator(seed={seed})"
-    txs, labels = load_csv(Path(data), label or DEFAULT_LABEL)
+        patterns = [i.pattern for i in items]
+        return [i.transaction for i in items], labels, f"generator(seed={seed})", patterns
+    txs, labels, named = load_csv_with_patterns(Path(data), label or DEFAULT_LABEL)
     order = np.argsort(np.array([parse_ts_ms(t["timestamp"]) for t in txs]), kind="stable")
-    return [txs[i] for i in order], labels[order], str(data)
+    return [txs[i] for i in order], labels[order], str(data), [named[i] for i in order]
 
 
 def split_points(n: int) -> tuple[int, int, int]:
@@ -210,9 +233,10 @@ def train(
     registry_dir: Path,
     progress: bool = True,
     make_current: bool = True,
+    reference_rows: int = REFERENCE_ROWS,
 ) -> RegisteredModel:
     """Build data and features, fit, evaluate on held-out time, register."""
-    txs, labels, source = load_labelled(rows, seed, data, label, progress)
+    txs, labels, source, patterns = load_labelled_with_patterns(rows, seed, data, label, progress)
     matrix, _ = build_matrix(txs, progress=progress)
     fit_end, train_end, calibration_end = split_points(len(txs))
     if fit_end == 0 or calibration_end >= len(txs) or labels[:fit_end].sum() == 0:
@@ -242,15 +266,59 @@ def train(
         "boundaries": calibration.boundaries(thresholds),
         "held_out": held_out,
     }
+    # Similar cases: the most recent labelled rows held out of the fit, before the test (the end
+    # of the validation slice and the calibration slice). Their SHAP vectors cost about 1.4 ms
+    # CPU a row (pred_contrib), hence the bound.
+    held = slice(max(fit_end, calibration_end - reference_rows), calibration_end)
+    reference = ReferenceSet.build(
+        shap_vectors(booster, matrix[held], best), labels[held], txs[held], patterns[held]
+    )
+    reference_meta = {
+        "source": f"{source}: the {len(reference):,} labelled rows before the test",
+        "rows": len(reference),
+        "frauds": int(reference.labels.sum()),
+        "space": "shap",
+    }
     summary = _summary(len(txs), seed, source, best, fit_end, train_end)
     registry = Registry(registry_dir)
     version = registry.register(
         booster, FEATURE_NAMES, thresholds, metrics, summary, make_current, calibration, calibration_meta
     )
+    registry.save_reference(version, reference, reference_meta)
     _report(metrics, thresholds, version, test_scores, held_out)
     return RegisteredModel(
         version, registry.path(version), thresholds, metrics, best, registry.current() == version
     )
+
+
+def shap_vectors(booster: lgb.Booster, matrix: np.ndarray, best: int | None = None) -> np.ndarray:
+    """Each row's SHAP values (log-odds), as the contributions kind's ``tree`` method gives them."""
+    if len(matrix) == 0:
+        return np.empty((0, matrix.shape[1]))
+    out = np.asarray(booster.predict(matrix, num_iteration=best, pred_contrib=True))
+    return out[:, :-1]
+
+
+def space_comparison(  # bench/similar.py: the measurement that chose SHAP space
+    reference_rows: np.ndarray,
+    reference_shap: np.ndarray,
+    reference_labels: np.ndarray,
+    test_rows: np.ndarray,
+    test_shap: np.ndarray,
+    test_labels: np.ndarray,
+) -> dict[str, Any]:
+    """The neighbours' majority outcome against the test labels, in SHAP space and in the raw
+    features standardised by the reference's mean and spread (missing values at the mean)."""
+    if len(test_labels) == 0:
+        return {}
+    mean = np.nanmean(reference_rows, axis=0)
+    spread = np.nanstd(reference_rows, axis=0)
+    spread[~(spread > 0)] = 1.0
+    scaled = lambda rows: np.nan_to_num((rows - mean) / spread)  # noqa: E731
+    return {
+        "shap": agreement(reference_shap, reference_labels, test_shap, test_labels, DEFAULT_K),
+        "raw": agreement(scaled(reference_rows), reference_labels, scaled(test_rows), test_labels, DEFAULT_K),
+    }
 
 
 def _summary(rows: int, seed: int, source: str, best: int, fit_end: int, train_end: int) -> dict[str, Any]:
@@ -295,3 +363,30 @@ def _report(
 
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
+
+
+def build_reference(
+    registry_dir: Path, version: str, data: Path, label: str | None, rows: int = REFERENCE_ROWS
+) -> dict[str, Any]:
+    """``fraudlens models reference``: the version's similar cases from a labelled CSV of the
+    user's own past transactions (the most recent ``rows``; features built over the whole file,
+    in time order, so each row sees its card's history as the scorer would)."""
+    registry = Registry(registry_dir)
+    folder = registry.path(version)
+    txs, labels, source, patterns = load_labelled_with_patterns(0, 0, data, label, progress=False)
+    if not len(txs):
+        raise ValueError(f"{data}: no rows")
+    matrix, _ = build_matrix(txs)
+    booster = lgb.Booster(model_file=str(folder / "model.txt"))  # the early-stopped trees only
+    kept = slice(max(0, len(txs) - rows), len(txs))
+    reference = ReferenceSet.build(
+        shap_vectors(booster, matrix[kept]), labels[kept], txs[kept], patterns[kept]
+    )
+    summary = {
+        "source": f"{source}: the {len(reference):,} most recent rows",
+        "rows": len(reference),
+        "frauds": int(reference.labels.sum()),
+        "space": "shap",
+    }
+    registry.save_reference(version, reference, summary)
+    return summary

@@ -9,10 +9,11 @@ from typing import Any
 
 CONTRIBUTIONS, COUNTERFACTUAL = "contributions", "counterfactual"
 KINDS: tuple[str, ...] = (CONTRIBUTIONS, COUNTERFACTUAL)
-# Issue 21: the uncertainty rides with the contributions (their request, row and every update
-# carry it): a kind to ask for and show, with no row or record of its own.
-UNCERTAINTY = "uncertainty"
-ASKABLE_KINDS: tuple[str, ...] = (*KINDS, UNCERTAINTY)
+# Issue 21: the uncertainty and the similar cases ride with the contributions (the uncertainty
+# in their request, row and every update; the similar cases in the complete update): kinds to
+# ask for and show, with no row or record of their own.
+UNCERTAINTY, SIMILAR_CASES = "uncertainty", "similar_cases"
+ASKABLE_KINDS: tuple[str, ...] = (*KINDS, UNCERTAINTY, SIMILAR_CASES)
 SPLIT_SEARCH = "split_search"  # the counterfactual kind's method (app/explain/counterfactual.py)
 
 

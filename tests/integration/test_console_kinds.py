@@ -24,7 +24,7 @@ from tests.integration.harness import Process, RelayProcess, Stack, start_relay
 from tests.integration.test_console import chromium, open_console, predicted_verdicts
 from tests.integration.test_counterfactual_kind import KINDS_ON
 from tests.integration.test_relay import Client
-from tests.integration.test_uncertainty_kind import Oracle
+from tests.integration.test_uncertainty_kind import Neighbours, Oracle
 
 ORDER = ["pending", "calculating", "complete"]
 
@@ -219,7 +219,7 @@ def bar_percent(probability: float) -> float:
     return 100 * (math.log10(min(max(probability, 1e-4), 1.0)) + 4) / 4
 
 
-def test_console_shows_how_sure_replacing_its_own_loading_state(
+def test_console_shows_how_sure_and_similar_cases_each_replacing_its_loading_state(
     scored: Stack, explainer: Process, relay: RelayProcess, models_dir: Path, tmp_path: Path
 ) -> None:
     """The detail panel's "How sure" (issue 21): loading while the explainer is held still, then
@@ -240,7 +240,11 @@ def test_console_shows_how_sure_replacing_its_own_loading_state(
             page.evaluate(RECORD_UNCERTAINTY)
             assert page.locator("#uncertainty-text").inner_text() == "measuring how sure the model is…"
             assert page.locator("#score-bar").is_hidden()
+            assert page.locator("#similar").get_attribute("data-state") == "loading"
+            assert page.locator("#similar-note").inner_text() == "looking for similar past cases…"
+            assert page.locator("#similar-table").is_hidden()
         page.wait_for_selector('#uncertainty:not([data-state="loading"])')
+        page.wait_for_selector('#similar[data-state="done"]')
 
         verdicts.read_until(lambda _: any(v["transaction_id"] == deny for v in verdicts.values()), 60, "it")
         verdict = next(v for v in verdicts.values() if v["transaction_id"] == deny)
@@ -269,6 +273,25 @@ def test_console_shows_how_sure_replacing_its_own_loading_state(
             assert float(mark.evaluate("e => parseFloat(e.style.left)")) == pytest.approx(
                 bar_percent(oracle.boundaries[name]), abs=0.01
             )
+        # Similar past cases: the brute-force nearest reference rows to the complete update's own
+        # contributions, nearest first, with their outcomes.
+        updates = scored.reader("explanation.updates")
+        updates.read_until(
+            lambda _: any(u["transaction_id"] == deny and u["status"] == "complete" and "kind" not in u
+                          for u in updates.values()), 60, "the complete contributions",
+        )  # fmt: skip
+        complete = next(
+            u
+            for u in updates.values()
+            if u["transaction_id"] == deny and u["status"] == "complete" and "kind" not in u
+        )
+        nearest = Neighbours(models_dir, verdict["model_version"]).nearest(complete["contributions"])
+        rows = page.locator("#similar-rows tr")
+        assert rows.count() == 3
+        shown = [(rows.nth(i).locator(".txid").inner_text(), rows.nth(i).locator(".outcome").inner_text())
+                 for i in range(3)]  # fmt: skip
+        assert [t for t, _ in shown] == [t for t, _ in nearest]
+        assert all(text.startswith(outcome) for (_, text), (_, outcome) in zip(shown, nearest, strict=True))
         shot = tmp_path / "console-uncertainty.png"
         page.screenshot(path=str(shot))
         print(f"\nconsole screenshot: {shot}")

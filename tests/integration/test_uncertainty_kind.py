@@ -1,11 +1,12 @@
-"""The uncertainty end to end on the real broker (issue 21): scorer and explainer at their
-defaults (counterfactuals for deny and review, uncertain verdicts routed high).
+"""Issue 21's kinds end to end on the real broker: scorer and explainer at their defaults
+(counterfactuals for deny and review, uncertain verdicts routed high, three similar cases).
 
-The oracle does not call ``app.model.calibration``: it reads the calibration slice's raw scores
-and labels from the version's ``calibration.npz`` with numpy, restates Venn-ABERS from its
-definition with scikit-learn's isotonic regression (the slice plus the test score labelled 0,
-then 1) and counts each label's conformal p-value by hand; the priority rule is restated from
-the settings' defaults."""
+The oracle does not call ``app.model.calibration`` nor ``app.model.reference``: it reads the
+calibration slice's raw scores and labels from the version's ``calibration.npz`` with numpy,
+restates Venn-ABERS from its definition with scikit-learn's isotonic regression (the slice plus
+the test score labelled 0, then 1) and counts each label's conformal p-value by hand; the
+similar cases are the reference rows of ``reference.npz`` nearest the update's own contributions
+by brute-force distances; the priority rule is restated from the settings' defaults."""
 
 from __future__ import annotations
 
@@ -51,6 +52,22 @@ class Oracle:
         return (int(strange.sum()) + 1) / (len(own) + 1)
 
 
+class Neighbours:
+    """The reference set as stored, searched by brute force."""
+
+    def __init__(self, models_dir: Path, version: str) -> None:
+        with np.load(models_dir / version / "reference.npz") as stored:
+            self.shap = np.array(stored["shap"], dtype=np.float64)
+            self.ids, self.labels = list(stored["transaction_id"]), list(stored["labels"])
+        self.names = json.loads((models_dir / version / "meta.json").read_text())["feature_names"]
+
+    def nearest(self, contributions: dict[str, float], k: int = 3) -> list[tuple[str, str]]:
+        phi = np.array([contributions[name] for name in self.names])
+        distances = np.sqrt(((self.shap - phi) ** 2).sum(axis=1))
+        order = np.argsort(distances, kind="stable")[:k]
+        return [(str(self.ids[i]), "fraud" if self.labels[i] else "legitimate") for i in order]
+
+
 def rules_priority(verdict: dict[str, Any], uncertain: bool) -> str:
     """The defaults restated: deny/review, an amount of 1,000 or more, or uncertain → high."""
     if verdict["decision"] in ("deny", "review") or verdict["amount"] >= 1000 or uncertain:
@@ -79,6 +96,7 @@ def test_every_verdict_ends_with_its_kinds_and_an_uncertainty_from_its_model(
 
     (version,) = {v["model_version"] for v in verdicts.values()}
     oracle = Oracle(models_dir, version)
+    neighbours = Neighbours(models_dir, version)
     sequences = by_kind(updates)
     # Every kind the policy names, and no other: contributions for all, a counterfactual for the
     # flagged; each in status order, with the model version of its verdict.
@@ -94,6 +112,10 @@ def test_every_verdict_ends_with_its_kinds_and_an_uncertainty_from_its_model(
         if kind != "contributions":
             assert all("uncertainty" not in u for u in sequence)
             continue
+        similar = sequence[-1]["similar_cases"]  # the complete update carries them
+        assert all("similar_cases" not in u for u in sequence[:-1])
+        cases = [(c["transaction_id"], c["outcome"]) for c in similar["cases"]]
+        assert cases == neighbours.nearest(sequence[-1]["contributions"]), txid
         found = sequence[0]["uncertainty"]  # the pending update carries it already
         assert all(u["uncertainty"] == found for u in sequence), txid
         verdict = verdicts[txid]
@@ -112,7 +134,7 @@ def test_every_verdict_ends_with_its_kinds_and_an_uncertainty_from_its_model(
     print(f"\n300 verdicts: {dict(seen)}, {len(flagged)} flagged")
     assert seen["uncertain"] >= 1 and seen["certain"] >= 1, seen  # both branches were exercised
 
-    # ``fraudlens explain TXID --kind uncertainty``: the same uncertainty, as JSON and in words.
+    # ``fraudlens explain TXID --kind uncertainty|similar_cases``: the same, as JSON and in words.
     from tests.integration.test_explain_cli import explain
 
     uncertain = next(
@@ -140,3 +162,11 @@ def test_every_verdict_ends_with_its_kinds_and_an_uncertainty_from_its_model(
         assert flag in text.stdout, text.stdout
         fraud_possible = "fraud" in stored["prediction_set"]
         assert ("cannot rule out fraud at 95%" in text.stdout) == fraud_possible, text.stdout
+        cases = explain(stack, txid, "--kind", "similar_cases")
+        assert cases.returncode == 0, cases.stderr + cases.stdout
+        shown = sequences[(txid, "contributions")][-1]["similar_cases"]["cases"]
+        lines = cases.stdout.splitlines()[2:]
+        assert len(lines) == 3 and all(
+            c["transaction_id"] in line for c, line in zip(shown, lines, strict=True)
+        )
+        assert all(line.strip().startswith(c["outcome"]) for c, line in zip(shown, lines, strict=True))
