@@ -262,7 +262,11 @@ def to_record(row: Mapping[str, Any]) -> dict[str, Any]:
     byte for byte)."""
     if row["status"] in UNPUBLISHED:
         raise ValueError(f"a {row['status']} row is not published")
-    return {**update_message(row, _updated_at(row)), "source": row["source"], "request": row["request"]}
+    update = update_message(row, _updated_at(row))
+    # The uncertainty is the update's own field; its copy in the request is left out (half the
+    # bytes it adds) and ``from_record`` puts it back.
+    request = {k: v for k, v in row["request"].items() if k != "uncertainty" or "uncertainty" not in update}
+    return {**update, "source": row["source"], "request": request}
 
 
 _EXPLANATION_FIELDS = (
@@ -297,6 +301,9 @@ def from_record(record: Any) -> Row | None:
         reason_code=record.get("reason_code"), reason=record.get("reason"), timings=record["timings"],
         counterfactual=result if isinstance(result, dict) else None,
     )  # fmt: skip
+    found = record.get("uncertainty")
+    if isinstance(found, dict) and "uncertainty" not in row["request"]:
+        row["request"] = {**row["request"], "uncertainty": found}  # left out of the record's request
     similar = record.get("similar_cases")
     if row["status"] == "complete" and isinstance(similar, dict):
         row["similar_cases"] = similar  # read back as written: a replay re-announces the same bytes

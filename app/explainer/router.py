@@ -104,6 +104,8 @@ class Router:
         # This batch's on-demand counterfactuals' verdicts, read back before it is routed
         # (``verdicts_to_read``): transaction id → the verdict, or why it could not be read.
         self.verdicts_read: dict[str, dict[str, Any] | str] = {}
+        # This batch's verdicts' uncertainty, computed for the batch at once (``uncertainties_for``).
+        self.uncertainty_of: dict[str, dict[str, Any]] = {}
         self.counts: Counter[str] = Counter()
         # Sources of the rejected requests this process sent to the DLQ (bounded, oldest out):
         # a record read again in the same process (the offset guard seeking back after Faust
@@ -220,7 +222,8 @@ class Router:
         if done is not None:
             return done
         source = source_of(event)
-        uncertainty = self.uncertainties.of(verdict)
+        txid = str(verdict["transaction_id"])
+        uncertainty = self.uncertainty_of.get(txid) or self.uncertainties.of(verdict)
         if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
             self.counts["on_demand"] += 1
             request = explain_request(
@@ -270,6 +273,27 @@ class Router:
             "method": method,
         }
         return self._publish(stream, event, key, new_row(request, "pending", source))
+
+    def uncertainties_for(self, events: Sequence[EventT]) -> None:
+        """Every verdict's uncertainty in this batch, one array pass per model version
+        (``Uncertainties.of_many``). Not validated here (``route`` does, and ignores the entry
+        of a verdict it refuses): only what the computation reads must be there."""
+        verdicts: list[dict[str, Any]] = []
+        for event in events:
+            message = event.message
+            if message.topic != topics.VERDICTS:
+                continue
+            try:
+                verdict = orjson.loads(message.value or b"")
+                verdicts.append({
+                    "transaction_id": str(verdict["transaction_id"]),
+                    "model_version": str(verdict["model_version"]),
+                    "score": float(verdict["score"]),
+                })  # fmt: skip
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+        found = self.uncertainties.of_many(verdicts) if verdicts else []
+        self.uncertainty_of = {str(v["transaction_id"]): u for v, u in zip(verdicts, found, strict=True)}
 
     def verdicts_to_read(self, stream: StreamT, events: Sequence[EventT]) -> dict[str, tuple[int, str]]:
         """The verdicts this batch's on-demand counterfactuals need read back (``VerdictReader``):
@@ -479,6 +503,7 @@ async def _route(
             began, now, rows_before = time.monotonic(), utc_now(), writer.pending
             for event in events:
                 router_acks.track(stream, event)
+            router.uncertainties_for(events)
             wanted = router.verdicts_to_read(stream, events)
             router.verdicts_read = await asyncio.to_thread(reader.read_many, wanted) if wanted else {}
             routed = [(event, router.route(stream, event, now)) for event in events]

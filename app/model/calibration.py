@@ -57,6 +57,12 @@ def _venn_abers() -> Any:
     return venn_abers
 
 
+def _short(value: float) -> float:
+    """Six significant digits: what a reader can use, a third of the bytes of a full repr (every
+    contributions update carries these; the flag and the set are decided before rounding)."""
+    return float(f"{value:.6g}")
+
+
 def _two_columns(scores: np.ndarray) -> np.ndarray:
     """(legitimate, fraud) probabilities, the shape both libraries take."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -147,22 +153,32 @@ class Calibration:
         return {name: float(point) for name, point in zip(names, points, strict=True)}
 
     def describe(self, score: float, boundaries: Mapping[str, float], confidence: float) -> dict[str, Any]:
-        """The ``uncertainty`` of one score (``schemas/explanation.schema.json``); ``boundaries``
-        from ``boundaries`` (computed once per model version)."""
-        low, high, point = (float(v[0]) for v in self.intervals(np.array([score])))
-        p_values = self.p_values(np.array([score]))[0]
-        straddles = [name for name in ("review", "deny") if low <= boundaries[name] <= high]
-        return {
-            "method": METHOD,
-            "probability": point,
-            "interval": [low, high],
-            "confidence": confidence,
-            "prediction_set": [LABELS[i] for i in (0, 1) if p_values[i] > 1.0 - confidence],
-            "p_values": {LABELS[i]: float(p_values[i]) for i in (0, 1)},
-            "uncertain": bool(straddles),
-            "straddles": straddles,
-            "boundaries": dict(boundaries),
-        }
+        """The ``uncertainty`` of one score (``describe_many`` of one)."""
+        return self.describe_many(np.array([score]), boundaries, confidence)[0]
+
+    def describe_many(
+        self, scores: np.ndarray, boundaries: Mapping[str, float], confidence: float
+    ) -> list[dict[str, Any]]:
+        """The ``uncertainty`` of each score (``schemas/explanation.schema.json``; the method is
+        ``METHOD``, named in the schema rather than in every update), in one pass over the
+        array; ``boundaries`` from ``boundaries`` (computed once per model version)."""
+        low, high, point = self.intervals(scores)
+        p_values = self.p_values(scores)
+        limits = {name: _short(value) for name, value in boundaries.items()}
+        out = []
+        for i in range(len(low)):
+            straddles = [name for name in ("review", "deny") if low[i] <= boundaries[name] <= high[i]]
+            out.append({
+                "probability": _short(point[i]),
+                "interval": [_short(low[i]), _short(high[i])],
+                "confidence": confidence,
+                "prediction_set": [LABELS[j] for j in (0, 1) if p_values[i, j] > 1.0 - confidence],
+                "p_values": {LABELS[j]: _short(p_values[i, j]) for j in (0, 1)},
+                "uncertain": bool(straddles),
+                "straddles": straddles,
+                "boundaries": dict(limits),
+            })  # fmt: skip
+        return out
 
     # -- storage ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -270,6 +270,8 @@ def train(
     # of the validation slice and the calibration slice). Their SHAP vectors cost about 1.4 ms
     # CPU a row (pred_contrib), hence the bound.
     held = slice(max(fit_end, calibration_end - reference_rows), calibration_end)
+    if progress:
+        print(f"similar cases: SHAP vectors of {held.stop - held.start:,} reference rows …", flush=True)
     reference = ReferenceSet.build(
         shap_vectors(booster, matrix[held], best), labels[held], txs[held], patterns[held]
     )

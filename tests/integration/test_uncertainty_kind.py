@@ -121,10 +121,11 @@ def test_every_verdict_ends_with_its_kinds_and_an_uncertainty_from_its_model(
         verdict = verdicts[txid]
         score = float(verdict["score"])
         p0, p1 = oracle.interval(score)
-        assert found["interval"] == pytest.approx([p0, p1], abs=1e-9), txid
-        assert found["probability"] == pytest.approx(p1 / (1 - p0 + p1), abs=1e-9)
+        # Six significant digits in the update.
+        assert found["interval"] == pytest.approx([p0, p1], rel=1e-5, abs=1e-12), txid
+        assert found["probability"] == pytest.approx(p1 / (1 - p0 + p1), rel=1e-5)
         p_values = {"legitimate": oracle.p_value(score, 0), "fraud": oracle.p_value(score, 1)}
-        assert found["p_values"] == pytest.approx(p_values, abs=1e-12), txid
+        assert found["p_values"] == pytest.approx(p_values, rel=1e-5), txid
         assert found["prediction_set"] == [name for name, p in p_values.items() if p > 1 - 0.95]
         straddles = [n for n in ("review", "deny") if p0 <= oracle.boundaries[n] <= p1]
         assert (found["straddles"], found["uncertain"]) == (straddles, bool(straddles)), txid

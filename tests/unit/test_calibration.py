@@ -17,6 +17,7 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 
 from app.explain.policy import PriorityRules
+from app.explain.state import from_record
 from app.explain.uncertainty import Uncertainties
 from app.explainer.router import Router
 from app.explainer.skips import Skips
@@ -179,7 +180,8 @@ def test_an_uncertain_verdict_is_routed_high_with_its_uncertainty(
         assert row is not None
         validate_message("explanation", row)  # the pending update readers get carries it
         assert row["uncertainty"]["uncertain"] is uncertain
-        assert row["uncertainty"] == row["request"]["uncertainty"]
+        assert "uncertainty" not in row["request"]  # once per record, and read back into the row
+        assert (from_record(row) or {})["request"]["uncertainty"] == row["uncertainty"]
     assert "review" in tables.row("explanations", "tx-u")["uncertainty"]["straddles"]  # type: ignore[index]
 
 
