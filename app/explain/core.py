@@ -234,12 +234,19 @@ class Explainer:
         ``app.model.reference``); raises ``NoReference`` when the version has no reference set."""
         with self._lock:
             if self._neighbours is None:
-                reference = self._registry.load_reference(self.version)
-                self._neighbours = (
-                    Neighbours(reference) if reference is not None
-                    else f"model version {self.version} has no reference set of similar cases "
-                    "(trained before fraudlens kept one: train it again, or `fraudlens models reference`)"
-                )  # fmt: skip
+                try:
+                    reference = self._registry.load_reference(self.version)
+                except Exception as exc:  # unreadable: said once, not read again per batch
+                    reference, why = (
+                        None,
+                        f"the reference set of model version {self.version} is unreadable: {exc}",
+                    )
+                else:
+                    why = (
+                        f"model version {self.version} has no reference set of similar cases (trained "
+                        "before fraudlens kept one: train it again, or `fraudlens models reference`)"
+                    )
+                self._neighbours = Neighbours(reference) if reference is not None else why
             neighbours = self._neighbours
         if isinstance(neighbours, str):
             raise NoReference(neighbours)

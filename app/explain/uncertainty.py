@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.model.registry import Registry, RegistryError
+from app.model.registry import Registry
 
 if TYPE_CHECKING:
     from app.model.calibration import Calibration
@@ -54,9 +54,9 @@ class Uncertainties:
             if loaded is None:
                 try:
                     loaded = self._load(version)
-                except (RegistryError, OSError, ValueError, KeyError) as exc:
+                except Exception as exc:  # a broken calibration file must never stop the router
                     loaded = None
-                    why = f"model version {version}: {exc}"[:400]
+                    why = f"model version {version}: {type(exc).__name__}: {exc}"[:400]
                 else:
                     why = (
                         f"model version {version} has no calibration (trained before fraudlens "

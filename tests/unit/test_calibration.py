@@ -195,3 +195,37 @@ def test_sampling_stays_the_rules_own_for_an_uncertain_verdict(trained: Register
     waiting = tables.row("explanation_waiting", "tx-s")
     assert waiting is not None and waiting["status"] == "sampled_out"
     assert waiting["request"]["uncertainty"]["uncertain"] is True  # kept for when it is asked for
+
+
+def test_a_broken_calibration_file_is_unavailable_never_a_stopped_router(
+    trained: RegisteredModel, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(trained.path.parent, root)
+    (root / trained.version / "calibration.npz").write_bytes(b"PK\x03\x04 not a zip at all")
+    verdicts = [{"model_version": trained.version, "score": 0.5}, {"model_version": "0" * 12, "score": 0.1}]
+    broken, unknown = Uncertainties(root, 0.95).of_many(verdicts)
+    assert set(broken) == {"unavailable"} and trained.version in broken["unavailable"]
+    assert set(unknown) == {"unavailable"} and "not registered" in unknown["unavailable"]
+
+
+def test_models_show_reports_the_calibration(trained: RegisteredModel) -> None:
+    from click.testing import CliRunner
+
+    from app.cli.main import cli
+    from app.settings import get_settings
+
+    get_settings.cache_clear()  # settings are read once per process: this command's own
+    try:
+        shown = CliRunner().invoke(
+            cli, ["models", "show", trained.version], env={"FRAUDLENS_MODELS_DIR": str(trained.path.parent)}
+        )
+    finally:
+        get_settings.cache_clear()
+    assert shown.exit_code == 0, shown.output
+    meta = json.loads(shown.output)
+    assert meta["calibration"]["method"] == "venn_abers+mondrian_conformal"
+    assert set(meta["calibration"]["held_out"]["coverage"]["0.95"]) == {"legitimate", "fraud"}
+    assert meta["reference"]["rows"] > 0 and meta["reference"]["space"] == "shap"

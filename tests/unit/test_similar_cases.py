@@ -26,6 +26,7 @@ from app.model.reference import Neighbours, ReferenceSet
 from app.model.registry import Registry
 from app.model.training import REFERENCE_ROWS, RegisteredModel, load_labelled, split_points, train
 from app.records.contracts import validate_message
+from app.settings import get_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 ROWS, SEED = 20_000, 3
@@ -190,6 +191,7 @@ def test_models_reference_replaces_the_set_with_a_labelled_file(
             )
     runner = CliRunner()
     env = {"FRAUDLENS_MODELS_DIR": str(root)}
+    get_settings.cache_clear()  # settings are read once per process: this command's own
     result = runner.invoke(
         cli, ["models", "reference", trained.version, "--data", str(data), "--rows", "1000"], env=env
     )
@@ -203,3 +205,25 @@ def test_models_reference_replaces_the_set_with_a_labelled_file(
         cli, ["models", "reference", "0" * 12, "--data", str(data)], env={"FRAUDLENS_MODELS_DIR": str(root)}
     )
     assert bad.exit_code != 0 and "not registered" in bad.output
+
+
+def test_an_unreadable_reference_is_unavailable_and_read_once(
+    trained: RegisteredModel, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(trained.path.parent, root)
+    broken = root / trained.version / "reference.npz"
+    broken.write_bytes(b"not an npz")
+    txs, _, _ = load_labelled(2000, SEED, None, None, progress=False)
+    matrix, _ = build_matrix(txs)
+    features = dict(zip(FEATURE_NAMES, (None if np.isnan(v) else float(v) for v in matrix[-1]), strict=True))
+    explainers = ExplainerCache(root)
+    first = compute(prepare(explainers, [_request(trained, "q", features)], "tree"), [None], 3)[0]
+    assert first.explanation is not None and first.explanation.ok
+    assert "unreadable" in (first.similar_cases or {})["unavailable"]
+    trained_reference = trained.path / "reference.npz"
+    shutil.copy(trained_reference, broken)  # a good file now: not read again by this explainer
+    again = compute(prepare(explainers, [_request(trained, "q2", features)], "tree"), [None], 3)[0]
+    assert again.similar_cases == first.similar_cases
