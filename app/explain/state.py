@@ -33,7 +33,7 @@ from app.explain.messages import (
     explanation_update,
     timings,
 )
-from app.records.kinds import CONTRIBUTIONS, COUNTERFACTUAL, SPLIT_SEARCH, kind_of
+from app.records.kinds import COUNTERFACTUAL, SPLIT_SEARCH, kind_of
 
 SAMPLED_OUT = "sampled_out"
 REQUESTED = "requested"
@@ -239,8 +239,7 @@ def update_message(row: Mapping[str, Any], updated_at: str) -> dict[str, Any]:
         failure=failure,
         kind=kind_of(row),
         counterfactual=result,
-        # The contributions' (an on-demand counterfactual's request copies its fields).
-        uncertainty=(row.get("request") or {}).get("uncertainty") if kind_of(row) == CONTRIBUTIONS else None,
+        uncertainty=row["request"].get("uncertainty"),
         similar_cases=row.get("similar_cases") if status == "complete" else None,
     )
 
@@ -263,9 +262,9 @@ def to_record(row: Mapping[str, Any]) -> dict[str, Any]:
     if row["status"] in UNPUBLISHED:
         raise ValueError(f"a {row['status']} row is not published")
     update = update_message(row, _updated_at(row))
-    # The uncertainty is the update's own field; its copy in the request is left out (half the
+    # The uncertainty is the update's own field: its copy in the request is left out (half the
     # bytes it adds) and ``from_record`` puts it back.
-    request = {k: v for k, v in row["request"].items() if k != "uncertainty" or "uncertainty" not in update}
+    request = {k: v for k, v in row["request"].items() if k != "uncertainty"}
     return {**update, "source": row["source"], "request": request}
 
 
@@ -301,9 +300,8 @@ def from_record(record: Any) -> Row | None:
         reason_code=record.get("reason_code"), reason=record.get("reason"), timings=record["timings"],
         counterfactual=result if isinstance(result, dict) else None,
     )  # fmt: skip
-    found = record.get("uncertainty")
-    if isinstance(found, dict) and "uncertainty" not in row["request"]:
-        row["request"] = {**row["request"], "uncertainty": found}  # left out of the record's request
+    if isinstance(record.get("uncertainty"), dict):  # left out of the record's request
+        row["request"] = {**row["request"], "uncertainty": record["uncertainty"]}
     similar = record.get("similar_cases")
     if row["status"] == "complete" and isinstance(similar, dict):
         row["similar_cases"] = similar  # read back as written: a replay re-announces the same bytes

@@ -27,13 +27,14 @@ VERSIONS_KEPT = 8  # calibrations held in memory (a few hundred KB each)
 
 
 class Uncertainties:
-    """Per model version, its calibration and threshold boundaries, loaded once."""
+    """Per model version, its calibration and threshold boundaries (or why there are none),
+    loaded once."""
 
     def __init__(self, root: Path, confidence: float) -> None:
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be within (0, 1), got {confidence}")
         self.registry, self.confidence = Registry(root), confidence
-        self._loaded: OrderedDict[str, tuple[Calibration, dict[str, float]]] = OrderedDict()
+        self._loaded: OrderedDict[str, tuple[Calibration, dict[str, float]] | str] = OrderedDict()
         from app.model.calibration import _venn_abers
 
         _venn_abers()  # its import (scikit-learn, pandas: about a second) now, not at a verdict
@@ -43,48 +44,46 @@ class Uncertainties:
         return self.of_many([verdict])[0]
 
     def of_many(self, verdicts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """``of`` for each verdict, one array pass per model version (the router's batch: one
-        verdict at a time costs about 30 µs, most of it per call)."""
+        """``of`` for each verdict, one array pass per model version (the router's micro-batch;
+        ``bench.uncertainty`` measures both this and one verdict at a time)."""
         out: list[dict[str, Any]] = [{}] * len(verdicts)
         by_version: dict[str, list[int]] = {}
         for i, verdict in enumerate(verdicts):
             by_version.setdefault(str(verdict["model_version"]), []).append(i)
         for version, indices in by_version.items():
-            loaded = self._loaded.get(version)
-            if loaded is None:
-                try:
-                    loaded = self._load(version)
-                except Exception as exc:  # a broken calibration file must never stop the router
-                    loaded = None
-                    why = f"model version {version}: {type(exc).__name__}: {exc}"[:400]
-                else:
-                    why = (
-                        f"model version {version} has no calibration (trained before fraudlens "
-                        "calibrated its models: train it again)"
-                    )
-                if loaded is None:
-                    for i in indices:
-                        out[i] = {"unavailable": why}
-                    continue
+            loaded = self._calibrated(version)
+            if isinstance(loaded, str):
+                found = [{"unavailable": loaded}] * len(indices)
             else:
-                self._loaded.move_to_end(version)
-            calibration, boundaries = loaded
-            scores = np.array([float(verdicts[i]["score"]) for i in indices])
-            for i, found in zip(
-                indices, calibration.describe_many(scores, boundaries, self.confidence), strict=True
-            ):
-                out[i] = found
+                calibration, boundaries = loaded
+                scores = np.array([float(verdicts[i]["score"]) for i in indices])
+                found = calibration.describe_many(scores, boundaries, self.confidence)
+            for i, uncertainty in zip(indices, found, strict=True):
+                out[i] = uncertainty
         return out
 
-    def _load(self, version: str) -> tuple[Calibration, dict[str, float]] | None:
-        calibration = self.registry.load_calibration(version)
-        if calibration is None:
-            return None
-        boundaries = calibration.boundaries(self.registry.load_meta(version)["thresholds"])
-        self._loaded[version] = calibration, boundaries
+    def _calibrated(self, version: str) -> tuple[Calibration, dict[str, float]] | str:
+        """The version's calibration and threshold boundaries, or why there are none; either read
+        once per process (a broken file is not read again for every batch)."""
+        if version in self._loaded:
+            self._loaded.move_to_end(version)
+            return self._loaded[version]
+        loaded: tuple[Calibration, dict[str, float]] | str
+        try:
+            calibration = self.registry.load_calibration(version)
+            if calibration is None:
+                loaded = (
+                    f"model version {version} has no calibration (trained before fraudlens "
+                    "calibrated its models: train it again)"
+                )
+            else:
+                loaded = calibration, calibration.boundaries(self.registry.load_meta(version)["thresholds"])
+                log.info(
+                    "uncertainty: model version %s calibrated on %d rows", version, len(calibration.scores)
+                )
+        except Exception as exc:  # a broken calibration file must never stop the router
+            loaded = f"model version {version}: {type(exc).__name__}: {exc}"[:400]
+        self._loaded[version] = loaded
         while len(self._loaded) > VERSIONS_KEPT:
             self._loaded.popitem(last=False)
-        log.info(
-            "uncertainty: calibration of model version %s loaded (%d rows)", version, len(calibration.scores)
-        )
-        return calibration, boundaries
+        return loaded

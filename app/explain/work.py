@@ -231,9 +231,8 @@ def _similar_cases(explainer: Explainer, indices: list[int], outcomes: list[Outc
         found: list[dict[str, Any]] = [
             {"k": k, "space": "shap", "cases": cases} for cases in explainer.similar_cases(vectors, k)
         ]
-    except NoReference as exc:
-        found = [{"unavailable": str(exc)[:400]}] * len(done)
-    except Exception as exc:  # a broken reference file must not fail the explanations
-        found = [{"unavailable": f"{type(exc).__name__}: {exc}"[:400]}] * len(done)
+    except Exception as exc:  # no reference set, or a broken one: never a failed explanation
+        why = str(exc) if isinstance(exc, NoReference) else f"{type(exc).__name__}: {exc}"
+        found = [{"unavailable": why[:400]}] * len(done)
     for i, result in zip(done, found, strict=True):
         outcomes[i] = replace(outcomes[i], similar_cases=result)  # type: ignore[type-var]

@@ -56,7 +56,7 @@ from app.explain.state import (
 )
 from app.explain.uncertainty import Uncertainties
 from app.explainer.faust_patches import micro_batches
-from app.explainer.skips import Skips, contract_problem
+from app.explainer.skips import Skips, checked_record
 from app.explainer.table_io import TableWriter, give_up, named_sink, source_of, stored_json, utc_now
 from app.explainer.verdict_reader import VerdictReader
 from app.kafka import topics
@@ -104,7 +104,9 @@ class Router:
         # This batch's on-demand counterfactuals' verdicts, read back before it is routed
         # (``verdicts_to_read``): transaction id → the verdict, or why it could not be read.
         self.verdicts_read: dict[str, dict[str, Any] | str] = {}
-        # This batch's verdicts' uncertainty, computed for the batch at once (``uncertainties_for``).
+        # This batch's verdicts, checked once, and their uncertainty, computed for the batch at
+        # once (``uncertainties_for``; ``route`` checks and computes alone for an event outside it).
+        self._checked: dict[int, tuple[dict[str, Any] | None, str | None]] = {}
         self.uncertainty_of: dict[str, dict[str, Any]] = {}
         self.counts: Counter[str] = Counter()
         # Sources of the rejected requests this process sent to the DLQ (bounded, oldest out):
@@ -134,12 +136,18 @@ class Router:
                 self.counts["rejected_requests"] += 1
                 return [self._dlq_send(event, exc)]
             return self._guarded(stream, event, self._on_demand, asked, now)
-        problem = contract_problem(message.value, message.key, "verdict")
-        if problem is not None:
+        checked = self._checked.pop(id(event), None)
+        verdict, problem = checked if checked is not None else self._check(event)
+        if verdict is None:
             self.counts["invalid"] += 1
-            self.skips.skip(message.topic, source_of(event), problem)
+            self.skips.skip(message.topic, source_of(event), problem or "no verdict")
             return []
-        return self._guarded(stream, event, self._verdict, orjson.loads(message.value or b""), now)
+        return self._guarded(stream, event, self._verdict, verdict, now)
+
+    @staticmethod
+    def _check(event: EventT) -> tuple[dict[str, Any] | None, str | None]:
+        """A verdict record parsed and checked against its contract once (``checked_record``)."""
+        return checked_record(event.message.value, event.message.key, "verdict")
 
     def _dlq_send(self, event: EventT, exc: InvalidInput) -> Send:
         """The bounded DLQ record of a rejected on-demand request, to the request's own partition
@@ -275,23 +283,11 @@ class Router:
         return self._publish(stream, event, key, new_row(request, "pending", source))
 
     def uncertainties_for(self, events: Sequence[EventT]) -> None:
-        """Every verdict's uncertainty in this batch, one array pass per model version
-        (``Uncertainties.of_many``). Not validated here (``route`` does, and ignores the entry
-        of a verdict it refuses): only what the computation reads must be there."""
-        verdicts: list[dict[str, Any]] = []
-        for event in events:
-            message = event.message
-            if message.topic != topics.VERDICTS:
-                continue
-            try:
-                verdict = orjson.loads(message.value or b"")
-                verdicts.append({
-                    "transaction_id": str(verdict["transaction_id"]),
-                    "model_version": str(verdict["model_version"]),
-                    "score": float(verdict["score"]),
-                })  # fmt: skip
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
+        """Check this batch's verdicts (``route`` takes each one's result instead of parsing it
+        again) and compute the valid ones' uncertainty in one array pass per model version
+        (``Uncertainties.of_many``)."""
+        self._checked = {id(e): self._check(e) for e in events if e.message.topic == topics.VERDICTS}
+        verdicts = [verdict for verdict, _ in self._checked.values() if verdict is not None]
         found = self.uncertainties.of_many(verdicts) if verdicts else []
         self.uncertainty_of = {str(v["transaction_id"]): u for v, u in zip(verdicts, found, strict=True)}
 
@@ -350,7 +346,8 @@ class Router:
         verdict = self.verdicts_read.get(txid, "the verdict was not read back")
         if isinstance(verdict, str) or verdict.get("replay") is None:
             why = verdict if isinstance(verdict, str) else f"the verdict of {txid} carries no card state"
-            base = {**verdict_row["request"], "priority": "high", "on_demand": True, "queued_at": now}
+            contributions = {k: v for k, v in verdict_row["request"].items() if k != "uncertainty"}
+            base = {**contributions, "priority": "high", "on_demand": True, "queued_at": now}
             pending = new_row({**base, "kind": COUNTERFACTUAL}, "pending", source)
             gone = failed(pending, FailureCode.VERDICT_UNAVAILABLE, why, now)
             self.writer.write(stream, event, self.explanations, key, orjson.dumps(to_record(gone)))

@@ -11,7 +11,7 @@ transaction id and time.
 
 Why SHAP space and not the raw features: on the default run's test split (rows in neither
 set), the three nearest neighbours' majority outcome agrees with the label more often in SHAP
-space, and most of all on the frauds (``make bench``'s ``similar`` section; docs/model.md).
+space, and most of all on the frauds (``bench/similar.py``; docs/model.md).
 Raw features mix units (amounts, counts, hours, flags) that a standardisation only half fixes;
 SHAP values are all log-odds, weighted by what the model found to matter.
 
@@ -20,8 +20,7 @@ Lookups: scikit-learn's ``NearestNeighbors`` (Euclidean), fitted once per versio
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,19 +75,17 @@ class ReferenceSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def save(self, folder: Path) -> None:
-        """Write ``reference.npz`` into ``folder`` atomically (a temporary file, then a rename)."""
-        fd, tmp = tempfile.mkstemp(prefix=".reference.", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as handle:
-            arrays: dict[str, Any] = {
-                "shap": self.shap,
-                "labels": self.labels,
-                "amount": self.amount,
-                **self.text,
-            }
-            np.savez_compressed(handle, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, Path(folder) / REFERENCE_FILE)
+    def to_bytes(self) -> bytes:
+        """The ``reference.npz`` bytes (the registry writes them, ``Registry.save_reference``)."""
+        buffer = io.BytesIO()
+        arrays: dict[str, Any] = {
+            "shap": self.shap,
+            "labels": self.labels,
+            "amount": self.amount,
+            **self.text,
+        }
+        np.savez_compressed(buffer, **arrays)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, folder: Path) -> ReferenceSet:
@@ -144,32 +141,3 @@ class Neighbours:
             [self.reference.case(int(i), float(d)) for d, i in zip(row_d, row_i, strict=True)]
             for row_d, row_i in zip(distances, indices, strict=True)
         ]
-
-
-def agreement(
-    reference_vectors: np.ndarray,
-    reference_labels: np.ndarray,
-    test_vectors: np.ndarray,
-    test_labels: np.ndarray,
-    k: int,
-) -> dict[str, Any]:
-    """How often the ``k`` nearest reference rows' majority outcome agrees with the test label,
-    overall and on the frauds (``base_rate_agreement``: always answering "legitimate")."""
-    from sklearn.neighbors import NearestNeighbors
-
-    index = NearestNeighbors(n_neighbors=k).fit(reference_vectors)
-    _, found = index.kneighbors(test_vectors)
-    votes = np.asarray(reference_labels)[found].sum(axis=1)
-    majority = (votes * 2 > k).astype(np.int8)
-    labels = np.asarray(test_labels, dtype=np.int8)
-    frauds = labels == 1
-    return {
-        "k": k,
-        "test_rows": len(labels),
-        "agreement": float((majority == labels).mean()),
-        "base_rate_agreement": float(1.0 - labels.mean()),
-        "frauds_with_fraud_majority": float(majority[frauds].mean()) if frauds.any() else None,
-        "legitimate_with_legitimate_majority": float((majority[~frauds] == 0).mean())
-        if (~frauds).any()
-        else None,
-    }

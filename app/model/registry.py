@@ -111,34 +111,28 @@ class Registry:
         """The version's calibration (issue 21), or None: trained before calibrations existed."""
         from app.model.calibration import CALIBRATION_FILE, Calibration
 
-        folder = self.path(version)
-        if not (folder / CALIBRATION_FILE).is_file():
-            return None
-        return Calibration.load(folder)
+        return Calibration.load(self.path(version)) if self._has(version, CALIBRATION_FILE) else None
 
     def load_reference(self, version: str) -> ReferenceSet | None:
         """The version's reference set of similar cases (issue 21), or None: it has none."""
         from app.model.reference import REFERENCE_FILE, ReferenceSet
 
-        folder = self.path(version)
-        if not (folder / REFERENCE_FILE).is_file():
-            return None
-        return ReferenceSet.load(folder)
+        return ReferenceSet.load(self.path(version)) if self._has(version, REFERENCE_FILE) else None
+
+    def _has(self, version: str, name: str) -> bool:
+        return (self.path(version) / name).is_file()
 
     def save_reference(self, version: str, reference: ReferenceSet, summary: Mapping[str, Any]) -> None:
         """Store (or replace) the version's reference set: not part of the content hash (the same
         model may be given the user's own past transactions later: ``fraudlens models
         reference``); its summary goes into ``meta.json``'s ``reference``. Each file is replaced
         atomically; a reader sees the old or the new one."""
+        from app.model.reference import REFERENCE_FILE
+
         folder = self.path(version)
-        reference.save(folder)
-        meta = self.load_meta(version)
-        meta["reference"] = _finite_tree(summary)
-        fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / META_FILE)
+        _replace(folder / REFERENCE_FILE, reference.to_bytes())
+        meta = {**self.load_meta(version), "reference": _finite_tree(summary)}
+        _replace(folder / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
     def current(self) -> str | None:
         """The active version, or None when nothing was made current."""
@@ -152,11 +146,7 @@ class Registry:
         """Point ``CURRENT`` at a registered version (atomic replace)."""
         self.path(version)  # raises UnknownModelVersion
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=self.root)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(version + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, self.root / CURRENT_FILE)
+        _replace(self.root / CURRENT_FILE, (version + "\n").encode())
 
     def register(
         self,
@@ -213,6 +203,15 @@ class Registry:
             # A concurrent registration of the same content won the race.
             if not self._is_registered(version):
                 raise
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: a temporary file beside it, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; scorers may run as another user
+    os.replace(tmp, path)
 
 
 def _finite_or_none(value: object) -> object:

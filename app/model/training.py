@@ -27,7 +27,7 @@ from app.model.calibration import METHOD as CALIBRATION_METHOD
 from app.model.calibration import Calibration, held_out_report
 from app.model.features import FEATURE_NAMES, build_matrix, parse_ts_ms
 from app.model.generator import generate
-from app.model.reference import DEFAULT_K, ReferenceSet, agreement
+from app.model.reference import ReferenceSet
 from app.model.registry import Registry
 
 CONTRACT_FIELDS: tuple[str, ...] = (
@@ -266,61 +266,24 @@ def train(
         "boundaries": calibration.boundaries(thresholds),
         "held_out": held_out,
     }
-    # Similar cases: the most recent labelled rows held out of the fit, before the test (the end
-    # of the validation slice and the calibration slice). Their SHAP vectors cost about 1.4 ms
-    # CPU a row (pred_contrib), hence the bound.
-    held = slice(max(fit_end, calibration_end - reference_rows), calibration_end)
-    if progress:
-        print(f"similar cases: SHAP vectors of {held.stop - held.start:,} reference rows …", flush=True)
-    reference = ReferenceSet.build(
-        shap_vectors(booster, matrix[held], best), labels[held], txs[held], patterns[held]
-    )
-    reference_meta = {
-        "source": f"{source}: the {len(reference):,} labelled rows before the test",
-        "rows": len(reference),
-        "frauds": int(reference.labels.sum()),
-        "space": "shap",
-    }
     summary = _summary(len(txs), seed, source, best, fit_end, train_end)
     registry = Registry(registry_dir)
     version = registry.register(
         booster, FEATURE_NAMES, thresholds, metrics, summary, make_current, calibration, calibration_meta
     )
-    registry.save_reference(version, reference, reference_meta)
+    # Similar cases: the most recent labelled rows held out of the fit, before the test (the end
+    # of the validation slice and the calibration slice). Their SHAP vectors cost about 3 ms
+    # CPU a row (docs/model.md), hence the bound.
+    held = slice(max(fit_end, calibration_end - reference_rows), calibration_end)
+    if progress:
+        print(f"similar cases: SHAP vectors of {held.stop - held.start:,} reference rows …", flush=True)
+    save_reference(
+        registry, version, (txs, labels, patterns, matrix), held, f"{source}, rows before the test"
+    )
     _report(metrics, thresholds, version, test_scores, held_out)
     return RegisteredModel(
         version, registry.path(version), thresholds, metrics, best, registry.current() == version
     )
-
-
-def shap_vectors(booster: lgb.Booster, matrix: np.ndarray, best: int | None = None) -> np.ndarray:
-    """Each row's SHAP values (log-odds), as the contributions kind's ``tree`` method gives them."""
-    if len(matrix) == 0:
-        return np.empty((0, matrix.shape[1]))
-    out = np.asarray(booster.predict(matrix, num_iteration=best, pred_contrib=True))
-    return out[:, :-1]
-
-
-def space_comparison(  # bench/similar.py: the measurement that chose SHAP space
-    reference_rows: np.ndarray,
-    reference_shap: np.ndarray,
-    reference_labels: np.ndarray,
-    test_rows: np.ndarray,
-    test_shap: np.ndarray,
-    test_labels: np.ndarray,
-) -> dict[str, Any]:
-    """The neighbours' majority outcome against the test labels, in SHAP space and in the raw
-    features standardised by the reference's mean and spread (missing values at the mean)."""
-    if len(test_labels) == 0:
-        return {}
-    mean = np.nanmean(reference_rows, axis=0)
-    spread = np.nanstd(reference_rows, axis=0)
-    spread[~(spread > 0)] = 1.0
-    scaled = lambda rows: np.nan_to_num((rows - mean) / spread)  # noqa: E731
-    return {
-        "shap": agreement(reference_shap, reference_labels, test_shap, test_labels, DEFAULT_K),
-        "raw": agreement(scaled(reference_rows), reference_labels, scaled(test_rows), test_labels, DEFAULT_K),
-    }
 
 
 def _summary(rows: int, seed: int, source: str, best: int, fit_end: int, train_end: int) -> dict[str, Any]:
@@ -367,6 +330,31 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def save_reference(
+    registry: Registry,
+    version: str,
+    data: tuple[list[dict[str, Any]], np.ndarray, list[str | None], np.ndarray],
+    kept: slice,
+    origin: str,
+) -> dict[str, Any]:
+    """Store the ``kept`` rows of ``data`` (transactions, labels, patterns, feature matrix) as the
+    version's similar cases, their SHAP vectors from the contributions kind's own code
+    (``Explainer.contributions``, tree method); returns the summary ``meta.json`` gets."""
+    from app.explain.core import Explainer  # the explain layer sits above this one
+
+    txs, labels, patterns, matrix = data
+    shap_values, _ = Explainer(registry.root, version, num_threads=2).contributions(matrix[kept])
+    reference = ReferenceSet.build(shap_values, labels[kept], txs[kept], patterns[kept])
+    summary = {
+        "source": f"{origin}: {len(reference):,}",
+        "rows": len(reference),
+        "frauds": int(reference.labels.sum()),
+        "space": "shap",
+    }
+    registry.save_reference(version, reference, summary)
+    return summary
+
+
 def build_reference(
     registry_dir: Path, version: str, data: Path, label: str | None, rows: int = REFERENCE_ROWS
 ) -> dict[str, Any]:
@@ -374,21 +362,12 @@ def build_reference(
     user's own past transactions (the most recent ``rows``; features built over the whole file,
     in time order, so each row sees its card's history as the scorer would)."""
     registry = Registry(registry_dir)
-    folder = registry.path(version)
+    registry.path(version)  # raises UnknownModelVersion before the file is read
     txs, labels, source, patterns = load_labelled_with_patterns(0, 0, data, label, progress=False)
-    if not len(txs):
+    if not txs:
         raise ValueError(f"{data}: no rows")
     matrix, _ = build_matrix(txs)
-    booster = lgb.Booster(model_file=str(folder / "model.txt"))  # the early-stopped trees only
     kept = slice(max(0, len(txs) - rows), len(txs))
-    reference = ReferenceSet.build(
-        shap_vectors(booster, matrix[kept]), labels[kept], txs[kept], patterns[kept]
+    return save_reference(
+        registry, version, (txs, labels, patterns, matrix), kept, f"{source}, most recent rows"
     )
-    summary = {
-        "source": f"{source}: the {len(reference):,} most recent rows",
-        "rows": len(reference),
-        "frauds": int(reference.labels.sum()),
-        "space": "shap",
-    }
-    registry.save_reference(version, reference, summary)
-    return summary

@@ -91,9 +91,9 @@ def test_describe_flags_a_score_whose_interval_holds_a_threshold_boundary() -> N
         p0, p1 = isotonic_at(scores, labels, threshold, 0), isotonic_at(scores, labels, threshold, 1)
         assert boundaries[name] == pytest.approx(p1 / (1 - p0 + p1), abs=1e-9)
         # A point probability lies within its own interval: the threshold's score straddles it.
-        at = calibration.describe(threshold, boundaries, 0.95)
+        (at,) = calibration.describe_many(np.array([threshold]), boundaries, 0.95)
         assert at["uncertain"] and name in at["straddles"]
-    far = calibration.describe(1e-6, boundaries, 0.95)
+    (far,) = calibration.describe_many(np.array([1e-6]), boundaries, 0.95)
     p1_far = isotonic_at(scores, labels, 1e-6, 1)
     assert p1_far < boundaries["review"] and not far["uncertain"] and far["straddles"] == []
     assert far["prediction_set"] == ["legitimate"]
@@ -108,9 +108,21 @@ def test_fit_refuses_a_slice_without_both_labels() -> None:
 
 
 def test_importing_venn_abers_leaves_numpys_error_handling_alone() -> None:
-    before = np.geterr()
-    Calibration.fit(*synthetic(100, seed=6))
-    assert np.geterr() == before
+    """In a fresh interpreter: venn_abers changes numpy's error handling at import, once per
+    process, so a check in this one would see whatever an earlier test left."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import numpy as np; before = np.geterr()\n"
+        "from app.explain.uncertainty import Uncertainties\n"
+        "Uncertainties('/nonexistent', 0.95)  # imports venn_abers, as the router does at start\n"
+        "from app.model.calibration import Calibration\n"
+        "Calibration.fit(np.array([0.1, 0.2, 0.7, 0.9]), np.array([0, 0, 1, 1]))\n"
+        "assert np.geterr() == before, (np.geterr(), before)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def _update() -> dict[str, Any]:

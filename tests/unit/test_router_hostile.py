@@ -93,8 +93,16 @@ def test_a_bad_on_demand_request_becomes_one_bounded_dlq_send(
         (b"somebody-else", VERDICT),
     ],
 )
-def test_a_bad_verdict_is_a_counted_skip(router: Router, key: bytes, value: bytes | None) -> None:
-    sends = router.route(None, Event(Message("verdicts", key, value)), "2026-11-28T12:00:00.000000Z")  # type: ignore[arg-type]
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_bad_verdict_is_a_counted_skip(
+    router: Router, key: bytes, value: bytes | None, batched: bool
+) -> None:
+    """Alone, or checked first with its micro-batch as the agent does (``uncertainties_for``)."""
+    event = Event(Message("verdicts", key, value))
+    if batched:
+        router.uncertainties_for([event])  # type: ignore[list-item]
+        assert router.uncertainty_of == {}
+    sends = router.route(None, event, "2026-11-28T12:00:00.000000Z")  # type: ignore[arg-type]
     assert sends == []
     assert router.counts["invalid"] == 1 and router.skips.total == {"verdicts": 1}
 

@@ -22,7 +22,7 @@ from app.explain.state import finished, from_record, new_row, to_record
 from app.explain.work import compute, prepare
 from app.model.features import FEATURE_NAMES, build_matrix
 from app.model.generator import generate
-from app.model.reference import Neighbours, ReferenceSet
+from app.model.reference import REFERENCE_FILE, Neighbours, ReferenceSet
 from app.model.registry import Registry
 from app.model.training import REFERENCE_ROWS, RegisteredModel, load_labelled, split_points, train
 from app.records.contracts import validate_message
@@ -55,7 +55,7 @@ def _reference(n: int, features: int, seed: int) -> ReferenceSet:
 
 def test_lookup_returns_the_nearest_cases_nearest_first(tmp_path: Path) -> None:
     reference = _reference(2000, 6, seed=1)
-    reference.save(tmp_path)
+    (tmp_path / REFERENCE_FILE).write_bytes(reference.to_bytes())
     loaded = ReferenceSet.load(tmp_path)  # round trip through the file
     queries = np.random.default_rng(2).normal(size=(25, 6))
     found = Neighbours(loaded).lookup(queries, 3)
