@@ -200,8 +200,13 @@ def _similar(b: Mapping[str, Any]) -> list[str]:
     return [
         f"Model `{s['model_version']}`: {s['reference_rows']:,} reference cases "
         f"({s['reference_frauds']} frauds); {s['test_rows']:,} test rows ({s['test_frauds']} frauds) "
-        f"neither saw. The {s['k']} nearest cases' majority outcome against the test label; a lookup "
-        f"costs {s['cpu_ms_per_lookup']} ms CPU.",
+        f"neither saw. The {s['k']} nearest cases' majority outcome against the test label. CPU per "
+        "lookup by batch size, k-d tree (served) / brute force: "
+        + ", ".join(
+            f"{size}: {ms} / {s['brute_force_cpu_ms_per_lookup_by_batch'][size]} ms"
+            for size, ms in s["cpu_ms_per_lookup_by_batch"].items()
+        )
+        + ".",
         "",
         *_table(
             ["space", "agreement, all rows", "frauds with a fraud majority"],

@@ -2,7 +2,9 @@
 agrees with the label of a test row neither the model nor the reference set saw — in SHAP space
 (what the explainer serves) and in the raw features standardised by the reference (the
 alternative it was chosen over) — against the base rate (always "legitimate"); and the CPU of
-one lookup as the workers do it (batches of 64 SHAP vectors, one ``NearestNeighbors`` query).
+one lookup as the workers do it (``Neighbours.lookup`` on batches of 1, 8 and 64 SHAP vectors:
+the workers' batches run from one row at a steady rate to about 17 at saturation), beside
+scikit-learn's brute-force ``NearestNeighbors`` on the same batches (the search it replaced).
 
 The reference set is the version's own ``reference.npz``; the test rows are rebuilt from the
 training summary (generated data). ``--quick``: the first 3,000 test rows.
@@ -24,7 +26,9 @@ from app.model.reference import DEFAULT_K, Neighbours
 from app.model.registry import Registry
 from bench.uncertainty import training_data
 
-LOOKUP_TARGET_MS = 1.0  # per explanation: under the 1.6 ms of the contributions they ride with
+LOOKUP_TARGET_MS = 0.5  # per explanation, any batch size: under a third of SHAP's ~1.7 ms a row
+BATCH_SIZES = (1, 8, 64)
+SIZES_SAID = "/".join(map(str, BATCH_SIZES))
 
 
 def agreement(
@@ -87,14 +91,8 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
         matrix[first:calibration_end], reference.shap.astype(np.float64), reference.labels,
         matrix[test], test_shap, labels[test],
     )  # fmt: skip
-    neighbours = Neighbours(reference)
-    per: list[float] = []
-    for i in range(0, min(len(test_shap), 3200), 64):
-        chunk = test_shap[i : i + 64]
-        started = time.process_time()
-        neighbours.lookup(chunk, DEFAULT_K)
-        per.append((time.process_time() - started) / len(chunk))
-    cpu_ms = round(1000 * statistics.median(per), 4)
+    cpu_ms = lookup_cpu_ms(Neighbours(reference), test_shap, quick)
+    brute_ms = lookup_cpu_ms(_Brute(reference.shap), test_shap, quick)
     shap, raw = comparison["shap"], comparison["raw"]
     summary = {
         "model_version": version,
@@ -112,7 +110,8 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
             "shap": shap["frauds_with_fraud_majority"],
             "raw": raw["frauds_with_fraud_majority"],
         },
-        "cpu_ms_per_lookup": cpu_ms,
+        "cpu_ms_per_lookup_by_batch": cpu_ms,
+        "brute_force_cpu_ms_per_lookup_by_batch": brute_ms,
     }
     targets = {
         "agreement": {
@@ -121,12 +120,42 @@ def run(quick: bool, models: Path, out: Path) -> dict[str, Any]:
             "pass": shap["agreement"] > shap["base_rate_agreement"],
         },
         "lookup_cpu": {
-            "target": f"CPU per lookup <= {LOOKUP_TARGET_MS} ms (batches of 64)",
-            "value": cpu_ms,
-            "pass": cpu_ms <= LOOKUP_TARGET_MS,
+            "target": f"CPU per lookup <= {LOOKUP_TARGET_MS} ms, batches of {SIZES_SAID} (worst)",
+            "value": max(cpu_ms.values()),
+            "pass": max(cpu_ms.values()) <= LOOKUP_TARGET_MS,
         },
     }
     return {"summary": summary, "targets": targets, "raw": comparison, "plots": []}
+
+
+def lookup_cpu_ms(neighbours: Any, test_shap: np.ndarray, quick: bool) -> dict[str, float]:
+    """Median CPU-ms per looked-up row, per batch size, over the test rows in order."""
+    rows = test_shap[: 640 if quick else 3200]
+    by_batch: dict[str, float] = {}
+    for size in BATCH_SIZES:
+        per: list[float] = []
+        for i in range(0, len(rows) - size + 1, size):
+            chunk = rows[i : i + size]
+            started = time.process_time()
+            neighbours.lookup(chunk, DEFAULT_K)
+            per.append((time.process_time() - started) / len(chunk))
+        by_batch[str(size)] = round(1000 * statistics.median(per), 4)
+    return by_batch
+
+
+class _Brute:
+    """scikit-learn's brute-force search on the calling thread: the comparison only."""
+
+    def __init__(self, shap: np.ndarray) -> None:
+        from sklearn.neighbors import NearestNeighbors
+        from threadpoolctl import threadpool_limits
+
+        self._index = NearestNeighbors(algorithm="brute").fit(shap.astype(np.float64))
+        self._limits = threadpool_limits
+
+    def lookup(self, rows: np.ndarray, k: int) -> Any:
+        with self._limits(limits=1):
+            return self._index.kneighbors(rows, n_neighbors=k)
 
 
 if __name__ == "__main__":

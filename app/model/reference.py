@@ -15,7 +15,7 @@ space, and most of all on the frauds (``bench/similar.py``; docs/model.md).
 Raw features mix units (amounts, counts, hours, flags) that a standardisation only half fixes;
 SHAP values are all log-odds, weighted by what the model found to matter.
 
-Lookups: scikit-learn's ``NearestNeighbors`` (Euclidean), fitted once per version.
+Lookups: scikit-learn's ``KDTree`` (exact Euclidean nearest neighbours), built once per version.
 """
 
 from __future__ import annotations
@@ -113,19 +113,20 @@ class Neighbours:
     """The reference set and its nearest-neighbour index (built once, read by one thread at a
     time: the worker's compute thread).
 
-    Each query runs on the calling thread alone: scikit-learn's brute-force search fans out to
-    OpenMP (and BLAS) threads, which on the explainer's two shared cores, at nice 10 beside the
-    verdict path, spent more time waiting for each other than searching (a py-spy profile of
-    the worker: the lookups took 417 samples against SHAP's 228; alone, in one process, 0.2 ms
-    against 1.7 ms per explanation)."""
+    A k-d tree, not a brute-force search: the workers look up each SHAP batch's rows, and their
+    batches are small (6 rows on average at 100 tx/s, 8.5 saturated: ``bench.cost``, 2026-12-06
+    23:03). scikit-learn's brute-force ``NearestNeighbors`` pays a fixed cost per call: 3.8, 0.53
+    and 0.13 ms CPU a row in batches of 1, 8 and 64 on the default model's 20,000 rows, against
+    the tree's 0.23, 0.16 and 0.13 ms, for the same neighbours (``python -m bench.similar
+    --models models``, 23:23). The tree is exact and queries on the calling thread alone (the
+    brute force fans out to OpenMP threads, which on two shared cores at nice 10 spent more
+    time waiting for each other than searching)."""
 
     def __init__(self, reference: ReferenceSet) -> None:
-        from sklearn.neighbors import NearestNeighbors
-        from threadpoolctl import ThreadpoolController
+        from sklearn.neighbors import KDTree
 
         self.reference = reference
-        self._index = NearestNeighbors().fit(reference.shap.astype(np.float64))
-        self._threads = ThreadpoolController()
+        self._tree = KDTree(reference.shap.astype(np.float64), leaf_size=40)
 
     def lookup(self, shap_rows: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
         """The ``k`` reference cases nearest each row (SHAP vectors), nearest first."""
@@ -135,8 +136,7 @@ class Neighbours:
                 f"SHAP rows of shape {rows.shape}, the reference has {self.reference.shap.shape[1]}"
             )
         k = min(k, len(self.reference))
-        with self._threads.limit(limits=1):
-            distances, indices = self._index.kneighbors(rows, n_neighbors=k)
+        distances, indices = self._tree.query(rows, k=k)  # sorted, nearest first
         return [
             [self.reference.case(int(i), float(d)) for d, i in zip(row_d, row_i, strict=True)]
             for row_d, row_i in zip(distances, indices, strict=True)
