@@ -194,19 +194,27 @@ def _uncertainty(b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _lookup_cpu(s: Mapping[str, Any]) -> str:
+    if "cpu_ms_per_lookup_by_batch" not in s:  # results of a run before the k-d tree (3e2a37a)
+        return f"A lookup costs {s['cpu_ms_per_lookup']} ms CPU (batches of 64, brute force)."
+    brute = s["brute_force_cpu_ms_per_lookup_by_batch"]
+    return (
+        "CPU per lookup by batch size, k-d tree (served) / brute force: "
+        + ", ".join(
+            f"{size}: {ms} / {brute[size]} ms" for size, ms in s["cpu_ms_per_lookup_by_batch"].items()
+        )
+        + "."
+    )
+
+
 def _similar(b: Mapping[str, Any]) -> list[str]:
     s = b["summary"]
     agreement, frauds = s["agreement"], s["frauds_with_fraud_majority"]
     return [
         f"Model `{s['model_version']}`: {s['reference_rows']:,} reference cases "
         f"({s['reference_frauds']} frauds); {s['test_rows']:,} test rows ({s['test_frauds']} frauds) "
-        f"neither saw. The {s['k']} nearest cases' majority outcome against the test label. CPU per "
-        "lookup by batch size, k-d tree (served) / brute force: "
-        + ", ".join(
-            f"{size}: {ms} / {s['brute_force_cpu_ms_per_lookup_by_batch'][size]} ms"
-            for size, ms in s["cpu_ms_per_lookup_by_batch"].items()
-        )
-        + ".",
+        f"neither saw. The {s['k']} nearest cases' majority outcome against the test label. "
+        + _lookup_cpu(s),
         "",
         *_table(
             ["space", "agreement, all rows", "frauds with a fraud majority"],
