@@ -195,8 +195,6 @@ def _uncertainty(b: Mapping[str, Any]) -> list[str]:
 
 
 def _lookup_cpu(s: Mapping[str, Any]) -> str:
-    if "cpu_ms_per_lookup_by_batch" not in s:  # results of a run before the k-d tree (3e2a37a)
-        return f"A lookup costs {s['cpu_ms_per_lookup']} ms CPU (batches of 64, brute force)."
     brute = s["brute_force_cpu_ms_per_lookup_by_batch"]
     return (
         "CPU per lookup by batch size, k-d tree (served) / brute force: "

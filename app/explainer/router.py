@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from faust.types import EventT, StreamT
@@ -85,6 +85,15 @@ ROUTE_BATCH_WITHIN_S = 0.002
 Send = tuple[str, bytes, bytes, int]
 
 
+class Checked(NamedTuple):
+    """A verdict record parsed and checked once (``Router.check``): the verdict and its
+    uncertainty, or why it was refused."""
+
+    verdict: dict[str, Any] | None
+    problem: str | None
+    uncertainty: dict[str, Any] | None
+
+
 class Router:
     """Routes one event at a time; table rows are written at once, sends are returned."""
 
@@ -104,10 +113,6 @@ class Router:
         # This batch's on-demand counterfactuals' verdicts, read back before it is routed
         # (``verdicts_to_read``): transaction id → the verdict, or why it could not be read.
         self.verdicts_read: dict[str, dict[str, Any] | str] = {}
-        # This batch's verdicts, checked once, and their uncertainty, computed for the batch at
-        # once (``uncertainties_for``; ``route`` checks and computes alone for an event outside it).
-        self._checked: dict[int, tuple[dict[str, Any] | None, str | None]] = {}
-        self.uncertainty_of: dict[str, dict[str, Any]] = {}
         self.counts: Counter[str] = Counter()
         # Sources of the rejected requests this process sent to the DLQ (bounded, oldest out):
         # a record read again in the same process (the offset guard seeking back after Faust
@@ -115,10 +120,11 @@ class Router:
         # second DLQ record. Across a restart a replay may still repeat one (at least once).
         self._dlq_sent: OrderedDict[tuple[int, int], None] = OrderedDict()
 
-    def route(self, stream: StreamT, event: EventT, now: str) -> list[Send]:
+    def route(self, stream: StreamT, event: EventT, now: str, checked: Checked | None = None) -> list[Send]:
         """Bad input never stops the router: an on-demand request no contract allows gets a
         bounded ``explain.requests.dlq`` record (outsiders write that topic); a bad verdict (only
-        a misconfigured client writes there) is counted, logged (rate-limited) and skipped."""
+        a misconfigured client writes there) is counted, logged (rate-limited) and skipped.
+        ``checked``: a verdict's ``check`` with its micro-batch (checked here when not given)."""
         message = event.message
         if message.topic == topics.EXPLAIN_REQUESTS:
             try:
@@ -136,18 +142,30 @@ class Router:
                 self.counts["rejected_requests"] += 1
                 return [self._dlq_send(event, exc)]
             return self._guarded(stream, event, self._on_demand, asked, now)
-        checked = self._checked.pop(id(event), None)
-        verdict, problem = checked if checked is not None else self._check(event)
-        if verdict is None:
+        checked = checked or self.check([event])[0]
+        assert checked is not None  # every record but a request is read as a verdict
+        if checked.verdict is None:
             self.counts["invalid"] += 1
-            self.skips.skip(message.topic, source_of(event), problem or "no verdict")
+            self.skips.skip(message.topic, source_of(event), checked.problem or "no verdict")
             return []
-        return self._guarded(stream, event, self._verdict, verdict, now)
+        return self._guarded(stream, event, self._verdict, checked, now)
 
-    @staticmethod
-    def _check(event: EventT) -> tuple[dict[str, Any] | None, str | None]:
-        """A verdict record parsed and checked against its contract once (``checked_record``)."""
-        return checked_record(event.message.value, event.message.key, "verdict")
+    def check(self, events: Sequence[EventT]) -> list[Checked | None]:
+        """Each verdict of a micro-batch parsed and checked against its contract once
+        (``checked_record``), and the valid ones' uncertainty in one array pass per model version
+        (``Uncertainties.of_many``); None for an on-demand request (``route`` checks those)."""
+        parsed = [
+            None
+            if e.message.topic == topics.EXPLAIN_REQUESTS
+            else checked_record(e.message.value, e.message.key, "verdict")
+            for e in events
+        ]
+        valid = [verdict for verdict, _ in filter(None, parsed) if verdict is not None]
+        found = iter(self.uncertainties.of_many(valid) if valid else [])
+        return [
+            None if p is None else Checked(p[0], p[1], next(found) if p[0] is not None else None)
+            for p in parsed
+        ]
 
     def _dlq_send(self, event: EventT, exc: InvalidInput) -> Send:
         """The bounded DLQ record of a rejected on-demand request, to the request's own partition
@@ -181,8 +199,10 @@ class Router:
             row = dict(waiting) if isinstance(waiting, dict) else None
         return row
 
-    def _verdict(self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str) -> list[Send]:
-        sends = self._contributions(stream, event, verdict, now)
+    def _verdict(self, stream: StreamT, event: EventT, checked: Checked, now: str) -> list[Send]:
+        verdict = checked.verdict
+        assert verdict is not None and checked.uncertainty is not None  # ``route`` refused the others
+        sends = self._contributions(stream, event, verdict, checked.uncertainty, now)
         if verdict.get("replay") is not None:
             sends += self._counterfactual(stream, event, verdict, self.rules.counterfactual(verdict), now)
         return sends
@@ -223,15 +243,18 @@ class Router:
         return row, None
 
     def _contributions(
-        self, stream: StreamT, event: EventT, verdict: Mapping[str, Any], now: str
+        self,
+        stream: StreamT,
+        event: EventT,
+        verdict: Mapping[str, Any],
+        uncertainty: Mapping[str, Any],
+        now: str,
     ) -> list[Send]:
         key = str(verdict["transaction_id"]).encode()
         row, done = self._known(stream, event, key, verdict)
         if done is not None:
             return done
         source = source_of(event)
-        txid = str(verdict["transaction_id"])
-        uncertainty = self.uncertainty_of.get(txid) or self.uncertainties.of(verdict)
         if row is not None and row["status"] == REQUESTED:  # asked for before the verdict came
             self.counts["on_demand"] += 1
             request = explain_request(
@@ -281,15 +304,6 @@ class Router:
             "method": method,
         }
         return self._publish(stream, event, key, new_row(request, "pending", source))
-
-    def uncertainties_for(self, events: Sequence[EventT]) -> None:
-        """Check this batch's verdicts (``route`` takes each one's result instead of parsing it
-        again) and compute the valid ones' uncertainty in one array pass per model version
-        (``Uncertainties.of_many``)."""
-        self._checked = {id(e): self._check(e) for e in events if e.message.topic == topics.VERDICTS}
-        verdicts = [verdict for verdict, _ in self._checked.values() if verdict is not None]
-        found = self.uncertainties.of_many(verdicts) if verdicts else []
-        self.uncertainty_of = {str(v["transaction_id"]): u for v, u in zip(verdicts, found, strict=True)}
 
     def verdicts_to_read(self, stream: StreamT, events: Sequence[EventT]) -> dict[str, tuple[int, str]]:
         """The verdicts this batch's on-demand counterfactuals need read back (``VerdictReader``):
@@ -500,10 +514,10 @@ async def _route(
             began, now, rows_before = time.monotonic(), utc_now(), writer.pending
             for event in events:
                 router_acks.track(stream, event)
-            router.uncertainties_for(events)
+            checked = router.check(events)
             wanted = router.verdicts_to_read(stream, events)
             router.verdicts_read = await asyncio.to_thread(reader.read_many, wanted) if wanted else {}
-            routed = [(event, router.route(stream, event, now)) for event in events]
+            routed = [(e, router.route(stream, e, now, c)) for e, c in zip(events, checked, strict=True)]
             routed_at = time.monotonic()
             stats.seconds["route"] += routed_at - began
             await batches.put(_Batch(events, routed, writer.pending - rows_before, routed_at))

@@ -115,10 +115,10 @@ class Neighbours:
 
     A k-d tree, not a brute-force search: the workers look up each SHAP batch's rows, and their
     batches are small (6 rows on average at 100 tx/s, 8.5 saturated: ``bench.cost``, 2026-12-06
-    23:03). scikit-learn's brute-force ``NearestNeighbors`` pays a fixed cost per call: 3.8, 0.53
-    and 0.13 ms CPU a row in batches of 1, 8 and 64 on the default model's 20,000 rows, against
-    the tree's 0.23, 0.16 and 0.13 ms, for the same neighbours (``python -m bench.similar
-    --models models``, 23:23). The tree is exact and queries on the calling thread alone (the
+    23:03). scikit-learn's brute-force ``NearestNeighbors`` pays a fixed cost per call: 4.4, 0.63
+    and 0.14 ms CPU a row in batches of 1, 8 and 64 on the default model's 20,000 rows, against
+    the tree's 0.25, 0.14 and 0.13 ms, for the same neighbours (``make bench``'s ``similar``,
+    2026-12-06 23:49). The tree is exact and queries on the calling thread alone (the
     brute force fans out to OpenMP threads, which on two shared cores at nice 10 spent more
     time waiting for each other than searching)."""
 

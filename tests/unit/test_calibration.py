@@ -197,6 +197,25 @@ def test_an_uncertain_verdict_is_routed_high_with_its_uncertainty(
     assert "review" in tables.row("explanations", "tx-u")["uncertainty"]["straddles"]  # type: ignore[index]
 
 
+def test_a_micro_batch_gives_each_verdict_its_own_uncertainty(trained: RegisteredModel) -> None:
+    """As the agent routes: the batch checked at once (``Router.check``), a refused verdict in
+    its middle; the threshold's own score straddles it (a point lies in its own interval), a
+    score of 1e-7 straddles nothing."""
+    router, tables = _router(trained)
+    certain = verdict_event(_verdict(trained, "tx-c", 1e-7), 3)
+    bad = verdict_event({**_verdict(trained, "tx-b", 0.5), "score": "high"}, 4)
+    uncertain = verdict_event(_verdict(trained, "tx-u", trained.thresholds["review"]), 5)
+    events = [certain, bad, uncertain]
+    checked = router.check(events)  # type: ignore[arg-type]
+    for event, found in zip(events, checked, strict=True):
+        router.route(None, event, NOW, found)  # type: ignore[arg-type]
+    assert router.counts["invalid"] == 1 and tables.row("explanations", "tx-b") is None
+    for txid, uncertain_flag in (("tx-c", False), ("tx-u", True)):
+        row = tables.row("explanations", txid)
+        assert row is not None and row["uncertainty"]["uncertain"] is uncertain_flag, txid
+    assert "review" in tables.row("explanations", "tx-u")["uncertainty"]["straddles"]  # type: ignore[index]
+
+
 def test_sampling_stays_the_rules_own_for_an_uncertain_verdict(trained: RegisteredModel) -> None:
     """Sampled out by the rules' priority (low), so not promoted: the relay, which has no
     calibration, tells "explained unasked" from the same rules."""

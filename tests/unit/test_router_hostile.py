@@ -97,12 +97,13 @@ def test_a_bad_on_demand_request_becomes_one_bounded_dlq_send(
 def test_a_bad_verdict_is_a_counted_skip(
     router: Router, key: bytes, value: bytes | None, batched: bool
 ) -> None:
-    """Alone, or checked first with its micro-batch as the agent does (``uncertainties_for``)."""
+    """Alone, or checked first with its micro-batch as the agent does (``Router.check``)."""
     event = Event(Message("verdicts", key, value))
+    checked = None
     if batched:
-        router.uncertainties_for([event])  # type: ignore[list-item]
-        assert router.uncertainty_of == {}
-    sends = router.route(None, event, "2026-11-28T12:00:00.000000Z")  # type: ignore[arg-type]
+        (checked,) = router.check([event])  # type: ignore[list-item]
+        assert checked is not None and checked.verdict is None and checked.uncertainty is None
+    sends = router.route(None, event, "2026-11-28T12:00:00.000000Z", checked)  # type: ignore[arg-type]
     assert sends == []
     assert router.counts["invalid"] == 1 and router.skips.total == {"verdicts": 1}
 
